@@ -1,0 +1,98 @@
+# uhmm - Heterogeneous Memory Management in userspace.
+#   make            static + shared library, examples
+#   make test       build and run the tests (SAN=address or SAN=thread for sanitizers)
+#   make demo       build and run the demo programs
+#   make bench      build and run the benchmarks (writes build/bench.json)
+#   make install PREFIX=/usr/local
+CC       ?= cc
+PREFIX   ?= /usr/local
+SAN      ?=
+VERSION  := 0.1.0
+
+ifeq ($(SAN),)
+BUILD    := build
+SANFLAGS :=
+else ifeq ($(SAN),address)
+BUILD    := build/asan
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SAN),thread)
+BUILD    := build/tsan
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
+else
+$(error SAN must be empty, address or thread)
+endif
+
+WARN     := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS   ?= -O2 -g
+ALLCFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -pthread -Iinclude -MMD -MP
+LIBCFLAGS := $(ALLCFLAGS) -fPIC -fvisibility=hidden -Isrc
+LDLIBS   := -pthread
+
+SRCS     := $(wildcard src/*.c)
+LIBOBJS  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+STATIC   := $(BUILD)/libuhmm.a
+SHARED   := $(BUILD)/libuhmm.so.0
+TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+# Programs link the shared library, as an application would, so that the
+# munmap/mremap/mprotect/madvise interposers are exercised the real way.
+PROGLINK := -L$(BUILD) -luhmm -Wl,-rpath,$(abspath $(BUILD)) $(LDLIBS)
+
+.PHONY: all lib test demo bench bench-plot install clean examples check-deps stress fuzz model
+
+all: lib examples
+
+lib: $(STATIC) $(SHARED)
+
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
+	$(CC) $(LIBCFLAGS) -c -o $@ $<
+
+$(STATIC): $(LIBOBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIBOBJS)
+	$(CC) $(ALLCFLAGS) -shared -Wl,-soname,libuhmm.so.0 -o $@ $^ $(LDLIBS)
+	ln -sf libuhmm.so.0 $(BUILD)/libuhmm.so
+
+$(BUILD)/tests/%: tests/%.c tests/harness.h $(SHARED) | $(BUILD)/tests
+	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(PROGLINK)
+
+$(BUILD)/examples/%: examples/%.c $(SHARED) | $(BUILD)/examples
+	$(CC) $(ALLCFLAGS) -o $@ $< $(PROGLINK)
+
+$(BUILD)/bench/%: bench/%.c bench/bench.h $(SHARED) | $(BUILD)/bench
+	$(CC) $(ALLCFLAGS) -Ibench -Isrc -o $@ $< $(PROGLINK) -lm
+
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/examples $(BUILD)/bench:
+	mkdir -p $@
+
+examples: $(EXAMPLES)
+
+check-deps:
+	@sh tools/check-deps.sh
+
+test: check-deps lib $(TESTS)
+	@UHMM_BUILD=$(BUILD) bash tests/run.sh $(TESTS)
+
+demo: check-deps lib $(EXAMPLES)
+	$(BUILD)/examples/demo
+	@if [ -x $(BUILD)/examples/svm_atomics ]; then $(BUILD)/examples/svm_atomics; fi
+
+bench: check-deps lib $(BENCHES)
+	@bash bench/run.sh $(BUILD)
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/uhmm.h $(DESTDIR)$(PREFIX)/include/uhmm.h
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/libuhmm.a
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/libuhmm.so.0
+	ln -sf libuhmm.so.0 $(DESTDIR)$(PREFIX)/lib/libuhmm.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' uhmm.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/uhmm.pc
+
+clean:
+	rm -rf build
+
+-include $(LIBOBJS:.o=.d) $(TESTS:=.d) $(EXAMPLES:=.d)

@@ -1,0 +1,867 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * aspace.c - the address-space runtime: one per process, created on first
+ * use.  Owns the userfaultfd, VMA lookup (PROCMAP_QUERY or /proc/self/maps),
+ * registration of ranges, the page metadata (state + page lock of every page
+ * that ever left SYSTEM), the fault-service thread and fork() handling.
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Protects g_as creation and teardown; outside the lock order (leaf, init only). */
+static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uhmm__as *g_as;
+static int g_init_err;
+static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+static __thread bool tls_fork_holder;
+static __thread bool tls_in_service;
+
+void uhmm__log(const char *fmt, ...)
+{
+	va_list ap;
+	char buf[512];
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "uhmm: %s\n", buf);
+}
+
+/* ---- page metadata ----------------------------------------------------- */
+
+static uint64_t hash_idx(struct uhmm__as *as, uint64_t base)
+{
+	uint64_t k = (base >> BLOCK_SHIFT) * 0x9E3779B97F4A7C15ull;
+	return k >> 40 & (as->hash_size - 1);
+}
+
+/* Caller holds pt_lock.  NULL if the page never left SYSTEM and !create. */
+struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create)
+{
+	uint64_t base = addr & ~((1ULL << BLOCK_SHIFT) - 1);
+	uint64_t h = hash_idx(as, base);
+	struct block *b;
+	for (b = as->hash[h]; b; b = b->hnext)
+		if (b->base == base)
+			return &b->pg[(addr - base) >> PG_SHIFT];
+	if (!create)
+		return NULL;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return NULL;
+	b->base = base;
+	b->hnext = as->hash[h];
+	as->hash[h] = b;
+	return &b->pg[(addr - base) >> PG_SHIFT];
+}
+
+static bool pmeta_idle(const struct pmeta *pm)
+{
+	return pm->state == PS_SYSTEM && !pm->locked && !pm->waiters;
+}
+
+/* Caller holds pt_lock; frees the block when its last page went idle. */
+void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
+{
+	(void)pm;
+	uint64_t base = addr & ~((1ULL << BLOCK_SHIFT) - 1);
+	uint64_t h = hash_idx(as, base);
+	struct block **pp, *b;
+	for (pp = &as->hash[h]; (b = *pp); pp = &b->hnext) {
+		if (b->base != base)
+			continue;
+		for (unsigned i = 0; i < BLOCK_PAGES; i++)
+			if (!pmeta_idle(&b->pg[i]))
+				return;
+		*pp = b->hnext;
+		free(b);
+		return;
+	}
+}
+
+/* Caller holds pt_lock: wait until addr's page is unlocked.  Returns with it held. */
+bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr)
+{
+	bool waited = false;
+	for (;;) {
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		if (!pm || !pm->locked)
+			return waited;
+		pm->waiters = 1;
+		pthread_cond_wait(&as->pt_cond, &as->pt_lock);
+		waited = true;
+	}
+}
+
+/* Caller holds pt_lock: release a page lock and wake whoever waits on it. */
+void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
+{
+	pm->locked = 0;
+	if (pm->waiters) {
+		pm->waiters = 0;
+		pthread_cond_broadcast(&as->pt_cond);
+	}
+	if (as->deferred_faults) {
+		uint64_t one = 1;
+		if (write(as->wake_fd, &one, sizeof(one)) < 0) {
+			/* the counter saturating still leaves the service thread awake */
+		}
+	}
+	uhmm__pmeta_changed(as, addr, pm);
+}
+
+/* ---- VMAs ---------------------------------------------------------------- */
+
+static int vma_from_maps_file(uint64_t addr, struct vma *out)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return -errno;
+	char line[512];
+	int rc = -EFAULT;
+	while (fgets(line, sizeof(line), f)) {
+		uint64_t s, e, off, ino;
+		char perms[8], dev[16];
+		int n = 0;
+		if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %" SCNx64 " %15s %" SCNu64 " %n",
+			   &s, &e, perms, &off, dev, &ino, &n) < 6)
+			continue;
+		if (addr < s || addr >= e)
+			continue;
+		const char *name = line + n;
+		*out = (struct vma){
+			.start = s, .end = e, .read = perms[0] == 'r', .write = perms[1] == 'w',
+			.exec = perms[2] == 'x', .shared = perms[3] == 's', .file = ino != 0,
+			.hugetlb = strstr(name, "/anon_hugepage") != NULL ||
+				   strstr(name, "hugetlb") != NULL,
+			.page_size = PG_SIZE,
+		};
+		rc = 0;
+		break;
+	}
+	fclose(f);
+	return rc;
+}
+
+/* Look up the VMA containing addr.  -EFAULT if none. */
+int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out)
+{
+	if (!(as->ufeat & UHMM_FEAT_PROCMAP_QUERY))
+		return vma_from_maps_file(addr, out);
+	struct procmap_query q = { .size = sizeof(q), .query_addr = addr };
+	if (ioctl(as->maps_fd, PROCMAP_QUERY, &q) != 0)
+		return errno == ENOENT ? -EFAULT : -errno;
+	*out = (struct vma){
+		.start = q.vma_start, .end = q.vma_end,
+		.read = q.vma_flags & PROCMAP_QUERY_VMA_READABLE,
+		.write = q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE,
+		.exec = q.vma_flags & PROCMAP_QUERY_VMA_EXECUTABLE,
+		.shared = q.vma_flags & PROCMAP_QUERY_VMA_SHARED,
+		.file = q.inode != 0,
+		.hugetlb = q.vma_page_size > PG_SIZE,
+		.page_size = q.vma_page_size ? q.vma_page_size : PG_SIZE,
+	};
+	return 0;
+}
+
+/* ---- registration ------------------------------------------------------- */
+
+static bool reg_covers(struct uhmm__as *as, uint64_t s, uint64_t e, bool missing)
+{
+	/* Ranges are kept disjoint; walk until [s, e) is covered. */
+	uint64_t at = s;
+	bool progress = true;
+	while (at < e && progress) {
+		progress = false;
+		for (struct reg_range *r = as->regs; r; r = r->next) {
+			if (r->start <= at && at < r->end && (!missing || r->missing)) {
+				at = r->end;
+				progress = true;
+			}
+		}
+	}
+	return at >= e;
+}
+
+/* Caller holds pt_lock.  Drop [s, e) from the registration list. */
+static void reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e)
+{
+	struct reg_range **pp = &as->regs, *r;
+	while ((r = *pp)) {
+		if (r->end <= s || r->start >= e) {
+			pp = &r->next;
+			continue;
+		}
+		if (r->start < s && r->end > e) {
+			struct reg_range *tail = malloc(sizeof(*tail));
+			if (tail) {
+				*tail = (struct reg_range){ e, r->end, r->missing, r->next };
+				r->next = tail;
+			}
+			r->end = s;
+			pp = &r->next;
+			continue;
+		}
+		if (r->start < s) {
+			r->end = s;
+			pp = &r->next;
+		} else if (r->end > e) {
+			r->start = e;
+			pp = &r->next;
+		} else {
+			*pp = r->next;
+			free(r);
+		}
+	}
+}
+
+/*
+ * Register the 2 MiB-aligned window(s) of v that [v->start, v->end) asks
+ * for with userfaultfd.  WP-only registration ("tracked") makes the kernel
+ * report munmap/mremap/madvise of the range without changing how its faults
+ * are served; MISSING ("device-private capable") routes faults on absent
+ * pages to the service thread and is only turned on where a page leaves the
+ * CPU view.  Mappings userfaultfd cannot take (regular files) are left
+ * untracked: the interposers still cover them.
+ */
+int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, bool missing)
+{
+	uint64_t s = v->start, e = v->end;
+	pthread_mutex_lock(&as->pt_lock);
+	bool done = reg_covers(as, s, e, missing);
+	pthread_mutex_unlock(&as->pt_lock);
+	if (done)
+		return 0;
+	int rc = uhmm__uffd_register(as, s, e - s, missing);
+	if (rc)
+		return rc;
+	struct reg_range *r = malloc(sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	pthread_mutex_lock(&as->pt_lock);
+	reg_forget(as, s, e);
+	*r = (struct reg_range){ s, e, missing, as->regs };
+	as->regs = r;
+	pthread_mutex_unlock(&as->pt_lock);
+	return 0;
+}
+
+static bool reg_missing(struct uhmm__as *as, uint64_t addr)
+{
+	for (struct reg_range *r = as->regs; r; r = r->next)
+		if (r->start <= addr && addr < r->end)
+			return r->missing;
+	return false;
+}
+
+/* ---- page scan ----------------------------------------------------------- */
+
+/*
+ * Per-page PAGE_IS_* categories of [start, end) into cats[], plus bit 63 for
+ * "mapped exclusively" (pagemap bit 56: a private page that is not COW
+ * shared).  Returns 0 or -errno.
+ */
+#define CAT_EXCLUSIVE (1ULL << 63)
+int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
+		    uint64_t *cats, uint64_t npages)
+{
+	memset(cats, 0, npages * sizeof(*cats));
+	if (as->ufeat & UHMM_FEAT_PAGEMAP_SCAN) {
+		struct page_region vec[64];
+		uint64_t at = start;
+		while (at < end) {
+			struct pm_scan_arg a = {
+				.size = sizeof(a), .start = at, .end = end,
+				.vec = (uint64_t)(uintptr_t)vec, .vec_len = ARRAY_SIZE(vec),
+				.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+				.return_mask = PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_HUGE |
+					       PAGE_IS_SWAPPED | PAGE_IS_FILE,
+			};
+			long n = ioctl(as->pagemap_fd, PAGEMAP_SCAN, &a);
+			if (n < 0)
+				return -errno;
+			for (long i = 0; i < n; i++)
+				for (uint64_t p = vec[i].start; p < vec[i].end; p += PG_SIZE)
+					cats[(p - start) >> PG_SHIFT] = vec[i].categories;
+			if (a.walk_end <= at)
+				break;
+			at = a.walk_end;
+		}
+	}
+	/* Exclusivity (and presence without PAGEMAP_SCAN) from /proc/self/pagemap. */
+	uint64_t buf[512];
+	for (uint64_t i = 0; i < npages; i += ARRAY_SIZE(buf)) {
+		uint64_t n = npages - i < ARRAY_SIZE(buf) ? npages - i : ARRAY_SIZE(buf);
+		off_t off = (off_t)(((start >> PG_SHIFT) + i) * sizeof(uint64_t));
+		ssize_t got = pread(as->pagemap_fd, buf, n * sizeof(uint64_t), off);
+		if (got < 0)
+			return -errno;
+		for (uint64_t j = 0; j < (uint64_t)got / sizeof(uint64_t); j++) {
+			if (buf[j] & (1ULL << 56))
+				cats[i + j] |= CAT_EXCLUSIVE;
+			if (!(as->ufeat & UHMM_FEAT_PAGEMAP_SCAN) && (buf[j] & (1ULL << 63)))
+				cats[i + j] |= PAGE_IS_PRESENT;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Make [start, end) of v present (and writable if write) in the CPU view.
+ * Holes in a MISSING-registered range are filled here with zero pages so the
+ * caller does not wait for the service thread; the rest is the kernel's own
+ * fault path (MADV_POPULATE_*).  -EFAULT/-EPERM/-ENOMEM on failure.
+ */
+int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
+		   bool write)
+{
+	if (!v->shared && reg_missing(as, start)) {
+		pthread_mutex_lock(&as->pt_lock);
+		for (uint64_t a = start; a < end; a += PG_SIZE) {
+			struct pmeta *pm = uhmm__pmeta(as, a, false);
+			if (pm && (pm->state != PS_SYSTEM || pm->locked))
+				continue;
+			int rc = uhmm__uffd_zeropage(as, a, PG_SIZE, true);
+			if (rc && rc != -EEXIST) {
+				pthread_mutex_unlock(&as->pt_lock);
+				return rc == -ENOENT ? -EFAULT : rc;
+			}
+		}
+		pthread_mutex_unlock(&as->pt_lock);
+	}
+	int adv = write ? MADV_POPULATE_WRITE : 22 /* MADV_POPULATE_READ */;
+	if (syscall(SYS_madvise, start, end - start, adv) == 0)
+		return 0;
+	int err = errno;
+	if (err == EINVAL || err == ENOSYS) {
+		/* Kernel without MADV_POPULATE: touch through the kernel. */
+		for (uint64_t a = start; a < end; a += PG_SIZE) {
+			char c;
+			if (uhmm_device_read(&c, a, 1))
+				return -EFAULT;
+			if (write && uhmm_device_write(a, &c, 1))
+				return -EFAULT;
+		}
+		return 0;
+	}
+	return err == ENOMEM ? -EFAULT : -err;
+}
+
+/* ---- CPU faults ---------------------------------------------------------- */
+
+/* Resolve a fault on an absent SYSTEM page: zero pages over a small window. */
+static int fault_missing(struct uhmm__as *as, uint64_t addr)
+{
+	int rc = uhmm__uffd_zeropage(as, addr, PG_SIZE, true);
+	if (rc == -EEXIST)
+		rc = uhmm__uffd_wake(as, addr, PG_SIZE);
+	if (rc == -ENOENT)  /* the range went away: let the access fail normally */
+		rc = uhmm__uffd_wake(as, addr, PG_SIZE);
+	return rc;
+}
+
+static int add_deferred(struct uhmm__as *as, uint64_t addr, bool write)
+{
+	struct deferred_fault *d = malloc(sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	*d = (struct deferred_fault){ addr, write, as->deferred_faults };
+	as->deferred_faults = d;
+	return 0;
+}
+
+/*
+ * Serve a CPU fault at addr (page aligned), from the service thread or from
+ * a thread that needs the page in the CPU view (range fault, fork, mremap).
+ * The service thread never sleeps on a page lock: it parks the fault and
+ * returns -EAGAIN; the unlock re-queues it.  Returns 0 when the page is back
+ * in the CPU view (or never left it), else -errno (caller sends SIGBUS).
+ */
+int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service)
+{
+	uint64_t t0 = uhmm__now_ns();
+	for (int tries = 0; tries < 64; tries++) {
+		pthread_mutex_lock(&as->pt_lock);
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		if (pm && uhmm__hole_fault(as, pm)) {
+			/* A hole being migrated: the CPU wins, the migration loses it. */
+			int rc = from_service ? fault_missing(as, addr) : 0;
+			pthread_mutex_unlock(&as->pt_lock);
+			return rc;
+		}
+		if (pm && pm->locked) {
+			if (from_service) {
+				int rc = add_deferred(as, addr, write);
+				pm->waiters = 1;
+				pthread_mutex_unlock(&as->pt_lock);
+				return rc ? rc : -EAGAIN;
+			}
+			uhmm__page_lock_wait(as, addr);
+			pthread_mutex_unlock(&as->pt_lock);
+			continue;
+		}
+		int state = pm ? pm->state : PS_SYSTEM;
+		uint32_t fr = pm ? pm->frame : 0;
+		if (state == PS_SYSTEM || state == PS_COHERENT) {
+			int rc = 0;
+			if (from_service) {
+				rc = fault_missing(as, addr);
+				STAT_ADD(cpu_faults_missing, 1);
+				STAT_ADD(cpu_faults, 1);
+				uhmm__event(UHMM_EV_CPU_FAULT, 3, addr, PG_SIZE, t0);
+			}
+			pthread_mutex_unlock(&as->pt_lock);
+			return rc;
+		}
+		pthread_mutex_unlock(&as->pt_lock);
+		if (state == PS_EXCLUSIVE) {
+			int rc = uhmm__exclusive_revoke(as, addr, false);
+			if (rc == -EAGAIN)
+				continue;
+			if (rc == 0 && from_service) {
+				STAT_ADD(cpu_faults_exclusive, 1);
+				STAT_ADD(cpu_faults, 1);
+				uhmm__event(UHMM_EV_CPU_FAULT, 2, addr, PG_SIZE, t0);
+			}
+			return rc;
+		}
+		/* PS_PRIVATE: the owner's migrate_to_ram brings it back. */
+		struct frame *f = uhmm__frame(as, fr);
+		struct uhmm_devmem *pool = f ? f->pool : NULL;
+		if (!pool || !pool->ops || !pool->ops->migrate_to_ram)
+			return -EFAULT;
+		struct uhmm_fault vmf = { .addr = addr, .page = fr, .write = write };
+		int rc = pool->ops->migrate_to_ram(pool, &vmf);
+		if (rc)
+			return rc;
+		pthread_mutex_lock(&as->pt_lock);
+		pm = uhmm__pmeta(as, addr, false);
+		bool back = !pm || (pm->state != PS_PRIVATE && !pm->locked);
+		pthread_mutex_unlock(&as->pt_lock);
+		if (back) {
+			if (from_service) {
+				uhmm__uffd_wake(as, addr, PG_SIZE);
+				STAT_ADD(cpu_faults_private, 1);
+				STAT_ADD(cpu_faults, 1);
+				uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
+			}
+			return 0;
+		}
+	}
+	return -EBUSY;
+}
+
+/* Bring every device-private/exclusive page of [start, end) back to the CPU. */
+int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	for (uint64_t a = start; a < end;) {
+		uint64_t bend = (a | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+		if (bend > end)
+			bend = end;
+		pthread_mutex_lock(&as->pt_lock);
+		bool any = uhmm__pmeta(as, a, false) != NULL;
+		if (!any) {
+			/* No block at all for this 2 MiB: nothing device-side. */
+			uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
+			struct pmeta *first = uhmm__pmeta(as, base, false);
+			any = first != NULL;
+		}
+		pthread_mutex_unlock(&as->pt_lock);
+		if (!any) {
+			a = bend;
+			continue;
+		}
+		for (; a < bend; a += PG_SIZE) {
+			pthread_mutex_lock(&as->pt_lock);
+			uhmm__page_lock_wait(as, a);
+			struct pmeta *pm = uhmm__pmeta(as, a, false);
+			int st = pm ? pm->state : PS_SYSTEM;
+			pthread_mutex_unlock(&as->pt_lock);
+			if (st == PS_PRIVATE || st == PS_EXCLUSIVE) {
+				int rc = uhmm__cpu_fault(as, a, false, false);
+				if (rc)
+					return rc;
+			}
+		}
+	}
+	return 0;
+}
+
+/*
+ * The range [start, end) is going away (munmap, or mremap after the data was
+ * brought back): free every frame it held (device pages back to their pools,
+ * I4) and forget its metadata and registration.
+ */
+void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	uint32_t batch[256];
+	unsigned n = 0;
+	pthread_mutex_lock(&as->pt_lock);
+	reg_forget(as, start, end);
+	for (uint64_t a = start; a < end;) {
+		uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
+		uint64_t bend = base + (1ULL << BLOCK_SHIFT);
+		if (!uhmm__pmeta(as, base, false)) {
+			a = bend;
+			continue;
+		}
+		for (; a < end && a < bend; a += PG_SIZE) {
+			uhmm__page_lock_wait(as, a);
+			struct pmeta *pm = uhmm__pmeta(as, a, false);
+			if (!pm || pm->state == PS_SYSTEM)
+				continue;
+			if (pm->frame)
+				batch[n++] = pm->frame;
+			pm->state = PS_SYSTEM;
+			pm->frame = 0;
+			uhmm__pmeta_changed(as, a, pm);
+			if (n == ARRAY_SIZE(batch)) {
+				pthread_mutex_unlock(&as->pt_lock);
+				for (unsigned i = 0; i < n; i++)
+					uhmm__frame_put(as, batch[i]);
+				n = 0;
+				pthread_mutex_lock(&as->pt_lock);
+			}
+		}
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+	for (unsigned i = 0; i < n; i++)
+		uhmm__frame_put(as, batch[i]);
+}
+
+/* ---- the fault-service thread ------------------------------------------- */
+
+static void sigbus_thread(struct uhmm__as *as, const struct uffd_msg *m, int err)
+{
+	pid_t tid = (pid_t)m->arg.pagefault.feat.ptid;
+	STAT_ADD(cpu_faults_sigbus, 1);
+	uhmm__log("CPU fault at 0x%llx could not be served (%s): sending SIGBUS to thread %d",
+		  (unsigned long long)m->arg.pagefault.address, strerror(-err), (int)tid);
+	if (tid > 0)
+		syscall(SYS_tgkill, as->pid, tid, SIGBUS);
+	else
+		kill(as->pid, SIGBUS);
+	uhmm__uffd_wake(as, m->arg.pagefault.address & PG_MASK, PG_SIZE);
+}
+
+static void serve_deferred(struct uhmm__as *as)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	struct deferred_fault *d = as->deferred_faults;
+	as->deferred_faults = NULL;
+	pthread_mutex_unlock(&as->pt_lock);
+	while (d) {
+		struct deferred_fault *next = d->next;
+		int rc = uhmm__cpu_fault(as, d->addr, d->write, true);
+		if (rc && rc != -EAGAIN) {
+			struct uffd_msg m = { .event = UFFD_EVENT_PAGEFAULT };
+			m.arg.pagefault.address = d->addr;
+			sigbus_thread(as, &m, rc);
+		}
+		free(d);
+		d = next;
+	}
+}
+
+static void serve_msg(struct uhmm__as *as, const struct uffd_msg *m)
+{
+	if (m->event != UFFD_EVENT_PAGEFAULT) {
+		STAT_ADD(uffd_events, 1);
+		uhmm__handle_uffd_event(as, m);
+		return;
+	}
+	uint64_t addr = m->arg.pagefault.address & PG_MASK;
+	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	int rc = uhmm__cpu_fault(as, addr, write, true);
+	if (rc && rc != -EAGAIN)
+		sigbus_thread(as, m, rc);
+}
+
+static void *service_main(void *arg)
+{
+	struct uhmm__as *as = arg;
+	tls_in_service = true;
+	struct pollfd pfd[3] = {
+		{ .fd = as->uffd, .events = POLLIN },
+		{ .fd = as->wake_fd, .events = POLLIN },
+		{ .fd = as->stop_fd, .events = POLLIN },
+	};
+	struct uffd_msg msgs[32];
+	for (;;) {
+		if (poll(pfd, 3, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			uhmm__log("service thread: poll: %s", strerror(errno));
+			break;
+		}
+		if (pfd[2].revents)
+			break;
+		if (pfd[1].revents) {
+			uint64_t v;
+			if (read(as->wake_fd, &v, sizeof(v)) > 0)
+				serve_deferred(as);
+		}
+		if (pfd[0].revents & (POLLERR | POLLHUP))
+			break;
+		if (!(pfd[0].revents & POLLIN))
+			continue;
+		ssize_t n = read(as->uffd, msgs, sizeof(msgs));
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			uhmm__log("service thread: read: %s", strerror(errno));
+			break;
+		}
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+			serve_msg(as, &msgs[i]);
+	}
+	return NULL;
+}
+
+bool uhmm__in_service_thread(void)
+{
+	return tls_in_service;
+}
+
+/* ---- fork ---------------------------------------------------------------- */
+
+void uhmm__fork_rdlock(struct uhmm__as *as)
+{
+	if (!tls_fork_holder)
+		pthread_rwlock_rdlock(&as->fork_lock);
+}
+
+void uhmm__fork_unlock(struct uhmm__as *as)
+{
+	if (!tls_fork_holder)
+		pthread_rwlock_unlock(&as->fork_lock);
+}
+
+/*
+ * Before fork(): every page that is not in the CPU view comes back (device
+ * private through its owner's migrate_to_ram, exclusive by revocation), and
+ * no migration may start until the fork is done, so the child's copy of the
+ * address space holds all the data (COW from there on, by the kernel).
+ */
+static void atfork_prepare(void)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as)
+		return;
+	pthread_rwlock_wrlock(&as->fork_lock);
+	tls_fork_holder = true;
+	for (;;) {
+		uint64_t addr = 0;
+		pthread_mutex_lock(&as->pt_lock);
+		for (uint64_t h = 0; h < as->hash_size && !addr; h++)
+			for (struct block *b = as->hash[h]; b && !addr; b = b->hnext)
+				for (unsigned i = 0; i < BLOCK_PAGES; i++)
+					if (b->pg[i].state == PS_PRIVATE ||
+					    b->pg[i].state == PS_EXCLUSIVE) {
+						addr = b->base + ((uint64_t)i << PG_SHIFT);
+						break;
+					}
+		pthread_mutex_unlock(&as->pt_lock);
+		if (!addr)
+			break;
+		if (uhmm__cpu_fault(as, addr, false, false)) {
+			uhmm__log("fork: page 0x%llx could not be brought back; the child "
+				  "will read zeros there", (unsigned long long)addr);
+			pthread_mutex_lock(&as->pt_lock);
+			struct pmeta *pm = uhmm__pmeta(as, addr, false);
+			if (pm && !pm->locked)
+				pm->state = PS_SYSTEM;  /* give up on it rather than loop */
+			pthread_mutex_unlock(&as->pt_lock);
+		}
+	}
+}
+
+static void atfork_parent(void)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as)
+		return;
+	tls_fork_holder = false;
+	pthread_rwlock_unlock(&as->fork_lock);
+}
+
+/*
+ * In the child: the parent's userfaultfd does not cover the child's memory
+ * (no UFFD_FEATURE_EVENT_FORK), its service thread does not exist, and its
+ * device pools belong to the parent.  The child drops the runtime (closing
+ * its descriptors and the parent's frame arena) and makes a new one on
+ * first use, so that it can open devices and use uhmm itself.
+ */
+static void atfork_child(void)
+{
+	struct uhmm__as *as = g_as;
+	tls_fork_holder = false;
+	if (!as)
+		return;
+	g_as = NULL;
+	g_init_err = 0;
+	close(as->uffd);
+	close(as->maps_fd);
+	close(as->pagemap_fd);
+	close(as->wake_fd);
+	close(as->stop_fd);
+	syscall(SYS_munmap, as->arena, as->arena_frames << PG_SHIFT);
+	/* The rest of the old runtime's memory is abandoned in the child. */
+	pthread_mutex_init(&g_init_lock, NULL);
+}
+
+static void install_atfork(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* ---- creation ------------------------------------------------------------ */
+
+static uint64_t probe_ufeat(struct uhmm__as *as)
+{
+	uint64_t f = 0;
+	if (as->features & UFFD_FEATURE_MOVE)
+		f |= UHMM_FEAT_MOVE;
+	if ((as->features & UFFD_FEATURE_EVENT_UNMAP) && (as->features & UFFD_FEATURE_EVENT_REMOVE))
+		f |= UHMM_FEAT_EVENTS;
+	f |= UHMM_FEAT_WP;
+	struct pm_scan_arg a = { .size = sizeof(a), .start = 0, .end = 0 };
+	if (ioctl(as->pagemap_fd, PAGEMAP_SCAN, &a) >= 0 || errno != ENOTTY)
+		f |= UHMM_FEAT_PAGEMAP_SCAN;
+	struct procmap_query q = { .size = sizeof(q), .query_addr = (uint64_t)(uintptr_t)&probe_ufeat };
+	if (ioctl(as->maps_fd, PROCMAP_QUERY, &q) == 0)
+		f |= UHMM_FEAT_PROCMAP_QUERY;
+	return f;
+}
+
+static void as_destroy_fds(struct uhmm__as *as)
+{
+	int fds[] = { as->uffd, as->maps_fd, as->pagemap_fd, as->wake_fd, as->stop_fd };
+	for (unsigned i = 0; i < ARRAY_SIZE(fds); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+static int as_create(struct uhmm__as **out)
+{
+	if (sysconf(_SC_PAGESIZE) != (long)PG_SIZE) {
+		uhmm__log("page size is %ld; uhmm supports 4 KiB pages only", sysconf(_SC_PAGESIZE));
+		return -ENOTSUP;
+	}
+	struct uhmm__as *as = calloc(1, sizeof(*as));
+	if (!as)
+		return -ENOMEM;
+	as->uffd = as->maps_fd = as->pagemap_fd = as->wake_fd = as->stop_fd = -1;
+	int rc = uhmm__uffd_open(&as->features);
+	if (rc < 0) {
+		uhmm__log("%s (%s)", uhmm__uffd_why(rc), strerror(-rc));
+		free(as);
+		return rc == -EACCES ? -EPERM : rc;
+	}
+	as->uffd = rc;
+	as->pid = getpid();
+	as->maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	as->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	as->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	as->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	as->hash_size = 4096;
+	as->hash = calloc(as->hash_size, sizeof(*as->hash));
+	rc = -ENOMEM;
+	if (as->maps_fd < 0 || as->pagemap_fd < 0 || as->wake_fd < 0 || as->stop_fd < 0 ||
+	    !as->hash) {
+		rc = as->hash ? -errno : -ENOMEM;
+		goto fail;
+	}
+	as->ufeat = probe_ufeat(as);
+	pthread_rwlock_init(&as->fork_lock, NULL);
+	pthread_mutex_init(&as->nt_lock, NULL);
+	pthread_cond_init(&as->nt_cond, NULL);
+	pthread_mutex_init(&as->pt_lock, NULL);
+	pthread_cond_init(&as->pt_cond, NULL);
+	pthread_mutex_init(&as->arena_lock, NULL);
+	rc = uhmm__arena_init(as);
+	if (rc)
+		goto fail;
+	if (uhmm__inject(INJ_THREAD)) {
+		rc = -EAGAIN;
+		goto fail;
+	}
+	rc = -pthread_create(&as->service, NULL, service_main, as);
+	if (rc)
+		goto fail;
+	pthread_setname_np(as->service, "uhmm-fault");
+	as->service_started = true;
+	*out = as;
+	return 0;
+fail:
+	uhmm__log("runtime creation failed: %s", strerror(-rc));
+	if (as->arena)
+		syscall(SYS_munmap, as->arena, as->arena_frames << PG_SHIFT);
+	as_destroy_fds(as);
+	free(as->hash);
+	free(as);
+	return rc;
+}
+
+struct uhmm__as *uhmm__as_peek(void)
+{
+	return __atomic_load_n(&g_as, __ATOMIC_ACQUIRE);
+}
+
+struct uhmm__as *uhmm__as_get(int *err)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (UHMM_LIKELY(as))
+		return as;
+	pthread_once(&g_atfork_once, install_atfork);
+	uhmm__intercept_link();
+	pthread_mutex_lock(&g_init_lock);
+	if (!g_as && !g_init_err) {
+		int rc = as_create(&as);
+		if (rc)
+			g_init_err = rc;
+		else
+			__atomic_store_n(&g_as, as, __ATOMIC_RELEASE);
+	}
+	as = g_as;
+	if (!as && err)
+		*err = g_init_err;
+	pthread_mutex_unlock(&g_init_lock);
+	return as;
+}
+
+int uhmm_init(void)
+{
+	int err = 0;
+	return uhmm__as_get(&err) ? 0 : err;
+}
+
+uint64_t uhmm_features(void)
+{
+	struct uhmm__as *as = uhmm__as_get(NULL);
+	return as ? as->ufeat : 0;
+}
+
+/*
+ * At exit: devices are told (RELEASE) and the service thread stops.  Pages
+ * still on devices are not brought back: the process is going away.
+ */
+__attribute__((destructor)) static void as_exit(void)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as || as->pid != getpid())
+		return;
+	uhmm__notifier_release_all(as);
+	uint64_t one = 1;
+	if (write(as->stop_fd, &one, sizeof(one)) == sizeof(one) && as->service_started)
+		pthread_join(as->service, NULL);
+}

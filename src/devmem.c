@@ -1,0 +1,502 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * devmem.c - device memory: the frame arena and the pools (dev_pagemap).
+ *
+ * A frame is a 4 KiB slot of one large anonymous mapping owned by uhmm (the
+ * arena), registered with userfaultfd in WP mode only: touching an empty
+ * frame gets an ordinary zero-filled page from the kernel, and UFFDIO_MOVE
+ * may move pages into it.  Device pages of every pool and system pages
+ * parked during a migration are frames, so moving data between the process
+ * and a device is a page move, not a copy.  Frames are handed out empty
+ * (they read as zeros: invariant I5) and zapped on free if they may hold a
+ * page.  Pools take frames from the arena in chunks of 512.
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define ARENA_FRAMES (1ULL << 24)   /* 64 GiB of address space, reserved lazily */
+
+int uhmm__arena_init(struct uhmm__as *as)
+{
+	uint64_t len = ARENA_FRAMES << PG_SHIFT;
+	void *a = (void *)syscall(SYS_mmap, NULL, len, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (a == MAP_FAILED)
+		return -ENOMEM;
+	void *ft = (void *)syscall(SYS_mmap, NULL, ARENA_FRAMES * sizeof(struct frame),
+				   PROT_READ | PROT_WRITE,
+				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (ft == MAP_FAILED) {
+		syscall(SYS_munmap, a, len);
+		return -ENOMEM;
+	}
+	syscall(SYS_madvise, a, len, MADV_NOHUGEPAGE);
+	as->arena = a;
+	as->arena_frames = ARENA_FRAMES;
+	as->frames = ft;
+	as->arena_next_chunk = 1;   /* chunk 0 holds frame 0, which means "none" */
+	int rc = uhmm__uffd_register(as, (uint64_t)(uintptr_t)a, len, false);
+	if (rc) {
+		uhmm__log("cannot register the frame arena with userfaultfd: %s", strerror(-rc));
+		return rc;
+	}
+	static const struct uhmm_devmem_ops no_ops;
+	struct uhmm_devmem *sys = calloc(1, sizeof(*sys));
+	if (!sys)
+		return -ENOMEM;
+	pthread_mutex_init(&sys->lock, NULL);
+	sys->as = as;
+	sys->ops = &no_ops;
+	sys->max_pages = ARENA_FRAMES;
+	as->syspool = sys;
+	return 0;
+}
+
+bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f)
+{
+	return f > 0 && f < as->arena_frames;
+}
+
+struct frame *uhmm__frame(struct uhmm__as *as, uint64_t f)
+{
+	return uhmm__frame_valid(as, f) ? &as->frames[f] : NULL;
+}
+
+void uhmm__frame_zap(struct uhmm__as *as, uint64_t f)
+{
+	syscall(SYS_madvise, uhmm__frame_addr(as, f), PG_SIZE, MADV_DONTNEED);
+	as->frames[f].populated = 0;
+}
+
+/* arena_lock: a chunk of CHUNK_FRAMES frames, returns its first frame or 0. */
+static uint32_t arena_chunk_get(struct uhmm__as *as)
+{
+	uint32_t first = 0;
+	pthread_mutex_lock(&as->arena_lock);
+	if (as->nfree_chunks) {
+		first = as->free_chunks[--as->nfree_chunks];
+	} else if ((uint64_t)(as->arena_next_chunk + 1) * CHUNK_FRAMES <= as->arena_frames) {
+		first = as->arena_next_chunk++ * CHUNK_FRAMES;
+	}
+	pthread_mutex_unlock(&as->arena_lock);
+	return first;
+}
+
+static void arena_chunk_put(struct uhmm__as *as, uint32_t first)
+{
+	pthread_mutex_lock(&as->arena_lock);
+	if (as->nfree_chunks == as->free_chunks_cap) {
+		uint32_t cap = as->free_chunks_cap ? as->free_chunks_cap * 2 : 64;
+		uint32_t *n = realloc(as->free_chunks, cap * sizeof(*n));
+		if (!n) {
+			pthread_mutex_unlock(&as->arena_lock);
+			return;  /* the chunk's address space is lost, nothing else */
+		}
+		as->free_chunks = n;
+		as->free_chunks_cap = cap;
+	}
+	as->free_chunks[as->nfree_chunks++] = first;
+	pthread_mutex_unlock(&as->arena_lock);
+}
+
+/* pool->lock held: add one chunk to the free list. */
+static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
+{
+	if ((uint64_t)mem->nchunks * CHUNK_FRAMES >= mem->max_pages)
+		return -ENOMEM;
+	if (mem->nchunks == mem->chunks_cap) {
+		uint32_t cap = mem->chunks_cap ? mem->chunks_cap * 2 : 8;
+		uint32_t *n = realloc(mem->chunks, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		mem->chunks = n;
+		mem->chunks_cap = cap;
+	}
+	uint32_t first = arena_chunk_get(as);
+	if (!first)
+		return -ENOMEM;
+	mem->chunks[mem->nchunks++] = first;
+	uint64_t usable = mem->max_pages - (uint64_t)(mem->nchunks - 1) * CHUNK_FRAMES;
+	uint32_t n = usable < CHUNK_FRAMES ? (uint32_t)usable : CHUNK_FRAMES;
+	for (uint32_t i = n; i-- > 0;) {
+		struct frame *f = &as->frames[first + i];
+		memset(f, 0, sizeof(*f));
+		f->pool = mem;
+		f->next_free = mem->free_head;
+		mem->free_head = first + i;
+	}
+	return 0;
+}
+
+int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *out)
+{
+	bool sys = mem == as->syspool;
+	if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC)) {
+		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
+		STAT_ADD(alloc_failures, 1);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&mem->lock);
+	if (!mem->free_head && pool_grow(as, mem) != 0) {
+		mem->alloc_failures++;
+		pthread_mutex_unlock(&mem->lock);
+		STAT_ADD(alloc_failures, 1);
+		return -ENOMEM;
+	}
+	uint32_t idx = mem->free_head;
+	struct frame *f = &as->frames[idx];
+	mem->free_head = f->next_free;
+	f->next_free = 0;
+	f->ref = 1;
+	f->addr = 0;
+	f->zone_data = NULL;
+	f->xowner = NULL;
+	mem->allocated++;
+	pthread_mutex_unlock(&mem->lock);
+	*out = idx;
+	return 0;
+}
+
+/* Drop a reference; the last one frees the frame (page_free, zap, free list). */
+void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
+{
+	struct frame *f = uhmm__frame(as, idx);
+	if (!f || !f->pool)
+		return;
+	struct uhmm_devmem *mem = f->pool;
+	pthread_mutex_lock(&mem->lock);
+	if (f->ref == 0 || --f->ref > 0) {
+		pthread_mutex_unlock(&mem->lock);
+		return;
+	}
+	pthread_mutex_unlock(&mem->lock);
+	if (mem->ops && mem->ops->page_free)
+		mem->ops->page_free(mem, idx);
+	if (f->populated)
+		uhmm__frame_zap(as, idx);
+	pthread_mutex_lock(&mem->lock);
+	f->addr = 0;
+	f->xowner = NULL;
+	f->zone_data = NULL;
+	f->next_free = mem->free_head;
+	mem->free_head = (uint32_t)idx;
+	mem->freed++;
+	pthread_mutex_unlock(&mem->lock);
+}
+
+/*
+ * Take the page at addr out of the CPU view into frame idx.  0, -ENOENT (no
+ * page there: a hole), or the kernel's reason the page cannot move.
+ */
+int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx)
+{
+	uint64_t fa = uhmm__frame_addr(as, idx);
+	int rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
+	if (rc == -EBUSY) {
+		/* Shared after fork (COW): make it ours, then move it. */
+		syscall(SYS_madvise, addr, PG_SIZE, MADV_POPULATE_WRITE);
+		rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
+	}
+	if (rc == 0)
+		as->frames[idx].populated = 1;
+	return rc;
+}
+
+/*
+ * Put frame idx's data at addr in the CPU view (waking a thread faulting
+ * there if wake).  An empty frame maps a zero page.  Where the mapping's
+ * access flags differ from the arena's (mprotect done behind our back) the
+ * data is copied instead of moved.
+ */
+int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool wake)
+{
+	uint64_t fa = uhmm__frame_addr(as, idx);
+	int rc = uhmm__uffd_move(as, addr, fa, PG_SIZE, wake, NULL);
+	if (rc == -ENOENT) {
+		rc = uhmm__uffd_zeropage(as, addr, PG_SIZE, wake);
+	} else if (rc == -EINVAL || rc == -EBUSY) {
+		rc = uhmm__uffd_copy(as, addr, (const void *)(uintptr_t)fa, PG_SIZE);
+		if (rc == 0)
+			uhmm__frame_zap(as, idx);
+	}
+	if (rc == -EEXIST && wake)
+		uhmm__uffd_wake(as, addr, PG_SIZE);
+	if (rc == 0)
+		as->frames[idx].populated = 0;
+	return rc;
+}
+
+/* ---- public API ------------------------------------------------------ */
+
+static struct uhmm__as *pool_as(const struct uhmm_devmem *mem)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	return mem && as && mem->as == as && !mem->dead ? as : NULL;
+}
+
+int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
+		       const struct uhmm_devmem_ops *ops, void *driver_data,
+		       uint64_t max_pages, struct uhmm_devmem **out)
+{
+	if (!out || !owner || !ops || max_pages == 0 ||
+	    (type != UHMM_DEVMEM_PRIVATE && type != UHMM_DEVMEM_COHERENT))
+		return -EINVAL;
+	if (type == UHMM_DEVMEM_PRIVATE && !ops->migrate_to_ram)
+		return -EINVAL;
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	if (max_pages > as->arena_frames / 2)
+		return -ENOMEM;
+	struct uhmm_devmem *mem = calloc(1, sizeof(*mem));
+	if (!mem)
+		return -ENOMEM;
+	pthread_mutex_init(&mem->lock, NULL);
+	mem->as = as;
+	mem->type = type;
+	mem->owner = owner;
+	mem->ops = ops;
+	mem->driver_data = driver_data;
+	mem->max_pages = max_pages;
+	pthread_mutex_lock(&as->arena_lock);
+	mem->next = as->pools;
+	as->pools = mem;
+	pthread_mutex_unlock(&as->arena_lock);
+	*out = mem;
+	return 0;
+}
+
+int uhmm_devmem_destroy(struct uhmm_devmem *mem)
+{
+	struct uhmm__as *as = pool_as(mem);
+	if (!as)
+		return -EINVAL;
+	pthread_mutex_lock(&as->arena_lock);
+	struct uhmm_devmem **pp = &as->pools;
+	while (*pp && *pp != mem)
+		pp = &(*pp)->next;
+	if (!*pp) {
+		pthread_mutex_unlock(&as->arena_lock);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&mem->lock);
+	if (mem->allocated != mem->freed) {
+		pthread_mutex_unlock(&mem->lock);
+		pthread_mutex_unlock(&as->arena_lock);
+		return -EBUSY;
+	}
+	mem->dead = true;
+	*pp = mem->next;
+	pthread_mutex_unlock(&mem->lock);
+	pthread_mutex_unlock(&as->arena_lock);
+	for (uint32_t i = 0; i < mem->nchunks; i++) {
+		for (uint32_t j = 0; j < CHUNK_FRAMES; j++)
+			as->frames[mem->chunks[i] + j].pool = NULL;
+		arena_chunk_put(as, mem->chunks[i]);
+	}
+	free(mem->chunks);
+	pthread_mutex_destroy(&mem->lock);
+	free(mem);
+	return 0;
+}
+
+int uhmm_devmem_alloc(struct uhmm_devmem *mem, uint64_t *page)
+{
+	struct uhmm__as *as = pool_as(mem);
+	if (!as || !page)
+		return -EINVAL;
+	return uhmm__frame_alloc(as, mem, page);
+}
+
+int uhmm_sys_page_alloc(uint64_t *page)
+{
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	if (!page)
+		return -EINVAL;
+	int rc = uhmm__frame_alloc(as, as->syspool, page);
+	return rc;
+}
+
+/* A live frame (ref > 0) of this runtime, or NULL. */
+static struct frame *live_frame(uint64_t page, struct uhmm__as **asp)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	struct frame *f = as ? uhmm__frame(as, page) : NULL;
+	if (!f || !f->pool || __atomic_load_n(&f->ref, __ATOMIC_RELAXED) == 0)
+		return NULL;
+	if (asp)
+		*asp = as;
+	return f;
+}
+
+int uhmm_devmem_page_get(uint64_t page)
+{
+	struct frame *f = live_frame(page, NULL);
+	if (!f)
+		return -EINVAL;
+	pthread_mutex_lock(&f->pool->lock);
+	int rc = f->ref ? (f->ref++, 0) : -EINVAL;
+	pthread_mutex_unlock(&f->pool->lock);
+	return rc;
+}
+
+int uhmm_devmem_page_put(uint64_t page)
+{
+	struct uhmm__as *as;
+	struct frame *f = live_frame(page, &as);
+	if (!f)
+		return -EINVAL;
+	uhmm__frame_put(as, page);
+	return 0;
+}
+
+struct uhmm_devmem *uhmm_page_devmem(uint64_t page)
+{
+	struct uhmm__as *as;
+	struct frame *f = live_frame(page, &as);
+	return f && f->pool != as->syspool ? f->pool : NULL;
+}
+
+enum uhmm_devmem_type uhmm_devmem_type(const struct uhmm_devmem *mem)
+{
+	return mem ? (enum uhmm_devmem_type)mem->type : (enum uhmm_devmem_type)0;
+}
+
+const void *uhmm_devmem_owner(const struct uhmm_devmem *mem)
+{
+	return mem ? mem->owner : NULL;
+}
+
+void *uhmm_devmem_driver_data(const struct uhmm_devmem *mem)
+{
+	return mem ? mem->driver_data : NULL;
+}
+
+void *uhmm_page_zone_data(uint64_t page)
+{
+	struct frame *f = live_frame(page, NULL);
+	return f ? f->zone_data : NULL;
+}
+
+int uhmm_page_set_zone_data(uint64_t page, void *data)
+{
+	struct frame *f = live_frame(page, NULL);
+	if (!f)
+		return -EINVAL;
+	f->zone_data = data;
+	return 0;
+}
+
+uint64_t uhmm_page_addr(uint64_t page)
+{
+	struct frame *f = live_frame(page, NULL);
+	return f ? f->addr : 0;
+}
+
+int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem_stats *st)
+{
+	if (!mem || !st)
+		return -EINVAL;
+	struct uhmm_devmem *m = (struct uhmm_devmem *)mem;
+	pthread_mutex_lock(&m->lock);
+	*st = (struct uhmm_devmem_stats){
+		.capacity = m->max_pages,
+		.reserved = (uint64_t)m->nchunks * CHUNK_FRAMES,
+		.allocated = m->allocated,
+		.freed = m->freed,
+		.in_use = m->allocated - m->freed,
+		.alloc_failures = m->alloc_failures,
+	};
+	pthread_mutex_unlock(&m->lock);
+	if (st->reserved > st->capacity)
+		st->reserved = st->capacity;
+	return 0;
+}
+
+int uhmm_devmem_chunk(const struct uhmm_devmem *mem, uint64_t idx, uint64_t *first,
+		      uint64_t *count)
+{
+	if (!mem || !first || !count)
+		return -EINVAL;
+	struct uhmm_devmem *m = (struct uhmm_devmem *)mem;
+	pthread_mutex_lock(&m->lock);
+	int rc = -ENOENT;
+	if (idx < m->nchunks) {
+		*first = m->chunks[idx];
+		uint64_t left = m->max_pages - idx * CHUNK_FRAMES;
+		*count = left < CHUNK_FRAMES ? left : CHUNK_FRAMES;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
+/*
+ * The driver's copy.  Frames are host memory, so the page itself moves
+ * (UFFDIO_MOVE, no data copy) when dst is empty; otherwise memcpy.  A src
+ * that holds no page leaves dst reading zeros.
+ */
+int uhmm_page_copy(uint64_t dst, uint64_t src)
+{
+	struct uhmm__as *as;
+	struct frame *fd = live_frame(dst, &as);
+	struct frame *fs = live_frame(src, NULL);
+	if (!fd || !fs || dst == src)
+		return -EINVAL;
+	if (uhmm__inject(INJ_COPY))
+		return -EIO;
+	uint64_t da = uhmm__frame_addr(as, dst), sa = uhmm__frame_addr(as, src);
+	int rc = fd->populated ? -EEXIST : uhmm__uffd_move(as, da, sa, PG_SIZE, false, NULL);
+	if (rc == 0) {
+		fd->populated = 1;
+		fs->populated = 0;
+		return 0;
+	}
+	if (rc == -ENOENT) {
+		if (fd->populated)
+			uhmm__frame_zap(as, dst);
+		return 0;
+	}
+	memcpy((void *)(uintptr_t)da, (const void *)(uintptr_t)sa, PG_SIZE);
+	fd->populated = 1;
+	return 0;
+}
+
+void *uhmm_pfn_to_virt(uint64_t hmm_pfn)
+{
+	uint64_t pfn = hmm_pfn & UHMM_PFN_PFN_MASK;
+	if ((hmm_pfn & UHMM_PFN_VALID) && !(hmm_pfn & UHMM_PFN_DEVICE))
+		return (void *)(uintptr_t)(pfn << PG_SHIFT);
+	if (hmm_pfn & ~UHMM_PFN_PFN_MASK & ~(UHMM_PFN_VALID | UHMM_PFN_WRITE | UHMM_PFN_DEVICE |
+					       UHMM_PFN_ORDER_MASK))
+		return NULL;
+	struct uhmm__as *as;
+	struct frame *f = live_frame(pfn, &as);
+	if (!f)
+		return NULL;
+	f->populated = 1;   /* the driver may touch it from now on */
+	return (void *)(uintptr_t)uhmm__frame_addr(as, pfn);
+}
+
+int uhmm_device_read(void *dst, uint64_t addr, size_t len)
+{
+	struct iovec l = { dst, len }, r = { (void *)(uintptr_t)addr, len };
+	ssize_t n = len ? process_vm_readv(getpid(), &l, 1, &r, 1, 0) : 0;
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}
+
+int uhmm_device_write(uint64_t addr, const void *src, size_t len)
+{
+	struct iovec l = { (void *)src, len }, r = { (void *)(uintptr_t)addr, len };
+	ssize_t n = len ? process_vm_writev(getpid(), &l, 1, &r, 1, 0) : 0;
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}

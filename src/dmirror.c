@@ -1,0 +1,758 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dmirror.c - the reference device, a simulated driver in the manner of the
+ * kernel's lib/test_hmm.c.  It is written ONLY against the public API in
+ * uhmm.h (no internal header): it is the proof that a driver can be built
+ * on uhmm.  Four devices: 0 and 1 with device-private memory, 2 and 3 with
+ * device-coherent memory.  Each open gives a mirror with its own page table
+ * (filled by device faults through uhmm_range_fault and kept coherent by an
+ * interval notifier over the whole address space); mirrors opened on the
+ * same device share its memory pool.
+ *
+ * Locks: dev->lock (device table entry: pool and open count) is taken
+ * before nothing else; dm->lock protects dm's page table, flags and counters
+ * and is the driver lock the invalidate callback takes.  No uhmm function
+ * that can invalidate is called with dm->lock held.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "uhmm.h"
+
+#define PAGE UHMM_PAGE_SIZE
+#define PT_SHIFT 21
+#define PT_PER_BLOCK 512
+#define FAULT_WINDOW 64                    /* pages per uhmm_range_fault call */
+#define POOL_PAGES (1ULL << 21)            /* 8 GiB of device memory per device */
+#define MIGRATE_CHUNK 512                  /* pages per migration call */
+#define ADDR_LIMIT (1ULL << 47)
+
+/* mirror entries */
+#define E_VALID  (1ULL << 63)
+#define E_WRITE  (1ULL << 62)
+#define E_DEVICE (1ULL << 61)   /* value: a device-private page of this device */
+#define E_EXCL   (1ULL << 60)   /* value: the frame held exclusive for atomics */
+#define E_VALUE  ((1ULL << 52) - 1)
+
+struct pt_block {
+	uint64_t base;
+	struct pt_block *next;
+	uint64_t e[PT_PER_BLOCK];
+};
+
+struct dmirror_device {
+	pthread_mutex_t lock;          /* protects pool and nopen */
+	struct uhmm_devmem *pool;
+	int nopen;
+	unsigned int idx;
+};
+
+struct uhmm_dmirror {
+	struct uhmm_interval_notifier notifier;
+	struct dmirror_device *dev;
+	pthread_mutex_t lock;          /* protects everything below */
+	struct pt_block *pt[256];      /* hash by 2 MiB block */
+	uint64_t flags;
+	uint64_t inval[8];
+	bool closed;
+};
+
+static struct dmirror_device g_devs[UHMM_DMIRROR_NDEVICES];
+static pthread_once_t g_devs_once = PTHREAD_ONCE_INIT;
+
+/* The owner tag of a device: what its pool and dev_private_owner carry. */
+static const void *dev_owner(struct dmirror_device *d)
+{
+	return d;
+}
+
+static bool is_private(struct dmirror_device *d)
+{
+	return d->idx < 2;
+}
+
+/* ---- mirror page table (dm->lock held) ---------------------------------- */
+
+static uint64_t *pt_slot(struct uhmm_dmirror *dm, uint64_t addr, bool create)
+{
+	uint64_t base = addr & ~((1ULL << PT_SHIFT) - 1);
+	unsigned h = (unsigned)((base >> PT_SHIFT) * 2654435761u) & 255;
+	struct pt_block *b;
+	for (b = dm->pt[h]; b; b = b->next)
+		if (b->base == base)
+			return &b->e[(addr - base) / PAGE];
+	if (!create)
+		return NULL;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return NULL;
+	b->base = base;
+	b->next = dm->pt[h];
+	dm->pt[h] = b;
+	return &b->e[(addr - base) / PAGE];
+}
+
+static uint64_t pt_get(struct uhmm_dmirror *dm, uint64_t addr)
+{
+	uint64_t *s = pt_slot(dm, addr, false);
+	return s ? *s : 0;
+}
+
+static void pt_set(struct uhmm_dmirror *dm, uint64_t addr, uint64_t e)
+{
+	uint64_t *s = pt_slot(dm, addr, e != 0);
+	if (s)
+		*s = e;
+}
+
+static void pt_clear_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	for (unsigned h = 0; h < 256; h++)
+		for (struct pt_block *b = dm->pt[h]; b; b = b->next) {
+			uint64_t bend = b->base + PT_PER_BLOCK * PAGE;
+			if (bend <= start || b->base >= end)
+				continue;
+			uint64_t s = start > b->base ? start : b->base;
+			uint64_t e = end < bend ? end : bend;
+			memset(&b->e[(s - b->base) / PAGE], 0, (e - s) / PAGE * sizeof(uint64_t));
+		}
+}
+
+static void pt_free(struct uhmm_dmirror *dm)
+{
+	for (unsigned h = 0; h < 256; h++)
+		while (dm->pt[h]) {
+			struct pt_block *b = dm->pt[h];
+			dm->pt[h] = b->next;
+			free(b);
+		}
+}
+
+/* ---- notifier ----------------------------------------------------------- */
+
+static bool dm_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_notifier_range *r,
+			  unsigned long cur_seq)
+{
+	struct uhmm_dmirror *dm = (struct uhmm_dmirror *)n;
+	/* Our own exclusivity grant: ignoring it is what prevents a livelock. */
+	if (r->event == UHMM_NOTIFY_EXCLUSIVE && r->owner == dm)
+		return true;
+	pthread_mutex_lock(&dm->lock);
+	uhmm_interval_set_seq(n, cur_seq);
+	dm->inval[r->event & 7]++;
+	pt_clear_range(dm, r->start, r->end > ADDR_LIMIT ? ADDR_LIMIT : r->end);
+	pthread_mutex_unlock(&dm->lock);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops dm_notifier_ops = {
+	.invalidate = dm_invalidate,
+};
+
+/* ---- device memory ops -------------------------------------------------- */
+
+static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf);
+
+static const struct uhmm_devmem_ops dm_devmem_ops = {
+	.page_free = NULL,
+	.migrate_to_ram = dm_migrate_to_ram,
+};
+
+/* Allocate a device page, honouring FAIL_ALLOC (fails once). */
+static int dm_alloc_page(struct uhmm_dmirror *dm, uint64_t *page)
+{
+	pthread_mutex_lock(&dm->lock);
+	bool fail = dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+	dm->flags &= ~UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+	pthread_mutex_unlock(&dm->lock);
+	if (fail)
+		return -ENOMEM;
+	int rc = uhmm_devmem_alloc(dm->dev->pool, page);
+	if (rc == 0)
+		uhmm_page_set_zone_data(*page, dm);
+	return rc;
+}
+
+/* Copy or clear each collected page into a page from alloc(); fills dst. */
+static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool to_device)
+{
+	for (uint64_t i = 0; i < m->npages; i++) {
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		uint64_t page = 0;
+		int rc = to_device ? dm_alloc_page(dm, &page) : uhmm_sys_page_alloc(&page);
+		if (rc)
+			continue;  /* this page stays where it is */
+		uint64_t src = uhmm_migrate_pfn_to_page(m->src[i]);
+		if (src && uhmm_page_copy(page, src) != 0) {
+			uhmm_devmem_page_put(page);
+			continue;
+		}
+		m->dst[i] = uhmm_migrate_pfn(page);
+	}
+}
+
+static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
+{
+	uint64_t src = 0, dst = 0;
+	struct uhmm_migrate m = {
+		.start = vmf->addr, .end = vmf->addr + PAGE, .src = &src, .dst = &dst,
+		.pgmap_owner = uhmm_devmem_owner(mem),
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page,
+	};
+	int rc = uhmm_migrate_vma_setup(&m);
+	if (rc)
+		return rc;
+	if (m.cpages) {
+		uint64_t page;
+		rc = uhmm_sys_page_alloc(&page);
+		if (rc == 0 && uhmm_page_copy(page, uhmm_migrate_pfn_to_page(src)) == 0)
+			dst = uhmm_migrate_pfn(page);
+		else if (rc == 0)
+			uhmm_devmem_page_put(page);
+	}
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return rc;
+}
+
+/* ---- open / close --------------------------------------------------------- */
+
+static void devs_reset(void)
+{
+	for (unsigned i = 0; i < UHMM_DMIRROR_NDEVICES; i++) {
+		pthread_mutex_init(&g_devs[i].lock, NULL);
+		g_devs[i].pool = NULL;
+		g_devs[i].nopen = 0;
+		g_devs[i].idx = i;
+	}
+}
+
+static void devs_init(void)
+{
+	devs_reset();
+	/* A fork child gets fresh devices: the parent's pools are not its own. */
+	pthread_atfork(NULL, NULL, devs_reset);
+}
+
+int uhmm_dmirror_open(unsigned int idx, struct uhmm_dmirror **out)
+{
+	if (!out || idx >= UHMM_DMIRROR_NDEVICES)
+		return -EINVAL;
+	pthread_once(&g_devs_once, devs_init);
+	int rc = uhmm_init();
+	if (rc)
+		return rc;
+	struct dmirror_device *d = &g_devs[idx];
+	struct uhmm_dmirror *dm = calloc(1, sizeof(*dm));
+	if (!dm)
+		return -ENOMEM;
+	pthread_mutex_init(&dm->lock, NULL);
+	dm->dev = d;
+	pthread_mutex_lock(&d->lock);
+	if (!d->pool)
+		rc = uhmm_devmem_create(is_private(d) ? UHMM_DEVMEM_PRIVATE : UHMM_DEVMEM_COHERENT,
+					dev_owner(d), &dm_devmem_ops, d, POOL_PAGES, &d->pool);
+	if (rc == 0)
+		d->nopen++;
+	pthread_mutex_unlock(&d->lock);
+	if (rc == 0)
+		rc = uhmm_interval_notifier_insert(&dm->notifier, 0, ADDR_LIMIT, &dm_notifier_ops);
+	if (rc) {
+		free(dm);
+		return rc;
+	}
+	*out = dm;
+	return 0;
+}
+
+/* Every device page this mirror put in memory goes back to the CPU. */
+static void evict_mine(struct uhmm_dmirror *dm, bool all)
+{
+	struct uhmm_devmem *pool = dm->dev->pool;
+	uint64_t first, count, src[512], dst[512];
+	for (uint64_t c = 0; uhmm_devmem_chunk(pool, c, &first, &count) == 0; c++) {
+		for (uint64_t off = 0; off < count; off += 512) {
+			uint64_t n = count - off < 512 ? count - off : 512;
+			uhmm_migrate_device_range(src, first + off, n);
+			for (uint64_t i = 0; i < n; i++) {
+				dst[i] = 0;
+				uint64_t p = uhmm_migrate_pfn_to_page(src[i]);
+				if (!p)
+					continue;
+				if (!all && uhmm_page_zone_data(p) != dm) {
+					src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+					continue;
+				}
+				uint64_t sp;
+				if (uhmm_sys_page_alloc(&sp))
+					continue;
+				if (uhmm_page_copy(sp, p)) {
+					uhmm_devmem_page_put(sp);
+					continue;
+				}
+				dst[i] = uhmm_migrate_pfn(sp);
+			}
+			uhmm_migrate_device_pages(src, dst, n);
+			uhmm_migrate_device_finalize(src, dst, n);
+		}
+	}
+}
+
+void uhmm_dmirror_close(struct uhmm_dmirror *dm)
+{
+	if (!dm || dm->closed)
+		return;
+	dm->closed = true;
+	uhmm_interval_notifier_remove(&dm->notifier);
+	uhmm_device_exclusive_release(0, 0, dm);
+	evict_mine(dm, false);
+	pthread_mutex_lock(&dm->dev->lock);
+	dm->dev->nopen--;
+	pthread_mutex_unlock(&dm->dev->lock);
+	pt_free(dm);
+	pthread_mutex_destroy(&dm->lock);
+	free(dm);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static int check_cmd(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	if (!dm || !cmd || dm->closed)
+		return -EINVAL;
+	cmd->cpages = 0;
+	cmd->faults = 0;
+	if ((cmd->addr & (PAGE - 1)) || cmd->npages == 0 ||
+	    cmd->npages > (UINT64_MAX - cmd->addr) / PAGE ||
+	    cmd->addr + cmd->npages * PAGE > ADDR_LIMIT)
+		return -EINVAL;
+	return 0;
+}
+
+/* One device fault over [start, end): fill the mirror, window by window. */
+static int dm_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool write)
+{
+	uint64_t pfns[FAULT_WINDOW];
+	for (uint64_t a = start; a < end;) {
+		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		struct uhmm_range r = {
+			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
+			.default_flags = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
+			.dev_private_owner = dev_owner(dm->dev),
+		};
+		int rc;
+		for (;;) {
+			r.notifier_seq = uhmm_interval_read_begin(&dm->notifier);
+			rc = uhmm_range_fault(&r);
+			if (rc == -EBUSY)
+				continue;
+			if (rc)
+				return rc;
+			pthread_mutex_lock(&dm->lock);
+			if (uhmm_interval_read_retry(&dm->notifier, r.notifier_seq)) {
+				pthread_mutex_unlock(&dm->lock);
+				continue;
+			}
+			break;
+		}
+		for (uint64_t i = 0; i < (e - a) / PAGE; i++) {
+			uint64_t p = pfns[i], ent = 0;
+			if (!(p & UHMM_PFN_VALID))
+				continue;
+			if ((p & UHMM_PFN_DEVICE) && uhmm_page_devmem(p & UHMM_PFN_PFN_MASK) ==
+							     dm->dev->pool && is_private(dm->dev))
+				ent = (p & UHMM_PFN_PFN_MASK) | E_DEVICE;
+			else
+				ent = (a / PAGE + i);  /* the page's own address, in pages */
+			ent |= E_VALID | ((p & UHMM_PFN_WRITE) ? E_WRITE : 0);
+			pt_set(dm, a + i * PAGE, ent);
+		}
+		pthread_mutex_unlock(&dm->lock);
+		a = e;
+	}
+	return 0;
+}
+
+/* Copy between bounce and the mirrored pages; -ENOENT at the first unmirrored page. */
+static int dm_access(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, char *bounce,
+		     bool write, uint64_t *done)
+{
+	int rc = 0;
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t a = start; a < end; a += PAGE) {
+		uint64_t ent = pt_get(dm, a);
+		char *buf = bounce + (a - start);
+		if (!(ent & E_VALID) || (write && !(ent & E_WRITE))) {
+			rc = -ENOENT;
+			break;
+		}
+		if (ent & (E_DEVICE | E_EXCL)) {
+			char *p = uhmm_pfn_to_virt(ent & E_VALUE);
+			if (!p) {
+				rc = -EFAULT;
+				break;
+			}
+			if (write)
+				memcpy(p, buf, PAGE);
+			else
+				memcpy(buf, p, PAGE);
+		} else {
+			uint64_t va = (ent & E_VALUE) * PAGE;
+			rc = write ? uhmm_device_write(va, buf, PAGE) : uhmm_device_read(buf, va, PAGE);
+			if (rc)
+				break;
+		}
+		(*done)++;
+	}
+	pthread_mutex_unlock(&dm->lock);
+	return rc;
+}
+
+static int dm_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, bool write)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	if (!cmd->ptr)
+		return -EINVAL;
+	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
+	char *bounce = malloc(cmd->npages * PAGE);
+	if (!bounce)
+		return -ENOMEM;
+	if (write)
+		memcpy(bounce, (void *)(uintptr_t)cmd->ptr, cmd->npages * PAGE);
+	uint64_t done = 0;
+	for (;;) {
+		uint64_t s = start + done * PAGE;
+		rc = dm_access(dm, s, end, bounce + done * PAGE, write, &done);
+		if (rc != -ENOENT)
+			break;
+		rc = dm_fault(dm, start + done * PAGE, end, write);
+		if (rc)
+			break;
+		cmd->faults++;
+	}
+	if (rc == 0) {
+		if (!write)
+			memcpy((void *)(uintptr_t)cmd->ptr, bounce, cmd->npages * PAGE);
+		cmd->cpages = cmd->npages;
+	}
+	free(bounce);
+	return rc;
+}
+
+int uhmm_dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	return dm_rw(dm, cmd, false);
+}
+
+int uhmm_dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	return dm_rw(dm, cmd, true);
+}
+
+/* Pages of [start, end) must all be mapped and readable (migration). */
+static int check_mapped(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	uint64_t pfns[FAULT_WINDOW];
+	for (uint64_t a = start; a < end;) {
+		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		struct uhmm_range r = {
+			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
+		};
+		r.notifier_seq = uhmm_interval_read_begin(&dm->notifier);
+		int rc = uhmm_range_fault(&r);
+		if (rc == -EBUSY)
+			continue;
+		if (rc)
+			return -EINVAL;
+		for (uint64_t i = 0; i < (e - a) / PAGE; i++)
+			if (pfns[i] & UHMM_PFN_ERROR)
+				return -EINVAL;
+		a = e;
+	}
+	return 0;
+}
+
+/* After a migration to this device: mirror the new device pages. */
+static void map_migrated(struct uhmm_dmirror *dm, struct uhmm_migrate *m)
+{
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint64_t p = uhmm_migrate_pfn_to_page(m->dst[i]);
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !p)
+			continue;
+		uint64_t addr = m->start + i * PAGE;
+		pt_set(dm, addr, is_private(dm->dev) ? (p | E_DEVICE | E_VALID | E_WRITE)
+						     : (addr / PAGE) | E_VALID | E_WRITE);
+	}
+	pthread_mutex_unlock(&dm->lock);
+}
+
+static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool to_device,
+			 uint64_t *cpages)
+{
+	uint64_t src[MIGRATE_CHUNK], dst[MIGRATE_CHUNK];
+	for (uint64_t a = start; a < end;) {
+		uint64_t e = end - a > MIGRATE_CHUNK * PAGE ? a + MIGRATE_CHUNK * PAGE : end;
+		struct uhmm_migrate m = {
+			.start = a, .end = e, .src = src, .dst = dst,
+			.pgmap_owner = dev_owner(dm->dev),
+			.flags = to_device ? UHMM_MIGRATE_SELECT_SYSTEM :
+				 is_private(dm->dev) ? UHMM_MIGRATE_SELECT_DEVICE_PRIVATE :
+						       UHMM_MIGRATE_SELECT_DEVICE_COHERENT,
+		};
+		int rc = uhmm_migrate_vma_setup(&m);
+		if (rc == -EINVAL && e - a > PAGE) {
+			/* The chunk spans VMAs: take one page at a time here. */
+			e = a + PAGE;
+			m.end = e;
+			rc = uhmm_migrate_vma_setup(&m);
+		}
+		if (rc)
+			return rc == -EFAULT ? -EINVAL : rc;
+		alloc_and_copy(dm, &m, to_device);
+		uhmm_migrate_vma_pages(&m);
+		for (uint64_t i = 0; i < m.npages; i++)
+			if ((m.src[i] & UHMM_MIGRATE_PFN_MIGRATE) && uhmm_migrate_pfn_to_page(m.dst[i]))
+				(*cpages)++;
+		if (to_device)
+			map_migrated(dm, &m);
+		uhmm_migrate_vma_finalize(&m);
+		a = e;
+	}
+	return 0;
+}
+
+int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
+	rc = check_mapped(dm, start, end);
+	if (rc)
+		return rc;
+	rc = migrate_range(dm, start, end, true, &cmd->cpages);
+	if (rc)
+		return rc;
+	/* Like the kernel driver: read back what is now in device memory. */
+	char *bounce = malloc(cmd->npages * PAGE);
+	if (!bounce)
+		return -ENOMEM;
+	uint64_t done = 0;
+	rc = dm_access(dm, start, end, bounce, false, &done);
+	if (rc == 0 && cmd->ptr)
+		memcpy((void *)(uintptr_t)cmd->ptr, bounce, cmd->npages * PAGE);
+	free(bounce);
+	return rc;
+}
+
+int uhmm_dmirror_migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
+	rc = check_mapped(dm, start, end);
+	if (rc)
+		return rc;
+	return migrate_range(dm, start, end, false, &cmd->cpages);
+}
+
+static uint8_t snapshot_byte(struct uhmm_dmirror *dm, uint64_t p)
+{
+	if (p & UHMM_PFN_ERROR)
+		return UHMM_DMIRROR_PROT_ERROR;
+	if (!(p & UHMM_PFN_VALID))
+		return UHMM_DMIRROR_PROT_NONE;
+	uint8_t perm = UHMM_DMIRROR_PROT_NONE;
+	if (p & UHMM_PFN_DEVICE) {
+		struct uhmm_devmem *mem = uhmm_page_devmem(p & UHMM_PFN_PFN_MASK);
+		bool local = mem == dm->dev->pool;
+		if (uhmm_devmem_type(mem) == UHMM_DEVMEM_PRIVATE)
+			perm = local ? UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL :
+				       UHMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE;
+		else
+			perm = local ? UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL :
+				       UHMM_DMIRROR_PROT_DEV_COHERENT_REMOTE;
+	} else if (p & UHMM_PFN_ZERO) {
+		perm = UHMM_DMIRROR_PROT_ZERO;
+	}
+	perm |= (p & UHMM_PFN_WRITE) ? UHMM_DMIRROR_PROT_WRITE : UHMM_DMIRROR_PROT_READ;
+	unsigned order = uhmm_pfn_to_map_order(p);
+	if (order == 9)
+		perm |= UHMM_DMIRROR_PROT_PMD;
+	else if (order == 18)
+		perm |= UHMM_DMIRROR_PROT_PUD;
+	return perm;
+}
+
+int uhmm_dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	if (!cmd->ptr)
+		return -EINVAL;
+	uint8_t *out = (uint8_t *)(uintptr_t)cmd->ptr;
+	uint64_t pfns[FAULT_WINDOW];
+	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
+	for (uint64_t a = start; a < end;) {
+		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		struct uhmm_range r = {
+			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
+			.dev_private_owner = dev_owner(dm->dev),
+		};
+		r.notifier_seq = uhmm_interval_read_begin(&dm->notifier);
+		rc = uhmm_range_fault(&r);
+		if (rc == -EBUSY)
+			continue;
+		if (rc)
+			return rc;
+		for (uint64_t i = 0; i < (e - a) / PAGE; i++)
+			out[(a - start) / PAGE + i] = snapshot_byte(dm, pfns[i]);
+		a = e;
+	}
+	cmd->cpages = cmd->npages;
+	return 0;
+}
+
+int uhmm_dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	uint64_t n = cmd->npages, start = cmd->addr;
+	uint64_t *pages = calloc(n, sizeof(*pages));
+	int *errs = calloc(n, sizeof(*errs));
+	if (!pages || !errs) {
+		free(pages);
+		free(errs);
+		return -ENOMEM;
+	}
+	long taken = 0;
+	for (int tries = 0; tries < 100; tries++) {
+		unsigned long seq = uhmm_interval_read_begin(&dm->notifier);
+		taken = uhmm_make_device_exclusive(start, n, dm, pages, errs);
+		if (taken < 0) {
+			rc = (int)taken;
+			break;
+		}
+		pthread_mutex_lock(&dm->lock);
+		if (uhmm_interval_read_retry(&dm->notifier, seq)) {
+			pthread_mutex_unlock(&dm->lock);
+			continue;   /* someone took pages back meanwhile: again */
+		}
+		for (uint64_t i = 0; i < n; i++)
+			if (pages[i])
+				pt_set(dm, start + i * PAGE, pages[i] | E_EXCL | E_VALID | E_WRITE);
+		pthread_mutex_unlock(&dm->lock);
+		rc = 0;
+		break;
+	}
+	if (rc == 0) {
+		cmd->cpages = (uint64_t)taken;
+		for (uint64_t i = 0; i < n && rc == 0; i++)
+			if (errs[i])
+				rc = errs[i];
+		if (rc == 0 && cmd->ptr) {
+			/* Return what the device holds, for verification. */
+			uint64_t done = 0;
+			char *bounce = malloc(n * PAGE);
+			rc = bounce ? dm_access(dm, start, start + n * PAGE, bounce, false, &done)
+				    : -ENOMEM;
+			if (rc == 0)
+				memcpy((void *)(uintptr_t)cmd->ptr, bounce, n * PAGE);
+			free(bounce);
+		}
+	}
+	free(pages);
+	free(errs);
+	return rc;
+}
+
+int uhmm_dmirror_check_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t i = 0; i < cmd->npages && rc == 0; i++)
+		if (pt_get(dm, cmd->addr + i * PAGE) & E_EXCL)
+			rc = -EPERM;
+	pthread_mutex_unlock(&dm->lock);
+	return rc;
+}
+
+int uhmm_dmirror_atomic_add(struct uhmm_dmirror *dm, uint64_t addr, uint64_t val, uint64_t *old)
+{
+	if (!dm || dm->closed || (addr & 7) || addr >= ADDR_LIMIT)
+		return -EINVAL;
+	uint64_t page = addr & ~(PAGE - 1);
+	for (int tries = 0; tries < 100000; tries++) {
+		pthread_mutex_lock(&dm->lock);
+		uint64_t ent = pt_get(dm, page);
+		if (ent & E_EXCL) {
+			char *p = uhmm_pfn_to_virt(ent & E_VALUE);
+			uint64_t o = __atomic_fetch_add((uint64_t *)(p + (addr - page)), val,
+							__ATOMIC_SEQ_CST);
+			pthread_mutex_unlock(&dm->lock);
+			if (old)
+				*old = o;
+			return 0;
+		}
+		pthread_mutex_unlock(&dm->lock);
+		struct uhmm_dmirror_cmd cmd = { .addr = page, .npages = 1 };
+		int rc = uhmm_dmirror_exclusive(dm, &cmd);
+		if (rc && rc != -EBUSY)
+			return rc;
+	}
+	return -EBUSY;
+}
+
+int uhmm_dmirror_release(struct uhmm_dmirror *dm)
+{
+	if (!dm || dm->closed)
+		return -EINVAL;
+	evict_mine(dm, true);
+	return 0;
+}
+
+int uhmm_dmirror_set_flags(struct uhmm_dmirror *dm, uint64_t flags)
+{
+	if (!dm || dm->closed || (flags & ~UHMM_DMIRROR_FLAG_FAIL_ALLOC))
+		return -EINVAL;
+	pthread_mutex_lock(&dm->lock);
+	dm->flags = flags;
+	pthread_mutex_unlock(&dm->lock);
+	return 0;
+}
+
+int uhmm_dmirror_devmem_stats(unsigned int idx, struct uhmm_devmem_stats *st)
+{
+	if (idx >= UHMM_DMIRROR_NDEVICES || !st)
+		return -EINVAL;
+	pthread_once(&g_devs_once, devs_init);
+	struct dmirror_device *d = &g_devs[idx];
+	pthread_mutex_lock(&d->lock);
+	int rc = d->pool ? uhmm_devmem_stats(d->pool, st) : 0;
+	if (!d->pool)
+		memset(st, 0, sizeof(*st));
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+int uhmm_dmirror_invalidations(struct uhmm_dmirror *dm, uint64_t counts[8])
+{
+	if (!dm || !counts || dm->closed)
+		return -EINVAL;
+	pthread_mutex_lock(&dm->lock);
+	memcpy(counts, dm->inval, sizeof(dm->inval));
+	pthread_mutex_unlock(&dm->lock);
+	return 0;
+}

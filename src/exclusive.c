@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * exclusive.c - device-exclusive access (make_device_exclusive).  The page
+ * itself moves out of the CPU view into a system frame held for the device
+ * (UFFDIO_MOVE, no copy); device atomics work on that frame.  A CPU access
+ * faults: every notifier hears EXCLUSIVE (owner NULL) and drops its atomic
+ * mapping, then the same page moves back and the CPU goes on with the data
+ * the device left.  Taking exclusivity notifies with owner = the device, so
+ * the device can ignore its own notification (no livelock).
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Why page addr of v cannot be made exclusive, or 0. */
+static int exclusive_refusal(const struct vma *v)
+{
+	if (v->shared || v->file)
+		return -EOPNOTSUPP;
+	if (!v->read || !v->write)
+		return -EPERM;
+	if (v->hugetlb)
+		return -EOPNOTSUPP;
+	return 0;
+}
+
+/* Lock page addr if it is a plain SYSTEM page (or already ours); see below. */
+enum { TAKE_LOCKED, TAKE_ALREADY, TAKE_OTHER };
+static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *owner,
+			      uint64_t *frame)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	uhmm__page_lock_wait(as, addr);
+	struct pmeta *pm = uhmm__pmeta(as, addr, true);
+	int r = TAKE_OTHER;
+	if (pm && pm->state == PS_SYSTEM) {
+		pm->locked = 1;
+		r = TAKE_LOCKED;
+	} else if (pm && pm->state == PS_EXCLUSIVE &&
+		   as->frames[pm->frame].xowner == owner) {
+		*frame = pm->frame;
+		r = TAKE_ALREADY;
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+	return r;
+}
+
+static void finish_page(struct uhmm__as *as, uint64_t addr, uint64_t fr, bool taken)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	if (taken) {
+		pm->state = PS_EXCLUSIVE;
+		pm->frame = (uint32_t)fr;
+	}
+	uhmm__page_unlock(as, addr, pm);
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/* Make the pages of one VMA chunk exclusive; returns pages taken. */
+static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const void *owner,
+			    uint64_t *pages, int *errs)
+{
+	uint64_t n = (e - s) >> PG_SHIFT;
+	uint8_t *locked = calloc(n, 1);
+	if (!locked)
+		return -ENOMEM;
+	/* Device pages come back first; then every page must be present and ours. */
+	uhmm__bring_back_range(as, s, e);
+	syscall(SYS_madvise, s, e - s, MADV_POPULATE_WRITE);
+	long taken = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t fr = 0;
+		int r = lock_for_exclusive(as, s + (i << PG_SHIFT), owner, &fr);
+		if (r == TAKE_ALREADY) {
+			pages[i] = fr;
+			taken++;
+		} else if (r == TAKE_LOCKED) {
+			locked[i] = 1;
+		} else if (errs) {
+			errs[i] = -EBUSY;
+		}
+	}
+	uhmm__invalidate(as, s, e, UHMM_NOTIFY_EXCLUSIVE, owner);
+	uint64_t t0 = uhmm__now_ns();
+	for (uint64_t i = 0; i < n; i++) {
+		if (!locked[i])
+			continue;
+		uint64_t addr = s + (i << PG_SHIFT), fr = 0;
+		int rc = uhmm__frame_alloc(as, as->syspool, &fr);
+		if (rc == 0) {
+			rc = uhmm__move_out_of_cpu(as, addr, fr);
+			if (rc) {
+				uhmm__frame_put(as, fr);
+				fr = 0;
+			}
+		}
+		if (rc == 0) {
+			as->frames[fr].addr = addr;
+			as->frames[fr].xowner = owner;
+			pages[i] = fr;
+			taken++;
+			STAT_ADD(exclusive_grants, 1);
+		} else if (errs) {
+			errs[i] = rc == -ENOENT ? -EFAULT : -EBUSY;
+		}
+		finish_page(as, addr, fr, rc == 0);
+	}
+	uhmm__event(UHMM_EV_EXCLUSIVE_GRANT, 0, s, e - s, t0);
+	free(locked);
+	return taken;
+}
+
+long uhmm_make_device_exclusive(uint64_t start, uint64_t npages, const void *owner,
+				uint64_t *pages, int *errs)
+{
+	if ((start & ~PG_MASK) || npages == 0 || !pages ||
+	    npages > (UINT64_MAX - start) >> PG_SHIFT)
+		return -EINVAL;
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	if (!(as->ufeat & UHMM_FEAT_MOVE)) {
+		uhmm__log("device-exclusive access needs UFFDIO_MOVE (Linux 6.8 or later)");
+		return -EOPNOTSUPP;
+	}
+	uint64_t end = start + (npages << PG_SHIFT);
+	memset(pages, 0, npages * sizeof(*pages));
+	if (errs)
+		memset(errs, 0, npages * sizeof(*errs));
+	long total = 0;
+	bool any_vma = false;
+	uhmm__fork_rdlock(as);
+	for (uint64_t a = start; a < end;) {
+		struct vma v;
+		uint64_t i = (a - start) >> PG_SHIFT;
+		if (uhmm__vma_find(as, a, &v) || v.start > a) {
+			if (errs)
+				errs[i] = -EFAULT;
+			a += PG_SIZE;
+			continue;
+		}
+		any_vma = true;
+		uint64_t e = v.end < end ? v.end : end;
+		int why = exclusive_refusal(&v);
+		if (!why)
+			why = uhmm__ensure_registered(as, &v, true);
+		if (why) {
+			for (uint64_t p = a; p < e; p += PG_SIZE)
+				if (errs)
+					errs[(p - start) >> PG_SHIFT] = why;
+		} else {
+			long t = exclusive_chunk(as, a, e, owner, pages + i, errs ? errs + i : NULL);
+			if (t < 0) {
+				uhmm__fork_unlock(as);
+				return t;
+			}
+			total += t;
+		}
+		a = e;
+	}
+	uhmm__fork_unlock(as);
+	return any_vma ? total : -EFAULT;
+}
+
+/*
+ * Give the page at addr back to the CPU: notify (EXCLUSIVE, owner NULL) so
+ * the holder drops its atomic mapping, then move the page back and wake the
+ * CPU.  0 when the page is (now) in the CPU view, -EAGAIN if it changed
+ * state meanwhile (caller looks again).
+ */
+int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool locked)
+{
+	(void)locked;
+	uint64_t t0 = uhmm__now_ns();
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	if (!pm || pm->state != PS_EXCLUSIVE) {
+		pthread_mutex_unlock(&as->pt_lock);
+		return pm && pm->locked ? -EAGAIN : 0;
+	}
+	if (pm->locked) {
+		pthread_mutex_unlock(&as->pt_lock);
+		return -EAGAIN;
+	}
+	pm->locked = 1;
+	uint32_t fr = pm->frame;
+	pthread_mutex_unlock(&as->pt_lock);
+
+	uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_EXCLUSIVE, NULL);
+	int rc = uhmm__move_into_cpu(as, addr, fr, true);
+
+	pthread_mutex_lock(&as->pt_lock);
+	pm = uhmm__pmeta(as, addr, false);
+	if (rc == 0 || rc == -ENOENT) {
+		pm->state = PS_SYSTEM;
+		pm->frame = 0;
+	}
+	uhmm__page_unlock(as, addr, pm);
+	pthread_mutex_unlock(&as->pt_lock);
+	if (rc == 0 || rc == -ENOENT) {
+		uhmm__frame_put(as, fr);
+		STAT_ADD(exclusive_revokes, 1);
+		uhmm__event(UHMM_EV_EXCLUSIVE_REVOKE, 0, addr, PG_SIZE, t0);
+		return 0;
+	}
+	uhmm__log("exclusive page 0x%llx could not be given back: %s",
+		  (unsigned long long)addr, strerror(-rc));
+	return rc;
+}
+
+/* Revoke every exclusive page of [start, end) held by owner (any if NULL). */
+static void revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, const void *owner,
+			 bool any)
+{
+	for (uint64_t a = start; a < end;) {
+		uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
+		uint64_t bend = base + (1ULL << BLOCK_SHIFT);
+		pthread_mutex_lock(&as->pt_lock);
+		bool has = uhmm__pmeta(as, base, false) != NULL;
+		pthread_mutex_unlock(&as->pt_lock);
+		if (!has) {
+			a = bend;
+			continue;
+		}
+		for (; a < end && a < bend; a += PG_SIZE) {
+			pthread_mutex_lock(&as->pt_lock);
+			struct pmeta *pm = uhmm__pmeta(as, a, false);
+			bool hit = pm && pm->state == PS_EXCLUSIVE &&
+				   (any || as->frames[pm->frame].xowner == owner);
+			pthread_mutex_unlock(&as->pt_lock);
+			while (hit && uhmm__exclusive_revoke(as, a, false) == -EAGAIN)
+				;
+		}
+	}
+}
+
+void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	revoke_range(as, start, end, NULL, true);
+}
+
+int uhmm_device_exclusive_release(uint64_t start, uint64_t npages, const void *owner)
+{
+	if ((start & ~PG_MASK) || npages > (UINT64_MAX - start) >> PG_SHIFT)
+		return -EINVAL;
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as)
+		return 0;
+	uint64_t end = npages ? start + (npages << PG_SHIFT) : (1ULL << 47);
+	if (!npages) {
+		/* Whole address space: walk the metadata, not the pages. */
+		for (;;) {
+			uint64_t hit = 0;
+			pthread_mutex_lock(&as->pt_lock);
+			for (uint64_t h = 0; h < as->hash_size && !hit; h++)
+				for (struct block *b = as->hash[h]; b && !hit; b = b->hnext)
+					for (unsigned i = 0; i < BLOCK_PAGES; i++) {
+						struct pmeta *pm = &b->pg[i];
+						if (pm->state == PS_EXCLUSIVE && !pm->locked &&
+						    as->frames[pm->frame].xowner == owner) {
+							hit = b->base + ((uint64_t)i << PG_SHIFT);
+							break;
+						}
+					}
+			pthread_mutex_unlock(&as->pt_lock);
+			if (!hit)
+				return 0;
+			uhmm__exclusive_revoke(as, hit, false);
+		}
+	}
+	revoke_range(as, start, end, owner, false);
+	return 0;
+}

@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * intercept.c - notify before change.  libuhmm exports munmap, mremap,
+ * mprotect, madvise and mmap; an application linked with it calls these
+ * instead of libc's.  Each one invalidates the device mirrors of the range
+ * (interval notifiers) and settles the device pages of the range *before*
+ * making the system call, which is what invariant I2 needs.  Calls that do
+ * not go through these symbols (raw syscall(), libc-internal calls such as
+ * free() of a large block) are caught after the fact by the userfaultfd
+ * UNMAP/REMOVE/REMAP events of tracked ranges; docs/design.md states the
+ * guarantee of each path.
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+void uhmm__intercept_link(void)
+{
+	/* Referenced by the runtime so that static links keep this object. */
+}
+
+static struct uhmm__as *live_as(void)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	return as && as->pid == getpid() ? as : NULL;
+}
+
+static void range_of(uint64_t addr, uint64_t len, uint64_t *s, uint64_t *e)
+{
+	*s = addr & PG_MASK;
+	*e = (addr + len + PG_SIZE - 1) & PG_MASK;
+	if (*e < *s)
+		*e = UINT64_MAX & PG_MASK;
+}
+
+static void inflight_add(struct uhmm__as *as, struct inflight_op *op)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	op->next = as->inflight;
+	as->inflight = op;
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+static void inflight_del(struct uhmm__as *as, struct inflight_op *op)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	for (struct inflight_op **pp = &as->inflight; *pp; pp = &(*pp)->next) {
+		if (*pp == op) {
+			*pp = op->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/* True if an intercepted call in progress already handled [start, end). */
+bool uhmm__inflight_covers(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	bool yes = false;
+	pthread_mutex_lock(&as->pt_lock);
+	for (struct inflight_op *op = as->inflight; op; op = op->next)
+		if (op->start <= start && end <= op->end)
+			yes = true;
+	pthread_mutex_unlock(&as->pt_lock);
+	return yes;
+}
+
+static void before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e)
+{
+	uhmm__invalidate(as, s, e, UHMM_NOTIFY_UNMAP, NULL);
+	uhmm__forget_range(as, s, e);
+}
+
+__attribute__((visibility("default"))) int munmap(void *addr, size_t len)
+{
+	struct uhmm__as *as = live_as();
+	if (!as || len == 0 || ((uintptr_t)addr & (PG_SIZE - 1)))
+		return (int)syscall(SYS_munmap, addr, len);
+	struct inflight_op op;
+	range_of((uintptr_t)addr, len, &op.start, &op.end);
+	inflight_add(as, &op);
+	before_unmap(as, op.start, op.end);
+	int rc = (int)syscall(SYS_munmap, addr, len);
+	inflight_del(as, &op);
+	return rc;
+}
+
+__attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
+						     size_t new_size, int flags, ...)
+{
+	void *new_addr = NULL;
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
+		va_list ap;
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	struct uhmm__as *as = live_as();
+	if (!as || ((uintptr_t)old & (PG_SIZE - 1)))
+		return (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
+	struct inflight_op op;
+	range_of((uintptr_t)old, old_size ? old_size : PG_SIZE, &op.start, &op.end);
+	inflight_add(as, &op);
+	/*
+	 * Device pages come back to the CPU first, so the kernel moves the data
+	 * with the mapping; the old range's mirrors go away before the move.
+	 */
+	uhmm__invalidate(as, op.start, op.end, UHMM_NOTIFY_UNMAP, NULL);
+	uhmm__bring_back_range(as, op.start, op.end);
+	uhmm__forget_range(as, op.start, op.end);
+	if ((flags & MREMAP_FIXED) && new_addr) {
+		uint64_t s, e;
+		range_of((uintptr_t)new_addr, new_size, &s, &e);
+		before_unmap(as, s, e);
+	}
+	void *rc = (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
+	inflight_del(as, &op);
+	return rc;
+}
+
+__attribute__((visibility("default"))) int mprotect(void *addr, size_t len, int prot)
+{
+	struct uhmm__as *as = live_as();
+	if (!as || len == 0 || ((uintptr_t)addr & (PG_SIZE - 1)))
+		return (int)syscall(SYS_mprotect, addr, len, prot);
+	uint64_t s, e;
+	range_of((uintptr_t)addr, len, &s, &e);
+	uhmm__invalidate(as, s, e, UHMM_NOTIFY_PROTECTION_VMA, NULL);
+	/*
+	 * Device pages only live in read-write private mappings (UFFDIO_MOVE
+	 * needs equal access flags on both sides), so a range that stops being
+	 * read-write gets its pages back first.
+	 */
+	if (prot != (PROT_READ | PROT_WRITE))
+		uhmm__bring_back_range(as, s, e);
+	return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
+static bool advice_discards(int advice)
+{
+	return advice == MADV_DONTNEED || advice == MADV_REMOVE ||
+	       advice == 24 /* MADV_DONTNEED_LOCKED */;
+}
+
+__attribute__((visibility("default"))) int madvise(void *addr, size_t len, int advice)
+{
+	struct uhmm__as *as = live_as();
+	if (!as || len == 0 || ((uintptr_t)addr & (PG_SIZE - 1)) ||
+	    !(advice_discards(advice) || advice == MADV_FREE))
+		return (int)syscall(SYS_madvise, addr, len, advice);
+	struct inflight_op op;
+	range_of((uintptr_t)addr, len, &op.start, &op.end);
+	inflight_add(as, &op);
+	uhmm__invalidate(as, op.start, op.end, UHMM_NOTIFY_CLEAR, NULL);
+	/* Discarded data: device pages of the range are freed and read zero. */
+	if (advice_discards(advice))
+		uhmm__forget_range(as, op.start, op.end);
+	int rc = (int)syscall(SYS_madvise, addr, len, advice);
+	inflight_del(as, &op);
+	return rc;
+}
+
+__attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int prot, int flags,
+						   int fd, off_t off)
+{
+	struct uhmm__as *as = (flags & MAP_FIXED) ? live_as() : NULL;
+	if (!as || ((uintptr_t)addr & (PG_SIZE - 1)) || len == 0)
+		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	/* MAP_FIXED replaces whatever was there: that is an unmap first. */
+	struct inflight_op op;
+	range_of((uintptr_t)addr, len, &op.start, &op.end);
+	inflight_add(as, &op);
+	before_unmap(as, op.start, op.end);
+	void *rc = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	inflight_del(as, &op);
+	return rc;
+}
+
+__attribute__((visibility("default"))) void *mmap64(void *addr, size_t len, int prot, int flags,
+						     int fd, off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
+}
+
+/* Move metadata of an mremap done behind our back, so device data follows. */
+static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64_t len)
+{
+	uhmm__invalidate(as, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
+	pthread_mutex_lock(&as->pt_lock);
+	for (uint64_t o = 0; o < len; o += PG_SIZE) {
+		uhmm__page_lock_wait(as, from + o);
+		struct pmeta *pm = uhmm__pmeta(as, from + o, false);
+		if (!pm || pm->state == PS_SYSTEM)
+			continue;
+		struct pmeta *npm = uhmm__pmeta(as, to + o, true);
+		if (!npm)
+			continue;
+		/* The pointer may have moved if the table grew: look it up again. */
+		pm = uhmm__pmeta(as, from + o, false);
+		npm->state = pm->state;
+		npm->frame = pm->frame;
+		struct frame *f = uhmm__frame(as, pm->frame);
+		if (f)
+			f->addr = to + o;
+		pm->state = PS_SYSTEM;
+		pm->frame = 0;
+		uhmm__pmeta_changed(as, from + o, pm);
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/* An UNMAP/REMOVE/REMAP event read by the service thread. */
+void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
+{
+	const struct uffd_msg *m = msgp;
+	switch (m->event) {
+	case UFFD_EVENT_UNMAP:
+	case UFFD_EVENT_REMOVE: {
+		uint64_t s = m->arg.remove.start, e = m->arg.remove.end;
+		if (uhmm__inflight_covers(as, s, e))
+			return;
+		uhmm__invalidate(as, s, e, m->event == UFFD_EVENT_UNMAP ? UHMM_NOTIFY_UNMAP :
+					   UHMM_NOTIFY_CLEAR, NULL);
+		uhmm__forget_range(as, s, e);
+		return;
+	}
+	case UFFD_EVENT_REMAP:
+		if (uhmm__inflight_covers(as, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
+			return;
+		remap_unseen(as, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		return;
+	default:
+		return;
+	}
+}

@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - what the subsystems of libuhmm share: the runtime (one per
+ * process), page metadata, frames, pools, and the internal entry points of
+ * each source file.  Internal symbols are uhmm__*; none is exported.
+ *
+ * Lock order (outer first; see docs/design.md):
+ *   1. as->fork_lock   (rwlock) readers: every operation that moves pages;
+ *                      writer: fork() while it runs.
+ *   2. driver locks    (e.g. a dmirror's mutex), taken by invalidate callbacks.
+ *   3. as->nt_lock     notifier tree, sequence, deferred lists.  Never held
+ *                      while a callback runs.
+ *   4. as->pt_lock     page metadata (blocks) and the page-lock bits.  Never
+ *                      held while a callback runs; ioctls that resolve a
+ *                      fault on a SYSTEM page may run under it.
+ *   5. pool->lock      a pool's free list and counters.
+ *   6. as->arena_lock  the frame arena's chunk allocator.
+ */
+#ifndef UHMM_INTERNAL_H
+#define UHMM_INTERNAL_H
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "uhmm.h"
+#include "itree.h"
+
+#define PG_SHIFT 12
+#define PG_SIZE (1UL << PG_SHIFT)
+#define PG_MASK (~(PG_SIZE - 1))
+#define BLOCK_SHIFT 21
+#define BLOCK_PAGES (1U << (BLOCK_SHIFT - PG_SHIFT))
+#define CHUNK_FRAMES 512U
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define UHMM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define UHMM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ---- page metadata ---------------------------------------------------- */
+
+enum pstate {
+	PS_SYSTEM = 0,     /* CPU view is authoritative (present or never populated) */
+	PS_PRIVATE,        /* data in a device-private frame; CPU view empty */
+	PS_COHERENT,       /* a device-coherent page, mapped in the CPU view */
+	PS_EXCLUSIVE,      /* data in a frame held exclusive by a device; CPU view empty */
+};
+
+/* One per page that has ever left PS_SYSTEM.  Protected by as->pt_lock. */
+struct pmeta {
+	uint32_t frame;    /* PRIVATE/EXCLUSIVE: frame with the data; COHERENT: the device page */
+	uint8_t state;     /* enum pstate */
+	uint8_t locked;    /* page lock: a migration/exclusive/revoke owns the page */
+	uint8_t waiters;   /* someone sleeps on as->pt_cond for this page */
+	uint8_t pad;
+};
+
+struct block {
+	uint64_t base;             /* address of pg[0], BLOCK aligned */
+	struct block *hnext;       /* hash chain */
+	uint32_t nused;            /* pages not in plain, unlocked SYSTEM state */
+	struct pmeta pg[BLOCK_PAGES];
+};
+
+/* ---- frames: uhmm-owned host pages (device pages and parked system pages) */
+
+struct frame {
+	struct uhmm_devmem *pool;  /* owner pool (system frames: as->syspool) */
+	void *zone_data;           /* driver data */
+	uint64_t addr;             /* process address it holds data for, or 0 */
+	const void *xowner;        /* exclusive holder (system frames) */
+	uint32_t ref;              /* references; 0 = free */
+	uint32_t next_free;        /* pool free-list link */
+	uint8_t populated;         /* the frame may hold a page (zap before reuse) */
+};
+
+struct uhmm_devmem {
+	struct uhmm__as *as;       /* runtime it belongs to (stale in a fork child) */
+	pthread_mutex_t lock;      /* protects free list, chunks, counters, frame refs */
+	int type;                  /* enum uhmm_devmem_type, or 0 for the system pool */
+	const void *owner;
+	const struct uhmm_devmem_ops *ops;
+	void *driver_data;
+	uint64_t max_pages;
+	uint32_t free_head;        /* free frame list, 0 = empty */
+	uint32_t nchunks;
+	uint32_t *chunks;          /* first frame of each chunk */
+	uint32_t chunks_cap;
+	uint64_t allocated, freed, alloc_failures;
+	bool dead;
+	struct uhmm_devmem *next;  /* as->pools list (under as->arena_lock) */
+};
+
+/* ---- VMA information -------------------------------------------------- */
+
+struct vma {
+	uint64_t start, end;
+	bool read, write, exec, shared, file, hugetlb;
+	uint64_t page_size;
+};
+
+/* ---- the runtime ------------------------------------------------------ */
+
+struct inflight_op {               /* an intercepted call in progress */
+	uint64_t start, end;
+	struct inflight_op *next;
+};
+
+struct deferred_fault {
+	uint64_t addr;
+	bool write;
+	struct deferred_fault *next;
+};
+
+struct reg_range {                 /* a userfaultfd-registered range */
+	uint64_t start, end;
+	bool missing;              /* MISSING mode on (device-private capable) */
+	struct reg_range *next;
+};
+
+struct uhmm__as {
+	int uffd;
+	uint64_t features;         /* UFFD_FEATURE_* granted */
+	uint64_t ufeat;            /* UHMM_FEAT_* */
+	int maps_fd;               /* /proc/self/maps for PROCMAP_QUERY */
+	int pagemap_fd;            /* /proc/self/pagemap for PAGEMAP_SCAN */
+	int wake_fd;               /* eventfd: service thread re-checks deferred faults */
+	int stop_fd;               /* eventfd: service thread exits */
+	pid_t pid;
+	unsigned long generation;  /* changes in a fork child */
+
+	pthread_rwlock_t fork_lock;
+
+	/* notifiers: protected by nt_lock */
+	pthread_mutex_t nt_lock;
+	pthread_cond_t nt_cond;    /* invalidation ended */
+	struct uhmm__itree itree;
+	unsigned long invalidate_seq;  /* odd while invalidating */
+	unsigned long active_invalidates;
+	struct uhmm_interval_notifier *deferred;
+
+	/* page metadata: protected by pt_lock */
+	pthread_mutex_t pt_lock;
+	pthread_cond_t pt_cond;    /* a page lock was released */
+	struct block **hash;
+	uint64_t hash_size;
+	struct deferred_fault *deferred_faults;
+	struct reg_range *regs;
+	struct inflight_op *inflight;
+
+	/* frame arena: protected by arena_lock */
+	pthread_mutex_t arena_lock;
+	char *arena;
+	uint64_t arena_frames;
+	uint32_t arena_next_chunk;
+	uint32_t *free_chunks;
+	uint32_t nfree_chunks, free_chunks_cap;
+	struct frame *frames;
+	struct uhmm_devmem *pools;
+	struct uhmm_devmem *syspool;
+
+	pthread_t service;
+	bool service_started;
+};
+
+/* The runtime, or NULL with *err set.  Creates it on first use. */
+struct uhmm__as *uhmm__as_get(int *err);
+/* The runtime if it exists in this process, without creating it. */
+struct uhmm__as *uhmm__as_peek(void);
+
+void uhmm__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* uffd.c */
+int uhmm__uffd_open(uint64_t *features_out);
+int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing);
+int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
+		    bool wake, uint64_t *moved);
+int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wake);
+int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len);
+int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len);
+const char *uhmm__uffd_why(int err);
+
+/* aspace.c: VMAs, registration, page metadata, fault service */
+int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out);
+int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, bool missing);
+struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
+void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
+void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
+bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);
+int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service);
+void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
+		    uint64_t *cats, uint64_t npages);
+int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
+		   bool write);
+int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+
+/* intercept.c */
+void uhmm__intercept_link(void);
+bool uhmm__inflight_covers(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg);
+
+/* notifier.c */
+void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
+		      enum uhmm_notify_event ev, const void *owner);
+void uhmm__notifier_release_all(struct uhmm__as *as);
+
+/* devmem.c */
+int uhmm__arena_init(struct uhmm__as *as);
+struct frame *uhmm__frame(struct uhmm__as *as, uint64_t f);
+static inline uint64_t uhmm__frame_addr(struct uhmm__as *as, uint64_t f)
+{
+	return (uint64_t)(uintptr_t)as->arena + (f << PG_SHIFT);
+}
+int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f);
+void uhmm__frame_put(struct uhmm__as *as, uint64_t f);
+bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f);
+int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wake);
+int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f);
+void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
+
+/* exclusive.c */
+int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool locked);
+void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end);
+
+/* migrate.c */
+bool uhmm__hole_fault(struct uhmm__as *as, struct pmeta *pm);
+
+/* aspace.c: fork lock (readers: page-moving operations) */
+void uhmm__fork_rdlock(struct uhmm__as *as);
+void uhmm__fork_unlock(struct uhmm__as *as);
+bool uhmm__in_service_thread(void);
+
+/* stats.c */
+extern struct uhmm_stats uhmm__stats;
+#define STAT_ADD(field, n) __atomic_fetch_add(&uhmm__stats.field, (n), __ATOMIC_RELAXED)
+void uhmm__event(uint32_t type, uint32_t arg, uint64_t addr, uint64_t len, uint64_t t0);
+uint64_t uhmm__now_ns(void);
+
+/* inject.c: fault injection (UHMM_INJECT="point:rate,...") */
+enum inject_point {
+	INJ_DEVICE_ALLOC = 0,
+	INJ_SYS_ALLOC,
+	INJ_COPY,
+	INJ_UFFD_IOCTL,
+	INJ_THREAD,
+	INJ_NPOINTS,
+};
+bool uhmm__inject(enum inject_point p);
+
+#endif

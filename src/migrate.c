@@ -1,0 +1,484 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * migrate.c - migration in three phases (migrate_vma_setup/_pages/_finalize)
+ * and eviction by device page (migrate_device_*).
+ *
+ * setup locks every collected page (page lock in the metadata), notifies
+ * (MIGRATE, owner), and takes the data out of the CPU view into a frame
+ * with UFFDIO_MOVE, so that src[] only ever names frames.  A CPU access to a
+ * collected page faults and waits for finalize.  A hole is collected without
+ * data; if the CPU touches it during the migration the hole is filled and
+ * the page is dropped at pages() ("lost race").  pages() installs dst:
+ * device-private pages stay out of the CPU view, system and coherent pages
+ * are moved into it.  finalize puts back what did not migrate, frees the
+ * frames no longer used and unlocks.  The fork lock is held for reading from
+ * setup to finalize (same thread).
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define LOCK_DATA 1   /* locked, data in a frame or in place */
+#define LOCK_HOLE 2   /* locked hole: the CPU may still fill it */
+#define LOCK_LOST 3   /* a hole the CPU filled during the migration */
+
+enum origin { OR_NONE = 0, OR_SYSTEM, OR_HOLE, OR_PRIVATE, OR_COHERENT };
+
+struct mig {
+	struct uhmm__as *as;
+	uint8_t *origin;   /* enum origin per page */
+};
+
+static bool owner_match(struct uhmm__as *as, uint32_t fr, const void *owner, int type)
+{
+	struct frame *f = uhmm__frame(as, fr);
+	return f && f->pool && f->pool->type == type && f->pool->owner == owner;
+}
+
+static int check_args(struct uhmm_migrate *a)
+{
+	if (!a || !a->src || !a->dst || (a->start & ~PG_MASK) || (a->end & ~PG_MASK) ||
+	    a->start >= a->end || !a->flags)
+		return -EINVAL;
+	return 0;
+}
+
+/* Lock the pages of [start, end) that the selection takes; fills origin[]. */
+static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vma *v,
+		    uint8_t *origin, const uint64_t *cats)
+{
+	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
+		      v->read && v->write;
+	pthread_mutex_lock(&as->pt_lock);
+	for (uint64_t i = 0; i < a->npages; i++) {
+		uint64_t addr = a->start + (i << PG_SHIFT);
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		origin[i] = OR_NONE;
+		if (pm && pm->locked)
+			continue;  /* someone else migrates it: best effort, skip */
+		int st = pm ? pm->state : PS_SYSTEM;
+		if (st == PS_PRIVATE && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) &&
+		    owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_PRIVATE)) {
+			origin[i] = OR_PRIVATE;
+		} else if (st == PS_COHERENT && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT) &&
+			   owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_COHERENT)) {
+			origin[i] = OR_COHERENT;
+		} else if (st == PS_SYSTEM && sys_ok) {
+			bool present = cats[i] & PAGE_IS_PRESENT;
+			bool zero = cats[i] & PAGE_IS_PFNZERO;
+			if (cats[i] & PAGE_IS_SWAPPED)
+				continue;  /* swapped out: not taken (no swap-in from here) */
+			origin[i] = present && !zero ? OR_SYSTEM : OR_HOLE;
+			pm = uhmm__pmeta(as, addr, true);
+			if (!pm) {
+				origin[i] = OR_NONE;
+				continue;
+			}
+		}
+		if (origin[i] != OR_NONE)
+			pm->locked = origin[i] == OR_HOLE ? LOCK_HOLE : LOCK_DATA;
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+static void unlock_page(struct uhmm__as *as, uint64_t addr)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	if (pm)
+		uhmm__page_unlock(as, addr, pm);
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/* Zap zero pages of collected holes so that the CPU faults on them. */
+static void zap_zero_holes(struct uhmm_migrate *a, const uint8_t *origin, const uint64_t *cats)
+{
+	for (uint64_t i = 0; i < a->npages;) {
+		if (origin[i] != OR_HOLE || !(cats[i] & PAGE_IS_PRESENT)) {
+			i++;
+			continue;
+		}
+		uint64_t j = i;
+		while (j < a->npages && origin[j] == OR_HOLE && (cats[j] & PAGE_IS_PRESENT))
+			j++;
+		syscall(SYS_madvise, a->start + (i << PG_SHIFT), (j - i) << PG_SHIFT, MADV_DONTNEED);
+		i = j;
+	}
+}
+
+/* Take page i's data into a frame; sets src[i]. */
+static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin, uint64_t i)
+{
+	uint64_t addr = a->start + (i << PG_SHIFT);
+	uint64_t fr = 0;
+	int rc = 0;
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	uint32_t dev_frame = pm ? pm->frame : 0;
+	pthread_mutex_unlock(&as->pt_lock);
+	switch (origin[i]) {
+	case OR_HOLE:
+		a->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
+		return;
+	case OR_PRIVATE:
+		a->src[i] = uhmm_migrate_pfn(dev_frame) | UHMM_MIGRATE_PFN_MIGRATE |
+			    UHMM_MIGRATE_PFN_WRITE;
+		return;
+	case OR_COHERENT:
+		/* Its data is in the CPU view: take it back into its own frame. */
+		rc = uhmm__move_out_of_cpu(as, addr, dev_frame);
+		if (rc == 0 || rc == -ENOENT) {
+			a->src[i] = uhmm_migrate_pfn(dev_frame) | UHMM_MIGRATE_PFN_MIGRATE |
+				    UHMM_MIGRATE_PFN_WRITE;
+			return;
+		}
+		break;
+	case OR_SYSTEM:
+		rc = uhmm__frame_alloc(as, as->syspool, &fr);
+		if (rc)
+			break;
+		rc = uhmm__move_out_of_cpu(as, addr, fr);
+		if (rc == 0) {
+			as->frames[fr].addr = addr;
+			a->src[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE |
+				    UHMM_MIGRATE_PFN_WRITE;
+			return;
+		}
+		uhmm__frame_put(as, fr);
+		if (rc == -ENOENT) {   /* went away meanwhile: a hole after all */
+			pthread_mutex_lock(&as->pt_lock);
+			pm = uhmm__pmeta(as, addr, false);
+			if (pm)
+				pm->locked = LOCK_HOLE;
+			pthread_mutex_unlock(&as->pt_lock);
+			origin[i] = OR_HOLE;
+			a->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
+			return;
+		}
+		break;
+	default:
+		return;
+	}
+	/* Could not take it (shared page, kernel refused): leave it out. */
+	origin[i] = OR_NONE;
+	unlock_page(as, addr);
+}
+
+int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
+{
+	int rc = check_args(a);
+	if (rc)
+		return rc;
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	if (!(as->ufeat & UHMM_FEAT_MOVE)) {
+		uhmm__log("migration needs UFFDIO_MOVE (Linux 6.8 or later); this kernel lacks it");
+		return -EOPNOTSUPP;
+	}
+	a->npages = (a->end - a->start) >> PG_SHIFT;
+	a->cpages = 0;
+	a->uhmm__priv = NULL;
+	memset(a->src, 0, a->npages * sizeof(*a->src));
+	memset(a->dst, 0, a->npages * sizeof(*a->dst));
+	struct vma v;
+	rc = uhmm__vma_find(as, a->start, &v);
+	if (rc || v.start > a->start)
+		return -EFAULT;
+	if (a->end > v.end || v.hugetlb)
+		return -EINVAL;
+	struct mig *m = calloc(1, sizeof(*m));
+	uint8_t *origin = calloc(a->npages, 1);
+	uint64_t *cats = calloc(a->npages, sizeof(*cats));
+	if (!m || !origin || !cats) {
+		free(m);
+		free(origin);
+		free(cats);
+		return -ENOMEM;
+	}
+	m->as = as;
+	m->origin = origin;
+	uhmm__fork_rdlock(as);
+	if ((a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v.shared && !v.file) {
+		/* Exclusive pages are taken back from their holder first. */
+		uhmm__bring_back_exclusive(as, a->start, a->end);
+		rc = uhmm__ensure_registered(as, &v, true);
+		if (rc == 0)
+			rc = uhmm__page_scan(as, a->start, a->end, cats, a->npages);
+		if (rc) {
+			uhmm__fork_unlock(as);
+			free(m);
+			free(origin);
+			free(cats);
+			return rc;
+		}
+	}
+	collect(as, a, &v, origin, cats);
+	uhmm__invalidate(as, a->start, a->end, UHMM_NOTIFY_MIGRATE, a->pgmap_owner);
+	zap_zero_holes(a, origin, cats);
+	for (uint64_t i = 0; i < a->npages; i++) {
+		if (origin[i] == OR_NONE)
+			continue;
+		take_page(as, a, origin, i);
+		if (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
+			a->cpages++;
+	}
+	free(cats);
+	a->uhmm__priv = m;
+	return 0;
+}
+
+/* The destination frame of page i if usable, else 0. */
+static uint64_t dst_frame(struct uhmm__as *as, const struct uhmm_migrate *a, uint64_t i)
+{
+	uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
+	struct frame *f = uhmm__frame(as, d);
+	if (!f || !f->pool || f->ref == 0)
+		return 0;
+	if (f->pool != as->syspool && f->pool->type == 0)
+		return 0;
+	return d;
+}
+
+/* Install dst frame d for the page at addr (page locked by us). */
+static int install(struct uhmm__as *as, uint64_t addr, uint64_t d)
+{
+	struct frame *f = &as->frames[d];
+	int type = f->pool == as->syspool ? 0 : f->pool->type;
+	int rc = 0;
+	if (type != UHMM_DEVMEM_PRIVATE)
+		rc = uhmm__move_into_cpu(as, addr, d, false);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	if (type == 0) {
+		pm->state = PS_SYSTEM;
+		pm->frame = 0;
+	} else {
+		pm->state = type == UHMM_DEVMEM_PRIVATE ? PS_PRIVATE : PS_COHERENT;
+		pm->frame = (uint32_t)d;
+		f->addr = addr;
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+	if (type == 0)
+		uhmm__frame_put(as, d);   /* its page went to the CPU view */
+	return 0;
+}
+
+void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
+{
+	struct mig *m = a ? a->uhmm__priv : NULL;
+	if (!m)
+		return;
+	struct uhmm__as *as = m->as;
+	uint64_t to_dev = 0, to_sys = 0;
+	for (uint64_t i = 0; i < a->npages; i++) {
+		if (!(a->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		uint64_t addr = a->start + (i << PG_SHIFT);
+		uint64_t d = dst_frame(as, a, i);
+		if (!d) {
+			a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			continue;
+		}
+		if (m->origin[i] == OR_HOLE) {
+			pthread_mutex_lock(&as->pt_lock);
+			struct pmeta *pm = uhmm__pmeta(as, addr, false);
+			bool lost = pm && pm->locked == LOCK_LOST;
+			if (pm && !lost)
+				pm->locked = LOCK_DATA;  /* from here on the CPU waits */
+			pthread_mutex_unlock(&as->pt_lock);
+			if (lost) {
+				a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+				continue;
+			}
+		}
+		if (install(as, addr, d)) {
+			a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			continue;
+		}
+		a->dst[i] |= UHMM_MIGRATE_PFN_MIGRATE;  /* consumed */
+		if (as->frames[d].pool == as->syspool)
+			to_sys++;
+		else
+			to_dev++;
+	}
+	STAT_ADD(pages_to_device, to_dev);
+	STAT_ADD(bytes_to_device, to_dev << PG_SHIFT);
+	STAT_ADD(pages_to_system, to_sys);
+	STAT_ADD(bytes_to_system, to_sys << PG_SHIFT);
+}
+
+/* Page i did not migrate: give its data back to where it was. */
+static void restore(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m, uint64_t i)
+{
+	uint64_t addr = a->start + (i << PG_SHIFT);
+	uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
+	switch (m->origin[i]) {
+	case OR_SYSTEM:
+		if (uhmm__move_into_cpu(as, addr, s, false))
+			uhmm__log("migration: could not restore page 0x%llx",
+				  (unsigned long long)addr);
+		uhmm__frame_put(as, s);
+		break;
+	case OR_COHERENT:
+		uhmm__move_into_cpu(as, addr, s, false);
+		break;
+	default:  /* private stays on its device; holes stay holes */
+		break;
+	}
+}
+
+void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
+{
+	struct mig *m = a ? a->uhmm__priv : NULL;
+	if (!m)
+		return;
+	struct uhmm__as *as = m->as;
+	uint64_t t0 = uhmm__now_ns();
+	uint64_t n_dev = 0, n_sys = 0;
+	for (uint64_t i = 0; i < a->npages; i++) {
+		if (m->origin[i] == OR_NONE)
+			continue;
+		uint64_t addr = a->start + (i << PG_SHIFT);
+		uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
+		bool migrated = (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+				(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE);
+		if (migrated) {
+			if (s)
+				uhmm__frame_put(as, s);  /* staging frame or old device page */
+			if (as->frames[uhmm_migrate_pfn_to_page(a->dst[i])].pool == as->syspool)
+				n_sys++;
+			else
+				n_dev++;
+		} else {
+			restore(as, a, m, i);
+			uint64_t d = dst_frame(as, a, i);
+			if (d)
+				uhmm__frame_put(as, d);  /* the driver's unused page */
+		}
+		a->dst[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		unlock_page(as, addr);
+	}
+	uhmm__uffd_wake(as, a->start, a->end - a->start);
+	uhmm__fork_unlock(as);
+	if (n_dev)
+		uhmm__event(UHMM_EV_MIGRATE_TO_DEV, (uint32_t)n_dev, a->start, a->end - a->start, t0);
+	if (n_sys)
+		uhmm__event(UHMM_EV_MIGRATE_TO_SYS, (uint32_t)n_sys, a->start, a->end - a->start, t0);
+	free(m->origin);
+	free(m);
+	a->uhmm__priv = NULL;
+}
+
+/* A CPU fault on a collected hole: fill it and mark the migration lost. */
+bool uhmm__hole_fault(struct uhmm__as *as, struct pmeta *pm)
+{
+	if (pm->locked != LOCK_HOLE)
+		return false;
+	pm->locked = LOCK_LOST;
+	return true;
+}
+
+/* ---- eviction by device page ------------------------------------------- */
+
+int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npages)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!src_pfns || !npages || !as || start + npages < start ||
+	    start + npages > as->arena_frames)
+		return -EINVAL;
+	uhmm__fork_rdlock(as);
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t fr = start + i;
+		struct frame *f = uhmm__frame(as, fr);
+		src_pfns[i] = 0;
+		if (!f || !f->pool || f->pool == as->syspool || !f->ref || !f->addr)
+			continue;
+		uint64_t addr = f->addr;
+		pthread_mutex_lock(&as->pt_lock);
+		uhmm__page_lock_wait(as, addr);
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		bool mine = pm && pm->frame == fr &&
+			    (pm->state == PS_PRIVATE || pm->state == PS_COHERENT);
+		if (mine)
+			pm->locked = LOCK_DATA;
+		int st = mine ? pm->state : 0;
+		pthread_mutex_unlock(&as->pt_lock);
+		if (!mine)
+			continue;
+		uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_MIGRATE, f->pool->owner);
+		if (st == PS_COHERENT) {
+			int rc = uhmm__move_out_of_cpu(as, addr, fr);
+			if (rc && rc != -ENOENT) {
+				unlock_page(as, addr);
+				continue;
+			}
+		}
+		src_pfns[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE |
+			      UHMM_MIGRATE_PFN_WRITE;
+	}
+	return 0;
+}
+
+void uhmm_migrate_device_pages(uint64_t *src_pfns, uint64_t *dst_pfns, uint64_t npages)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as || !src_pfns || !dst_pfns)
+		return;
+	uint64_t n = 0;
+	for (uint64_t i = 0; i < npages; i++) {
+		if (!(src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		uint64_t s = uhmm_migrate_pfn_to_page(src_pfns[i]);
+		uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
+		struct frame *fd = uhmm__frame(as, d);
+		if (!fd || fd->pool != as->syspool || !fd->ref ||
+		    install(as, as->frames[s].addr, d)) {
+			src_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			continue;
+		}
+		dst_pfns[i] |= UHMM_MIGRATE_PFN_MIGRATE;
+		n++;
+	}
+	STAT_ADD(evictions, n);
+	STAT_ADD(pages_to_system, n);
+	STAT_ADD(bytes_to_system, n << PG_SHIFT);
+}
+
+void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64_t npages)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as || !src_pfns || !dst_pfns)
+		return;
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t s = uhmm_migrate_pfn_to_page(src_pfns[i]);
+		if (!s)
+			continue;
+		uint64_t addr = as->frames[s].addr;
+		bool migrated = (src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+				(dst_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE);
+		pthread_mutex_lock(&as->pt_lock);
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		bool coherent = pm && pm->state == PS_COHERENT;
+		pthread_mutex_unlock(&as->pt_lock);
+		if (migrated) {
+			uhmm__frame_put(as, s);
+		} else {
+			if (coherent)
+				uhmm__move_into_cpu(as, addr, s, false);
+			uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
+			if (d && uhmm__frame(as, d) && as->frames[d].ref)
+				uhmm__frame_put(as, d);
+		}
+		dst_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		unlock_page(as, addr);
+		uhmm__uffd_wake(as, addr, PG_SIZE);
+	}
+	uhmm__fork_unlock(as);
+}

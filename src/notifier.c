@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * notifier.c - interval notifiers, the mmu_interval_notifier protocol:
+ * a process-wide invalidate_seq that is odd while any invalidation that hit
+ * a notifier is running; read_begin() waits out a running one; set_seq() and
+ * read_retry() under the driver's lock detect collisions; inserts and removes
+ * that arrive during an invalidation are deferred to its end so the tree
+ * never changes under the callbacks.  Owns as->itree and the deferred list
+ * (both under as->nt_lock, which is never held while a callback runs).
+ */
+#include "internal.h"
+
+enum { NS_DETACHED = 0, NS_INSERTED, NS_DEFERRED };
+enum { DEF_NONE = 0, DEF_ADD, DEF_REMOVE };
+
+static bool invalidating(struct uhmm__as *as)
+{
+	return as->invalidate_seq & 1;
+}
+
+/* nt_lock held: apply deferred inserts/removes once no invalidation runs. */
+static void apply_deferred(struct uhmm__as *as)
+{
+	struct uhmm_interval_notifier *n = as->deferred;
+	as->deferred = NULL;
+	while (n) {
+		struct uhmm_interval_notifier *next = n->uhmm__deferred_next;
+		n->uhmm__deferred_next = NULL;
+		if (n->uhmm__deferred_op == DEF_ADD) {
+			uhmm__itree_insert(&as->itree, &n->uhmm__node);
+			n->uhmm__state = NS_INSERTED;
+		} else if (n->uhmm__deferred_op == DEF_REMOVE) {
+			uhmm__itree_remove(&as->itree, &n->uhmm__node);
+			n->uhmm__state = NS_DETACHED;
+		}
+		n->uhmm__deferred_op = DEF_NONE;
+		n = next;
+	}
+}
+
+static void defer(struct uhmm__as *as, struct uhmm_interval_notifier *n, int op)
+{
+	n->uhmm__deferred_op = op;
+	n->uhmm__deferred_next = as->deferred;
+	as->deferred = n;
+}
+
+int uhmm_interval_notifier_insert(struct uhmm_interval_notifier *n, uint64_t start,
+				  uint64_t length, const struct uhmm_interval_notifier_ops *ops)
+{
+	if (!n || !ops || !ops->invalidate || length == 0 || start + length < start)
+		return -EINVAL;
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	pthread_mutex_lock(&as->nt_lock);
+	if (n->uhmm__state != NS_DETACHED) {
+		pthread_mutex_unlock(&as->nt_lock);
+		return -EINVAL;
+	}
+	n->uhmm__ops = ops;
+	n->uhmm__node.start = start;
+	n->uhmm__node.last = start + length - 1;
+	if (as->active_invalidates && invalidating(as)) {
+		/* An odd seq one behind: read_begin() waits for the running one. */
+		n->uhmm__seq = as->invalidate_seq - 1;
+		n->uhmm__state = NS_DEFERRED;
+		defer(as, n, DEF_ADD);
+	} else {
+		n->uhmm__seq = as->invalidate_seq;
+		n->uhmm__state = NS_INSERTED;
+		uhmm__itree_insert(&as->itree, &n->uhmm__node);
+	}
+	pthread_mutex_unlock(&as->nt_lock);
+	return 0;
+}
+
+int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *n)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!n || !as)
+		return -EINVAL;
+	pthread_mutex_lock(&as->nt_lock);
+	if (n->uhmm__state == NS_DETACHED ||
+	    (n->uhmm__state == NS_DEFERRED && n->uhmm__deferred_op == DEF_REMOVE)) {
+		pthread_mutex_unlock(&as->nt_lock);
+		return -EINVAL;
+	}
+	if (n->uhmm__state == NS_DEFERRED && n->uhmm__deferred_op == DEF_ADD) {
+		/* Never reached the tree: cancel the pending insert. */
+		n->uhmm__deferred_op = DEF_NONE;
+		struct uhmm_interval_notifier **pp = &as->deferred;
+		while (*pp && *pp != n)
+			pp = &(*pp)->uhmm__deferred_next;
+		if (*pp)
+			*pp = n->uhmm__deferred_next;
+		n->uhmm__deferred_next = NULL;
+		n->uhmm__state = NS_DETACHED;
+		pthread_mutex_unlock(&as->nt_lock);
+		return 0;
+	}
+	if (as->active_invalidates && invalidating(as)) {
+		unsigned long seq = as->invalidate_seq;
+		n->uhmm__state = NS_DEFERRED;
+		defer(as, n, DEF_REMOVE);
+		/* No callback for n may run once we return: wait the invalidation out. */
+		while (as->invalidate_seq == seq)
+			pthread_cond_wait(&as->nt_cond, &as->nt_lock);
+	} else {
+		uhmm__itree_remove(&as->itree, &n->uhmm__node);
+		n->uhmm__state = NS_DETACHED;
+	}
+	pthread_mutex_unlock(&as->nt_lock);
+	return 0;
+}
+
+unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *n)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!n || !as)
+		return 0;
+	pthread_mutex_lock(&as->nt_lock);
+	unsigned long seq = __atomic_load_n(&n->uhmm__seq, __ATOMIC_ACQUIRE);
+	/* n's seq equal to the odd global one: an invalidation of n is running. */
+	while (seq == as->invalidate_seq && (seq & 1)) {
+		pthread_cond_wait(&as->nt_cond, &as->nt_lock);
+	}
+	if (n->uhmm__state == NS_DEFERRED && n->uhmm__deferred_op == DEF_ADD) {
+		while (n->uhmm__state == NS_DEFERRED)
+			pthread_cond_wait(&as->nt_cond, &as->nt_lock);
+	}
+	seq = __atomic_load_n(&n->uhmm__seq, __ATOMIC_ACQUIRE);
+	pthread_mutex_unlock(&as->nt_lock);
+	return seq;
+}
+
+bool uhmm_interval_read_retry(struct uhmm_interval_notifier *n, unsigned long seq)
+{
+	return !n || __atomic_load_n(&n->uhmm__seq, __ATOMIC_ACQUIRE) != seq;
+}
+
+bool uhmm_interval_check_retry(struct uhmm_interval_notifier *n, unsigned long seq)
+{
+	return !n || __atomic_load_n(&n->uhmm__seq, __ATOMIC_RELAXED) != seq;
+}
+
+void uhmm_interval_set_seq(struct uhmm_interval_notifier *n, unsigned long cur_seq)
+{
+	if (n)
+		__atomic_store_n(&n->uhmm__seq, cur_seq, __ATOMIC_RELEASE);
+}
+
+/*
+ * Call every notifier overlapping [start, end) before the change.  The tree
+ * is stable while active_invalidates > 0 (inserts/removes are deferred), so
+ * the walk runs without nt_lock and callbacks may sleep.
+ */
+void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
+		      enum uhmm_notify_event ev, const void *owner)
+{
+	if (start >= end)
+		return;
+	STAT_ADD(invalidations[ev & 7], 1);
+	pthread_mutex_lock(&as->nt_lock);
+	struct uhmm__itree_node *node = uhmm__itree_first(&as->itree, start, end - 1);
+	if (!node) {
+		pthread_mutex_unlock(&as->nt_lock);
+		return;
+	}
+	uint64_t t0 = uhmm__now_ns();
+	as->active_invalidates++;
+	as->invalidate_seq |= 1;
+	unsigned long cur_seq = as->invalidate_seq;
+	pthread_mutex_unlock(&as->nt_lock);
+
+	struct uhmm_notifier_range r = { .start = start, .end = end, .event = ev, .owner = owner };
+	for (; node; node = uhmm__itree_next(node, start, end - 1)) {
+		struct uhmm_interval_notifier *n = (struct uhmm_interval_notifier *)
+			((char *)node - offsetof(struct uhmm_interval_notifier, uhmm__node));
+		n->uhmm__ops->invalidate(n, &r, cur_seq);
+	}
+
+	pthread_mutex_lock(&as->nt_lock);
+	if (--as->active_invalidates == 0) {
+		as->invalidate_seq++;  /* even again: no invalidation running */
+		apply_deferred(as);
+		pthread_cond_broadcast(&as->nt_cond);
+	}
+	pthread_mutex_unlock(&as->nt_lock);
+	uhmm__event(UHMM_EV_INVALIDATE, ev, start, end - start, t0);
+}
+
+/* Process teardown: every notifier hears RELEASE over its whole range. */
+void uhmm__notifier_release_all(struct uhmm__as *as)
+{
+	uhmm__invalidate(as, 0, UINT64_MAX & PG_MASK, UHMM_NOTIFY_RELEASE, NULL);
+}

@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * range_fault.c - uhmm_range_fault (hmm_range_fault): a snapshot of the CPU
+ * page table over a range, faulting pages in where the per-page request
+ * asks.  Sources: the VMA (permissions, holes), uhmm's page metadata
+ * (device pages, exclusive pages) and the kernel's page table through
+ * PAGEMAP_SCAN and /proc/self/pagemap (present, zero page, huge, exclusive).
+ */
+#include "internal.h"
+#include "compat.h"
+
+#define CAT_EXCLUSIVE (1ULL << 63)
+
+static uint64_t req_of(const struct uhmm_range *r, uint64_t i)
+{
+	uint64_t req = (r->hmm_pfns[i] & r->pfn_flags_mask) | r->default_flags;
+	return req & (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE);
+}
+
+static unsigned int order_of(const struct vma *v, uint64_t cats)
+{
+	if (v->hugetlb)
+		return v->page_size >= (1ULL << 30) ? 18 : 9;
+	return (cats & PAGE_IS_HUGE) ? 9 : 0;
+}
+
+/* Device-side state of the pages: report, or bring back if a fault is asked. */
+static int device_pages(struct uhmm__as *as, struct uhmm_range *r, uint64_t s, uint64_t e,
+			uint8_t *handled)
+{
+	for (uint64_t a = s; a < e; a += PG_SIZE) {
+		uint64_t i = (a - r->start) >> PG_SHIFT;
+		pthread_mutex_lock(&as->pt_lock);
+		struct pmeta *pm = uhmm__pmeta(as, a, false);
+		int st = pm ? pm->state : PS_SYSTEM;
+		bool locked = pm && pm->locked;
+		uint32_t fr = pm ? pm->frame : 0;
+		pthread_mutex_unlock(&as->pt_lock);
+		uint64_t req = req_of(r, i);
+		handled[i - ((s - r->start) >> PG_SHIFT)] = 0;
+		if (st == PS_SYSTEM && !locked)
+			continue;
+		struct frame *f = uhmm__frame(as, fr);
+		if (!locked && st == PS_PRIVATE && f && f->pool->owner == r->dev_private_owner &&
+		    r->dev_private_owner) {
+			r->hmm_pfns[i] = fr | UHMM_PFN_VALID | UHMM_PFN_WRITE | UHMM_PFN_DEVICE;
+			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
+			continue;
+		}
+		if (!locked && st == PS_COHERENT)
+			continue;  /* CPU mapped: the scan reports it, tagged below */
+		if (!(req & UHMM_PFN_REQ_FAULT)) {
+			r->hmm_pfns[i] = 0;
+			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
+			continue;
+		}
+		int rc = uhmm__cpu_fault(as, a, req & UHMM_PFN_REQ_WRITE, false);
+		if (rc)
+			return -EFAULT;
+	}
+	return 0;
+}
+
+static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct vma *v,
+		       uint64_t s, uint64_t e)
+{
+	uint64_t n = (e - s) >> PG_SHIFT, i0 = (s - r->start) >> PG_SHIFT;
+	bool want_fault = false, want_write = false;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t req = req_of(r, i0 + i);
+		want_fault |= req & UHMM_PFN_REQ_FAULT;
+		want_write |= (req & UHMM_PFN_REQ_FAULT) && (req & UHMM_PFN_REQ_WRITE);
+	}
+	if (!v->read) {
+		if (want_fault)
+			return -EFAULT;
+		for (uint64_t i = 0; i < n; i++)
+			r->hmm_pfns[i0 + i] = UHMM_PFN_ERROR;
+		return 0;
+	}
+	if (want_write && !v->write)
+		return -EPERM;
+	if (!v->file || v->shared)
+		uhmm__ensure_registered(as, v, false);  /* best effort: tracking only */
+
+	uint8_t *handled = calloc(n, 1);
+	uint64_t *cats = calloc(n, sizeof(*cats));
+	int rc = -ENOMEM;
+	if (!handled || !cats)
+		goto out;
+	rc = device_pages(as, r, s, e, handled);
+	if (rc)
+		goto out;
+	rc = uhmm__page_scan(as, s, e, cats, n);
+	if (rc)
+		goto out;
+	if (want_fault) {
+		/* Populate the runs of requested pages that are not good enough yet. */
+		for (uint64_t i = 0; i < n;) {
+			uint64_t req = req_of(r, i0 + i);
+			bool w = req & UHMM_PFN_REQ_WRITE;
+			bool ok = (cats[i] & PAGE_IS_PRESENT) &&
+				  (!w || v->shared || ((cats[i] & CAT_EXCLUSIVE) &&
+						       !(cats[i] & PAGE_IS_PFNZERO)));
+			if (handled[i] || !(req & UHMM_PFN_REQ_FAULT) || ok) {
+				i++;
+				continue;
+			}
+			uint64_t j = i + 1;
+			while (j < n && !handled[j] && (req_of(r, i0 + j) & UHMM_PFN_REQ_FAULT))
+				j++;
+			rc = uhmm__populate(as, v, s + (i << PG_SHIFT), s + (j << PG_SHIFT), w);
+			if (rc)
+				goto out;
+			i = j;
+		}
+		rc = uhmm__page_scan(as, s, e, cats, n);
+		if (rc)
+			goto out;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t a = s + (i << PG_SHIFT);
+		if (handled[i])
+			continue;
+		uint64_t req = req_of(r, i0 + i);
+		if (!(cats[i] & PAGE_IS_PRESENT)) {
+			if (req & UHMM_PFN_REQ_FAULT) {
+				rc = -EFAULT;
+				goto out;
+			}
+			r->hmm_pfns[i0 + i] = 0;
+			continue;
+		}
+		bool zero = cats[i] & PAGE_IS_PFNZERO;
+		bool wr = v->write && !zero && (v->shared || (cats[i] & CAT_EXCLUSIVE));
+		uint64_t out = (a >> PG_SHIFT) | UHMM_PFN_VALID |
+			       ((uint64_t)order_of(v, cats[i]) << UHMM_PFN_ORDER_SHIFT);
+		if (wr)
+			out |= UHMM_PFN_WRITE;
+		if (zero)
+			out |= UHMM_PFN_ZERO;
+		r->hmm_pfns[i0 + i] = out;
+	}
+	/* Coherent device pages are CPU mapped; name the device page instead. */
+	pthread_mutex_lock(&as->pt_lock);
+	for (uint64_t i = 0; i < n; i++) {
+		struct pmeta *pm = uhmm__pmeta(as, s + (i << PG_SHIFT), false);
+		if (pm && pm->state == PS_COHERENT && !pm->locked && !handled[i] &&
+		    (r->hmm_pfns[i0 + i] & UHMM_PFN_VALID))
+			r->hmm_pfns[i0 + i] = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
+					      (r->hmm_pfns[i0 + i] & UHMM_PFN_WRITE);
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+	rc = 0;
+out:
+	free(handled);
+	free(cats);
+	return rc;
+}
+
+int uhmm_range_fault(struct uhmm_range *r)
+{
+	if (!r || !r->notifier || !r->hmm_pfns || (r->start & ~PG_MASK) ||
+	    (r->end & ~PG_MASK) || r->start >= r->end)
+		return -EINVAL;
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	STAT_ADD(range_faults, 1);
+	for (uint64_t a = r->start; a < r->end;) {
+		if (uhmm_interval_check_retry(r->notifier, r->notifier_seq))
+			return -EBUSY;
+		struct vma v;
+		int rc = uhmm__vma_find(as, a, &v);
+		if (rc == 0 && v.start > a) {
+			/* A hole up to the next VMA. */
+			v.end = v.start;
+			rc = -EFAULT;
+		} else if (rc) {
+			v.end = r->end;
+		}
+		uint64_t e = v.end < r->end ? v.end : r->end;
+		if (rc) {
+			for (uint64_t p = a; p < e; p += PG_SIZE) {
+				uint64_t i = (p - r->start) >> PG_SHIFT;
+				if (req_of(r, i) & UHMM_PFN_REQ_FAULT)
+					return -EFAULT;
+				r->hmm_pfns[i] = UHMM_PFN_ERROR;
+			}
+		} else {
+			rc = fault_chunk(as, r, &v, a, e);
+			if (rc)
+				return rc;
+		}
+		a = e;
+	}
+	if (uhmm_interval_check_retry(r->notifier, r->notifier_seq))
+		return -EBUSY;
+	return 0;
+}

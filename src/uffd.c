@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uffd.c - the userfaultfd layer: opening it (syscall, then /dev/userfaultfd),
+ * feature negotiation, registration and the resolve ioctls.  Owns nothing but
+ * the translation of kernel errors into uhmm's errno contract; every ioctl
+ * retries EAGAIN (the kernel returns it while the mm is changing).
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+/* Features uhmm asks for; missing optional ones only disable a capability. */
+#define WANTED_FEATURES (UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | \
+			 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_MISSING_SHMEM | \
+			 UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MOVE |     \
+			 UFFD_FEATURE_THREAD_ID)
+
+static int open_raw(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0)
+		return fd;
+	int err = errno;
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev >= 0) {
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+		int err2 = errno;
+		close(dev);
+		if (fd >= 0)
+			return fd;
+		err = err2;
+	}
+	return -err;
+}
+
+const char *uhmm__uffd_why(int err)
+{
+	switch (err) {
+	case -EPERM:
+		return "userfaultfd is not permitted for this user: run as root, or "
+		       "'sysctl vm.unprivileged_userfaultfd=1', or give this user read-write "
+		       "access to /dev/userfaultfd (UFFD_USER_MODE_ONLY is not enough: "
+		       "uhmm must serve kernel-mode faults such as read(2) into device pages)";
+	case -ENOSYS:
+		return "this kernel has no userfaultfd (CONFIG_USERFAULTFD=n)";
+	default:
+		return "userfaultfd could not be opened";
+	}
+}
+
+int uhmm__uffd_open(uint64_t *features_out)
+{
+	int fd = open_raw();
+	if (fd < 0)
+		return fd;
+	/* First ask what the kernel has, then open again with what we want. */
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	if (ioctl(fd, UFFDIO_API, &api) != 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	uint64_t avail = api.features;
+	close(fd);
+	fd = open_raw();
+	if (fd < 0)
+		return fd;
+	api = (struct uffdio_api){ .api = UFFD_API, .features = avail & WANTED_FEATURES };
+	if (ioctl(fd, UFFDIO_API, &api) != 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	*features_out = api.features;
+	return fd;
+}
+
+static int uffd_ioctl(struct uhmm__as *as, unsigned long req, void *arg)
+{
+	for (int tries = 0;; tries++) {
+		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL)) && tries == 0) {
+			errno = EAGAIN;
+		} else if (ioctl(as->uffd, req, arg) == 0) {
+			return 0;
+		}
+		if (errno != EAGAIN || tries > 1000)
+			return -errno;
+	}
+}
+
+int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0),
+	};
+	if (ioctl(as->uffd, UFFDIO_REGISTER, &reg) == 0)
+		return 0;
+	if (!missing)
+		return -errno;
+	/* Some kernels refuse WP on some mappings; MISSING alone still works. */
+	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	return ioctl(as->uffd, UFFDIO_REGISTER, &reg) == 0 ? 0 : -errno;
+}
+
+/*
+ * Move len bytes of pages from src to dst (both page aligned).  Returns 0
+ * when all moved, else the kernel's error with *moved saying how far it got.
+ * -ENOENT: src has a hole at src + *moved.  -EEXIST: dst populated there.
+ * -EBUSY: the src page is shared (COW, pinned).
+ */
+int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
+		    bool wake, uint64_t *moved)
+{
+	uint64_t done = 0;
+	int rc = 0;
+	while (done < len) {
+		struct uffdio_move mv = {
+			.dst = dst + done, .src = src + done, .len = len - done,
+			.mode = wake ? 0 : UFFDIO_MOVE_MODE_DONTWAKE,
+		};
+		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL))) {
+			mv.move = -EAGAIN;
+		} else if (ioctl(as->uffd, UFFDIO_MOVE, &mv) == 0) {
+			done = len;
+			break;
+		} else {
+			rc = -errno;
+		}
+		if (mv.move > 0)
+			done += (uint64_t)mv.move;
+		else if (mv.move < 0)
+			rc = (int)mv.move;
+		if (rc != -EAGAIN)
+			break;
+		rc = 0;
+	}
+	if (moved)
+		*moved = done;
+	return done == len ? 0 : (rc ? rc : -EIO);
+}
+
+int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wake)
+{
+	struct uffdio_zeropage zp = {
+		.range = { .start = dst, .len = len },
+		.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+	};
+	return uffd_ioctl(as, UFFDIO_ZEROPAGE, &zp);
+}
+
+int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len)
+{
+	struct uffdio_copy cp = {
+		.dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len, .mode = 0,
+	};
+	return uffd_ioctl(as, UFFDIO_COPY, &cp);
+}
+
+int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(as->uffd, UFFDIO_WAKE, &r) == 0 ? 0 : -errno;
+}

@@ -1,0 +1,828 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_devmem.c - conformance tests for the public device-memory API used
+ * directly, the way a real driver would (no dmirror): uhmm_devmem pools
+ * (create/destroy, allocation up to max_pages, references and page_free,
+ * zone data, accessors, zeroed pages), the three migrate_vma phases written
+ * by hand with a migrate_to_ram callback, eviction by frame number
+ * (uhmm_migrate_device_range), and argument checking.
+ *
+ * The test driver below owns one pool per test process (each case runs in its
+ * own forked child): page_free counts calls, migrate_to_ram moves exactly the
+ * faulting page back with uhmm_migrate_vma_setup/pages/finalize,
+ * uhmm_sys_page_alloc and uhmm_page_copy, as lib/test_hmm.c does.
+ */
+#include "harness.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uhmm.h>
+
+#define PS		UHMM_PAGE_SIZE
+#define NINTS(size)	((size) / sizeof(int))
+#define RW		(PROT_READ | PROT_WRITE)
+#define PRIV_ANON	(MAP_PRIVATE | MAP_ANONYMOUS)
+#define BOGUS_FRAME	((1ULL << 45) + 123)	/* no pool has such a frame */
+
+/* ------------------------------------------------------------------------ */
+/* the test driver                                                           */
+/* ------------------------------------------------------------------------ */
+
+static const char drv_owner[] = "test_devmem driver";
+
+struct drv {
+	struct uhmm_devmem *mem;
+	atomic_uint frees;		/* page_free calls */
+	atomic_uint faults;		/* migrate_to_ram calls */
+	atomic_uint fault_errors;	/* migrate_to_ram calls that failed */
+	atomic_uint wrong_mem;		/* callbacks with a mem that is not ours */
+	atomic_uint_least64_t last_freed;
+};
+
+static struct drv drv;
+
+static void drv_page_free(struct uhmm_devmem *mem, uint64_t page)
+{
+	if (mem != drv.mem || uhmm_devmem_driver_data(mem) != &drv)
+		atomic_fetch_add(&drv.wrong_mem, 1);
+	atomic_store(&drv.last_freed, page);
+	atomic_fetch_add(&drv.frees, 1);
+}
+
+/* Bring the one faulting page back to a system page. */
+static int drv_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
+{
+	uint64_t src = 0, dst = 0, sys;
+	struct uhmm_migrate args = {
+		.start = vmf->addr,
+		.end = vmf->addr + PS,
+		.src = &src,
+		.dst = &dst,
+		.pgmap_owner = drv_owner,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.fault_page = vmf->page,
+	};
+	int ret;
+
+	atomic_fetch_add(&drv.faults, 1);
+	if (mem != drv.mem)
+		atomic_fetch_add(&drv.wrong_mem, 1);
+	ret = uhmm_migrate_vma_setup(&args);
+	if (ret)
+		goto fail;
+	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
+		ret = uhmm_sys_page_alloc(&sys);
+		if (!ret)
+			ret = uhmm_page_copy(sys, uhmm_migrate_pfn_to_page(src));
+		if (!ret)
+			dst = uhmm_migrate_pfn(sys) | (src & UHMM_MIGRATE_PFN_WRITE);
+	}
+	uhmm_migrate_vma_pages(&args);
+	uhmm_migrate_vma_finalize(&args);
+	if (!ret)
+		return 0;
+fail:
+	atomic_fetch_add(&drv.fault_errors, 1);
+	return ret;
+}
+
+static const struct uhmm_devmem_ops drv_ops = {
+	.page_free = drv_page_free,
+	.migrate_to_ram = drv_migrate_to_ram,
+};
+
+static const struct uhmm_devmem_ops drv_coherent_ops = {
+	.page_free = drv_page_free,
+};
+
+static void runtime_or_skip(void)
+{
+	int ret = uhmm_init();
+
+	if (ret == -ENOSYS)
+		SKIP("kernel has no userfaultfd");
+	if (ret == -EPERM)
+		SKIP("userfaultfd not permitted for this user");
+	ASSERT_EQ(ret, 0);
+}
+
+static void drv_create(enum uhmm_devmem_type type, uint64_t max_pages)
+{
+	runtime_or_skip();
+	ASSERT_EQ(uhmm_devmem_create(type, drv_owner,
+				     type == UHMM_DEVMEM_PRIVATE ? &drv_ops : &drv_coherent_ops,
+				     &drv, max_pages, &drv.mem), 0);
+	ASSERT_NOT_NULL(drv.mem);
+}
+
+/* The driver is done: no callback went wrong, the pool is empty and goes away. */
+static void drv_destroy(void)
+{
+	struct uhmm_devmem_stats st;
+
+	ASSERT_EQ(atomic_load(&drv.wrong_mem), 0);
+	ASSERT_EQ(atomic_load(&drv.fault_errors), 0);
+	ASSERT_EQ(uhmm_devmem_stats(drv.mem, &st), 0);
+	ASSERT_EQ(st.in_use, 0);
+	ASSERT_EQ(st.allocated, st.freed);
+	ASSERT_EQ(atomic_load(&drv.frees), st.freed);
+	ASSERT_EQ(uhmm_devmem_destroy(drv.mem), 0);
+	drv.mem = NULL;
+}
+
+static struct uhmm_devmem_stats drv_stats(void)
+{
+	struct uhmm_devmem_stats st;
+
+	memset(&st, 0, sizeof(st));
+	ASSERT_EQ(uhmm_devmem_stats(drv.mem, &st), 0);
+	return st;
+}
+
+static struct uhmm_stats stats_now(void)
+{
+	struct uhmm_stats st;
+
+	uhmm_stats_get(&st);
+	return st;
+}
+
+static uint64_t drv_alloc(void)
+{
+	uint64_t page = 0;
+
+	ASSERT_EQ(uhmm_devmem_alloc(drv.mem, &page), 0);
+	ASSERT_NE(page, 0);
+	return page;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n, size);
+
+	ASSERT_NOT_NULL(p);
+	return p;
+}
+
+static void fill_ints(void *buf, size_t size, int base)
+{
+	int *p = buf;
+
+	for (size_t i = 0; i < NINTS(size); i++)
+		p[i] = (int)i + base;
+}
+
+static void ints_expect(const char *file, int line, const void *buf, size_t size, int base)
+{
+	const int *p = buf;
+
+	for (size_t i = 0; i < NINTS(size); i++)
+		if (p[i] != (int)i + base)
+			th_fail(file, line, "int %zu of %p is %d, want %d", i, buf, p[i],
+				(int)i + base);
+}
+
+#define EXPECT_INTS(buf, size, base) ints_expect(__FILE__, __LINE__, buf, size, base)
+
+static void zero_expect(const char *file, int line, const void *buf, size_t size)
+{
+	const unsigned char *p = buf;
+
+	for (size_t i = 0; i < size; i++)
+		if (p[i])
+			th_fail(file, line, "byte %zu of %p is 0x%x, want 0", i, buf, p[i]);
+}
+
+#define EXPECT_ZERO(buf, size) zero_expect(__FILE__, __LINE__, buf, size)
+
+static char *map_anon(uint64_t npages)
+{
+	char *p = mmap(NULL, npages * PS, RW, PRIV_ANON, -1, 0);
+
+	ASSERT_MAPPED(p);
+	return p;
+}
+
+/* Driver phase of a migration to the pool: a device page per collected entry. */
+static void drv_alloc_and_copy(const uint64_t *src, uint64_t *dst, uint64_t npages)
+{
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t spage = uhmm_migrate_pfn_to_page(src[i]), dpage;
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		dpage = drv_alloc();
+		if (spage)
+			ASSERT_EQ(uhmm_page_copy(dpage, spage), 0);
+		dst[i] = uhmm_migrate_pfn(dpage);
+		if ((src[i] & UHMM_MIGRATE_PFN_WRITE) || !spage)
+			dst[i] |= UHMM_MIGRATE_PFN_WRITE;
+	}
+}
+
+/* All three phases over [addr, +npages) into the pool; returns cpages. */
+static uint64_t drv_migrate_to_dev(char *addr, uint64_t npages, uint64_t *dst)
+{
+	uint64_t *src = xcalloc(npages, sizeof(*src));
+	struct uhmm_migrate args = {
+		.start = (uint64_t)(uintptr_t)addr,
+		.end = (uint64_t)(uintptr_t)addr + npages * PS,
+		.src = src,
+		.dst = dst,
+		.pgmap_owner = drv_owner,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
+	};
+	uint64_t cpages;
+
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), 0);
+	ASSERT_EQ(args.npages, npages);
+	drv_alloc_and_copy(src, dst, npages);
+	uhmm_migrate_vma_pages(&args);
+	uhmm_migrate_vma_finalize(&args);
+	cpages = args.cpages;
+	free(src);
+	return cpages;
+}
+
+/* ------------------------------------------------------------------------ */
+/* pools                                                                     */
+/* ------------------------------------------------------------------------ */
+
+TEST(create_bad_args)
+{
+	const struct uhmm_devmem_ops no_fault = { .page_free = drv_page_free };
+	const struct uhmm_devmem_ops no_ops = { 0 };
+	struct uhmm_devmem *mem = NULL;
+	struct uhmm_devmem_stats st;
+	uint64_t page;
+
+	runtime_or_skip();
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, NULL, &drv_ops, &drv, 16, &mem),
+		  -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, drv_owner, &drv_ops, &drv, 16, NULL),
+		  -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create((enum uhmm_devmem_type)7, drv_owner, &drv_ops, &drv, 16,
+				     &mem), -EINVAL);
+	/* a private pool needs migrate_to_ram */
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, drv_owner, NULL, &drv, 16, &mem),
+		  -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, drv_owner, &no_fault, &drv, 16, &mem),
+		  -EINVAL);
+	ASSERT_TRUE(mem == NULL);
+	ASSERT_EQ(uhmm_devmem_destroy(NULL), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_alloc(NULL, &page), -EINVAL);
+	ASSERT_LT(uhmm_devmem_stats(NULL, &st), 0);
+
+	/* a coherent pool needs no callbacks */
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_COHERENT, drv_owner, &no_ops, NULL, 16, &mem), 0);
+	ASSERT_NOT_NULL(mem);
+	ASSERT_EQ(uhmm_devmem_type(mem), UHMM_DEVMEM_COHERENT);
+	ASSERT_TRUE(uhmm_devmem_owner(mem) == drv_owner);
+	ASSERT_TRUE(uhmm_devmem_driver_data(mem) == NULL);
+	ASSERT_EQ(uhmm_devmem_alloc(mem, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_destroy(mem), 0);
+}
+
+/* Allocation up to max_pages, then -ENOMEM; every page_free comes once. */
+TEST(alloc_until_full)
+{
+	const uint64_t max = 600;		/* more than one chunk of 512 */
+	uint64_t *pages = xcalloc(max, sizeof(*pages)), extra = 0;
+	struct uhmm_stats s0, s1;
+	struct uhmm_devmem_stats st;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, max);
+	st = drv_stats();
+	ASSERT_EQ(st.capacity, max);
+	ASSERT_EQ(st.in_use, 0);
+	for (uint64_t i = 0; i < max; i++) {
+		pages[i] = drv_alloc();
+		ASSERT_TRUE(uhmm_page_devmem(pages[i]) == drv.mem);
+		for (uint64_t j = 0; j < i; j++)
+			ASSERT_NE(pages[j], pages[i]);
+	}
+	s0 = stats_now();
+	ASSERT_EQ(uhmm_devmem_alloc(drv.mem, &extra), -ENOMEM);
+	s1 = stats_now();
+	ASSERT_GE(s1.alloc_failures - s0.alloc_failures, 1);
+
+	st = drv_stats();
+	ASSERT_EQ(st.allocated, max);
+	ASSERT_EQ(st.freed, 0);
+	ASSERT_EQ(st.in_use, max);
+	ASSERT_EQ(st.alloc_failures, 1);
+	ASSERT_GE(st.reserved, max);
+	ASSERT_LE(st.reserved, 1024);
+
+	for (uint64_t i = 0; i < max; i++)
+		ASSERT_EQ(uhmm_devmem_page_put(pages[i]), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), max);
+	st = drv_stats();
+	ASSERT_EQ(st.freed, max);
+	ASSERT_EQ(st.in_use, 0);
+
+	/* room again */
+	extra = drv_alloc();
+	ASSERT_EQ(drv_stats().in_use, 1);
+	ASSERT_EQ(uhmm_devmem_page_put(extra), 0);
+	free(pages);
+	drv_destroy();
+}
+
+/* References: page_free exactly once, at the last put. */
+TEST(page_get_put)
+{
+	uint64_t page;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	page = drv_alloc();
+	ASSERT_EQ(uhmm_devmem_page_get(page), 0);
+	ASSERT_EQ(uhmm_devmem_page_put(page), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), 0);
+	ASSERT_EQ(drv_stats().in_use, 1);
+	ASSERT_TRUE(uhmm_page_devmem(page) == drv.mem);
+
+	ASSERT_EQ(uhmm_devmem_page_put(page), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), 1);
+	ASSERT_EQ(atomic_load(&drv.last_freed), page);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(drv_stats().freed, 1);
+
+	/* a free page is no longer live */
+	ASSERT_EQ(uhmm_devmem_page_get(page), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_page_put(page), -EINVAL);
+	ASSERT_EQ(atomic_load(&drv.frees), 1);
+	ASSERT_EQ(uhmm_devmem_page_get(0), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_page_put(0), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_page_put(BOGUS_FRAME), -EINVAL);
+	drv_destroy();
+}
+
+/* Accessors of a pool and of its pages. */
+TEST(accessors)
+{
+	int tag1, tag2;
+	uint64_t a, b;
+	char *va, *vb;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	ASSERT_EQ(uhmm_devmem_type(drv.mem), UHMM_DEVMEM_PRIVATE);
+	ASSERT_TRUE(uhmm_devmem_owner(drv.mem) == drv_owner);
+	ASSERT_TRUE(uhmm_devmem_driver_data(drv.mem) == &drv);
+
+	a = drv_alloc();
+	b = drv_alloc();
+	ASSERT_TRUE(uhmm_page_devmem(a) == drv.mem);
+	ASSERT_TRUE(uhmm_page_devmem(0) == NULL);
+	ASSERT_TRUE(uhmm_page_devmem(BOGUS_FRAME) == NULL);
+	ASSERT_EQ(uhmm_page_addr(a), 0);		/* holds no process data */
+
+	ASSERT_EQ(uhmm_page_set_zone_data(a, &tag1), 0);
+	ASSERT_EQ(uhmm_page_set_zone_data(b, &tag2), 0);
+	ASSERT_TRUE(uhmm_page_zone_data(a) == &tag1);
+	ASSERT_TRUE(uhmm_page_zone_data(b) == &tag2);
+	ASSERT_EQ(uhmm_page_set_zone_data(a, NULL), 0);
+	ASSERT_TRUE(uhmm_page_zone_data(a) == NULL);
+	ASSERT_EQ(uhmm_page_set_zone_data(0, &tag1), -EINVAL);
+	ASSERT_EQ(uhmm_page_set_zone_data(BOGUS_FRAME, &tag1), -EINVAL);
+	ASSERT_TRUE(uhmm_page_zone_data(0) == NULL);
+
+	/* each page is its own page-sized slot */
+	va = uhmm_pfn_to_virt(a);
+	vb = uhmm_pfn_to_virt(b);
+	ASSERT_NOT_NULL(va);
+	ASSERT_NOT_NULL(vb);
+	ASSERT_TRUE(va + PS <= vb || vb + PS <= va);
+	ASSERT_TRUE(uhmm_pfn_to_virt(BOGUS_FRAME) == NULL);
+
+	ASSERT_EQ(uhmm_devmem_page_put(a), 0);
+	ASSERT_EQ(uhmm_devmem_page_put(b), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), 2);
+	drv_destroy();
+}
+
+/* I5: a page reads zeros when allocated, also after another user dirtied it. */
+TEST(alloc_zeroed)
+{
+	enum { N = 8 };
+	uint64_t pages[N], extra;
+	char *v;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, N);
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < N; i++) {
+			pages[i] = drv_alloc();
+			v = uhmm_pfn_to_virt(pages[i]);
+			ASSERT_NOT_NULL(v);
+			EXPECT_ZERO(v, PS);
+			memset(v, 0xA5 + i, PS);
+		}
+		ASSERT_EQ(uhmm_devmem_alloc(drv.mem, &extra), -ENOMEM);
+		for (int i = 0; i < N; i++)
+			ASSERT_EQ(uhmm_devmem_page_put(pages[i]), 0);
+	}
+	ASSERT_EQ(atomic_load(&drv.frees), 3 * N);
+	drv_destroy();
+}
+
+/* destroy refuses a pool with pages in use. */
+TEST(destroy_busy)
+{
+	uint64_t page;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	page = drv_alloc();
+	ASSERT_EQ(uhmm_devmem_destroy(drv.mem), -EBUSY);
+	ASSERT_EQ(drv_stats().in_use, 1);		/* still usable */
+	ASSERT_TRUE(uhmm_page_devmem(page) == drv.mem);
+	ASSERT_EQ(uhmm_devmem_page_put(page), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), 1);
+	drv_destroy();
+}
+
+/* ------------------------------------------------------------------------ */
+/* hand-written migration                                                    */
+/* ------------------------------------------------------------------------ */
+
+struct reader {
+	const volatile int *addr;
+	int value;
+	atomic_int done;
+};
+
+static void *reader_fn(void *arg)
+{
+	struct reader *r = arg;
+
+	r->value = *r->addr;
+	atomic_store(&r->done, 1);
+	return NULL;
+}
+
+/* Setup's output: every page collected, each frame holding the page's data. */
+static void check_collected(const uint64_t *src, const uint64_t *dst, uint64_t n)
+{
+	const uint64_t want = UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_MIGRATE |
+			      UHMM_MIGRATE_PFN_WRITE;
+
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t frame = uhmm_migrate_pfn_to_page(src[i]);
+		const int *data;
+
+		ASSERT_EQ(src[i] & want, want);
+		ASSERT_EQ(dst[i], 0);
+		ASSERT_NE(frame, 0);
+		data = uhmm_pfn_to_virt(frame);
+		ASSERT_NOT_NULL(data);
+		ASSERT_EQ(data[0], (int)(i * NINTS(PS)));
+		ASSERT_EQ(data[NINTS(PS) - 1], (int)((i + 1) * NINTS(PS) - 1));
+	}
+}
+
+/*
+ * A malloc'd buffer into a private pool, phase by phase; a CPU access during
+ * the migration waits for finalize, and afterwards faults through
+ * migrate_to_ram and sees the data.
+ */
+TEST(migrate_three_phases)
+{
+	const uint64_t n = 16;
+	uint64_t *src = xcalloc(n, sizeof(*src)), *dst = xcalloc(n, sizeof(*dst));
+	struct reader rd = { 0 };
+	struct uhmm_stats s0, s1, s2;
+	struct uhmm_migrate args;
+	pthread_t thread;
+	char *buf = NULL;
+	unsigned int faults;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 512);
+	ASSERT_EQ(posix_memalign((void **)&buf, PS, n * PS), 0);
+	fill_ints(buf, n * PS, 0);
+	memset(dst, 0x77, n * sizeof(*dst));		/* setup must zero it */
+	s0 = stats_now();
+
+	memset(&args, 0, sizeof(args));
+	args.start = (uint64_t)(uintptr_t)buf;
+	args.end = args.start + n * PS;
+	args.src = src;
+	args.dst = dst;
+	args.pgmap_owner = drv_owner;
+	args.flags = UHMM_MIGRATE_SELECT_SYSTEM;
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), 0);
+	ASSERT_EQ(args.npages, n);
+	ASSERT_EQ(args.cpages, n);
+	check_collected(src, dst, n);
+
+	/* The CPU cannot see a collected page: a reader waits for finalize. */
+	rd.addr = (const volatile int *)(buf + (n - 1) * PS);
+	ASSERT_EQ(pthread_create(&thread, NULL, reader_fn, &rd), 0);
+	usleep(100 * 1000);
+	ASSERT_EQ(atomic_load(&rd.done), 0);
+
+	drv_alloc_and_copy(src, dst, n);
+	uhmm_migrate_vma_pages(&args);
+	for (uint64_t i = 0; i < n; i++)
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	ASSERT_EQ(atomic_load(&rd.done), 0);
+	uhmm_migrate_vma_finalize(&args);
+	s1 = stats_now();
+	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, n);
+
+	/* The reader got the data of the last page, through migrate_to_ram. */
+	ASSERT_EQ(pthread_join(thread, NULL), 0);
+	ASSERT_EQ(rd.value, (int)((n - 1) * NINTS(PS)));
+	faults = atomic_load(&drv.faults);
+	ASSERT_GE(faults, 1);
+	ASSERT_EQ(atomic_load(&drv.frees), faults);
+	ASSERT_EQ(drv_stats().in_use, n - faults);
+	for (uint64_t i = 0; i < n - 1; i++) {
+		uint64_t dpage = uhmm_migrate_pfn_to_page(dst[i]);
+		const int *dv = uhmm_pfn_to_virt(dpage);
+
+		ASSERT_EQ(uhmm_page_addr(dpage), (uint64_t)(uintptr_t)(buf + i * PS));
+		ASSERT_NOT_NULL(dv);
+		ASSERT_EQ(dv[5], (int)(i * NINTS(PS) + 5));	/* the device's view */
+	}
+
+	/* The CPU reads everything back, one migrate_to_ram per page. */
+	EXPECT_INTS(buf, n * PS, 0);
+	s2 = stats_now();
+	ASSERT_EQ(atomic_load(&drv.faults), n);
+	ASSERT_EQ(atomic_load(&drv.frees), n);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_GE(s2.cpu_faults_private - s0.cpu_faults_private, n);
+	ASSERT_EQ(s2.pages_to_system - s0.pages_to_system, n);
+
+	/* the pages are plain memory again: writes stick, no more faults */
+	fill_ints(buf, n * PS, 9);
+	EXPECT_INTS(buf, n * PS, 9);
+	ASSERT_EQ(atomic_load(&drv.faults), n);
+	free(buf);
+	free(src);
+	free(dst);
+	drv_destroy();
+}
+
+/* Unmapping device-private pages frees them, without migrating them back (I4). */
+TEST(unmap_frees)
+{
+	const uint64_t n = 32;
+	uint64_t *dst = xcalloc(n, sizeof(*dst));
+	char *buf;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 64);
+	buf = map_anon(n);
+	fill_ints(buf, n * PS, 0);
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	ASSERT_EQ(drv_stats().in_use, n);
+	ASSERT_EQ(uhmm_page_addr(uhmm_migrate_pfn_to_page(dst[3])),
+		  (uint64_t)(uintptr_t)(buf + 3 * PS));
+
+	ASSERT_EQ(munmap(buf, n * PS), 0);
+	ASSERT_EQ(atomic_load(&drv.faults), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), n);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	free(dst);
+	drv_destroy();
+}
+
+/* Evict every page of the pool by frame number: data returns to its addresses. */
+static uint64_t drv_evict_all(void)
+{
+	uint64_t first, count, done = 0, idx;
+
+	for (idx = 0; uhmm_devmem_chunk(drv.mem, idx, &first, &count) == 0; idx++) {
+		uint64_t *src = xcalloc(count, sizeof(*src));
+		uint64_t *dst = xcalloc(count, sizeof(*dst));
+
+		ASSERT_GT(count, 0);
+		ASSERT_EQ(uhmm_migrate_device_range(src, first, count), 0);
+		for (uint64_t i = 0; i < count; i++) {
+			uint64_t sys, frame = uhmm_migrate_pfn_to_page(src[i]);
+
+			if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				continue;
+			ASSERT_NE(frame, 0);
+			ASSERT_EQ(uhmm_sys_page_alloc(&sys), 0);
+			ASSERT_EQ(uhmm_page_copy(sys, frame), 0);
+			dst[i] = uhmm_migrate_pfn(sys) | (src[i] & UHMM_MIGRATE_PFN_WRITE);
+			done++;
+		}
+		uhmm_migrate_device_pages(src, dst, count);
+		uhmm_migrate_device_finalize(src, dst, count);
+		free(src);
+		free(dst);
+	}
+	ASSERT_GT(idx, 0);
+	return done;
+}
+
+TEST(evict_device_range)
+{
+	const uint64_t n = 40;
+	uint64_t *dst = xcalloc(n, sizeof(*dst));
+	struct uhmm_stats s0, s1;
+	char *a, *b;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 128);
+	a = map_anon(n / 2);
+	b = map_anon(n / 2);
+	fill_ints(a, n / 2 * PS, 100);
+	fill_ints(b, n / 2 * PS, 200);
+	ASSERT_EQ(drv_migrate_to_dev(a, n / 2, dst), n / 2);
+	ASSERT_EQ(drv_migrate_to_dev(b, n / 2, dst + n / 2), n / 2);
+	ASSERT_EQ(drv_stats().in_use, n);
+
+	s0 = stats_now();
+	ASSERT_EQ(drv_evict_all(), n);
+	s1 = stats_now();
+	ASSERT_EQ(s1.evictions - s0.evictions, n);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(atomic_load(&drv.frees), n);
+
+	/* the data is back at its addresses, without any CPU fault on device pages */
+	EXPECT_INTS(a, n / 2 * PS, 100);
+	EXPECT_INTS(b, n / 2 * PS, 200);
+	ASSERT_EQ(atomic_load(&drv.faults), 0);
+	ASSERT_EQ(munmap(a, n / 2 * PS), 0);
+	ASSERT_EQ(munmap(b, n / 2 * PS), 0);
+	free(dst);
+	drv_destroy();
+}
+
+/* Coherent pool: pages stay CPU mapped, come back by an explicit migration. */
+TEST(coherent_migrate)
+{
+	const uint64_t n = 8;
+	uint64_t *src = xcalloc(n, sizeof(*src)), *dst = xcalloc(n, sizeof(*dst));
+	struct uhmm_stats s0, s1;
+	struct uhmm_migrate args;
+	char *buf;
+
+	drv_create(UHMM_DEVMEM_COHERENT, 64);
+	buf = map_anon(n);
+	fill_ints(buf, n * PS, 0);
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	ASSERT_EQ(drv_stats().in_use, n);
+	s0 = stats_now();
+	EXPECT_INTS(buf, n * PS, 0);		/* no fault: the CPU maps them */
+	fill_ints(buf, n * PS, 1);
+	s1 = stats_now();
+	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 0);
+	ASSERT_EQ(drv_stats().in_use, n);
+
+	memset(&args, 0, sizeof(args));
+	args.start = (uint64_t)(uintptr_t)buf;
+	args.end = args.start + n * PS;
+	args.src = src;
+	args.dst = dst;
+	args.pgmap_owner = drv_owner;
+	args.flags = UHMM_MIGRATE_SELECT_DEVICE_COHERENT;
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), 0);
+	ASSERT_EQ(args.cpages, n);
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t sys;
+
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+		ASSERT_TRUE(uhmm_page_devmem(uhmm_migrate_pfn_to_page(src[i])) == drv.mem);
+		ASSERT_EQ(uhmm_sys_page_alloc(&sys), 0);
+		ASSERT_EQ(uhmm_page_copy(sys, uhmm_migrate_pfn_to_page(src[i])), 0);
+		dst[i] = uhmm_migrate_pfn(sys) | (src[i] & UHMM_MIGRATE_PFN_WRITE);
+	}
+	uhmm_migrate_vma_pages(&args);
+	uhmm_migrate_vma_finalize(&args);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(atomic_load(&drv.frees), n);
+	EXPECT_INTS(buf, n * PS, 1);
+
+	/* and once more in, then unmapped: freed (I4) */
+	memset(dst, 0, n * sizeof(*dst));
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	ASSERT_EQ(munmap(buf, n * PS), 0);
+	ASSERT_EQ(atomic_load(&drv.frees), 2 * n);
+	free(src);
+	free(dst);
+	drv_destroy();
+}
+
+/* A dst entry that is not a pool page: that page is not migrated, data intact. */
+TEST(bad_dst_entry)
+{
+	const uint64_t n = 4;
+	uint64_t src[4] = { 0 }, dst[4] = { 0 };
+	struct uhmm_stats s0, s1;
+	struct uhmm_migrate args;
+	char *buf;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	buf = map_anon(n);
+	fill_ints(buf, n * PS, 0);
+	s0 = stats_now();
+	memset(&args, 0, sizeof(args));
+	args.start = (uint64_t)(uintptr_t)buf;
+	args.end = args.start + n * PS;
+	args.src = src;
+	args.dst = dst;
+	args.pgmap_owner = drv_owner;
+	args.flags = UHMM_MIGRATE_SELECT_SYSTEM;
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), 0);
+	ASSERT_EQ(args.cpages, n);
+	drv_alloc_and_copy(src + 1, dst + 1, n - 1);
+	dst[0] = uhmm_migrate_pfn(BOGUS_FRAME) | UHMM_MIGRATE_PFN_WRITE;
+	uhmm_migrate_vma_pages(&args);
+	ASSERT_EQ(src[0] & UHMM_MIGRATE_PFN_MIGRATE, 0);
+	for (uint64_t i = 1; i < n; i++)
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_vma_finalize(&args);
+	s1 = stats_now();
+	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, n - 1);
+	ASSERT_EQ(drv_stats().in_use, n - 1);
+
+	EXPECT_INTS(buf, n * PS, 0);
+	ASSERT_EQ(atomic_load(&drv.faults), n - 1);	/* page 0 never left */
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(munmap(buf, n * PS), 0);
+	drv_destroy();
+}
+
+/* hugetlb mappings cannot migrate. */
+TEST(migrate_hugetlb)
+{
+	const size_t size = 2UL << 20;
+	uint64_t *src = xcalloc(size / PS, sizeof(*src)), *dst = xcalloc(size / PS, sizeof(*dst));
+	struct uhmm_migrate args;
+	char *p;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	p = mmap(NULL, size, RW, PRIV_ANON | MAP_HUGETLB, -1, 0);
+	if (p == MAP_FAILED)
+		SKIP("no hugetlb pages available (vm.nr_hugepages is 0)");
+	memset(p, 0x3C, size);
+	memset(&args, 0, sizeof(args));
+	args.start = (uint64_t)(uintptr_t)p;
+	args.end = args.start + size;
+	args.src = src;
+	args.dst = dst;
+	args.pgmap_owner = drv_owner;
+	args.flags = UHMM_MIGRATE_SELECT_SYSTEM;
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), -EINVAL);
+	ASSERT_EQ((unsigned char)p[size - 1], 0x3C);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(munmap(p, size), 0);
+	free(src);
+	free(dst);
+	drv_destroy();
+}
+
+static int setup_range(uint64_t start, uint64_t end, uint64_t *src, uint64_t *dst)
+{
+	struct uhmm_migrate args;
+
+	memset(&args, 0, sizeof(args));
+	args.start = start;
+	args.end = end;
+	args.src = src;
+	args.dst = dst;
+	args.pgmap_owner = drv_owner;
+	args.flags = UHMM_MIGRATE_SELECT_SYSTEM;
+	return uhmm_migrate_vma_setup(&args);
+}
+
+/* Bad arguments are refused and nothing moves. */
+TEST(migrate_bad_args)
+{
+	const uint64_t n = 4;
+	uint64_t src[4], dst[4];
+	struct uhmm_stats s0, s1;
+	uint64_t a, gone;
+	char *buf, *hole;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	buf = map_anon(n);
+	fill_ints(buf, n * PS, 0);
+	a = (uint64_t)(uintptr_t)buf;
+	s0 = stats_now();
+
+	ASSERT_EQ(uhmm_migrate_vma_setup(NULL), -EINVAL);
+	ASSERT_EQ(setup_range(a, a, src, dst), -EINVAL);			/* npages 0 */
+	ASSERT_EQ(setup_range(a + n * PS, a, src, dst), -EINVAL);		/* start > end */
+	ASSERT_EQ(setup_range(a + 8, a + n * PS, src, dst), -EINVAL);	/* misaligned */
+	ASSERT_EQ(setup_range(a, a + n * PS - 8, src, dst), -EINVAL);
+	ASSERT_EQ(setup_range(a, a + n * PS, NULL, dst), -EINVAL);
+	ASSERT_EQ(setup_range(a, a + n * PS, src, NULL), -EINVAL);
+
+	/* nothing mapped there at all */
+	hole = map_anon(n);
+	gone = (uint64_t)(uintptr_t)hole;
+	ASSERT_EQ(munmap(hole, n * PS), 0);
+	ASSERT_EQ(setup_range(gone, gone + n * PS, src, dst), -EFAULT);
+
+	s1 = stats_now();
+	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 0);
+	ASSERT_EQ(drv_stats().allocated, 0);
+	EXPECT_INTS(buf, n * PS, 0);
+	ASSERT_EQ(atomic_load(&drv.faults), 0);
+	ASSERT_EQ(munmap(buf, n * PS), 0);
+	drv_destroy();
+}
+
+TEST_MAIN()
