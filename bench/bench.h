@@ -307,8 +307,8 @@ static inline void bench_emit(const char *metric, double value, const char *unit
 	bench_fmt_num(f, sizeof(f), floor_v);
 	bench_fmt_num(r, sizeof(r), ratio);
 	n = snprintf(line, sizeof(line),
-		     "{\"metric\": \"%s\", \"value\": %s, \"unit\": \"%s\", \"floor\": %s, \"ratio\": %s}\n",
-		     metric, v, unit, f, r);
+		     "{\"metric\": \"%s\", \"value\": %s, \"unit\": \"%s\", "
+		     "\"floor\": %s, \"ratio\": %s}\n", metric, v, unit, f, r);
 	if (n > 0 && (size_t)n < sizeof(line))
 		bench_write_all(bench.json_fd, line, (size_t)n);
 	printf("  %-28s value %-12s floor %-12s %s\n", metric, v, f, unit);
@@ -432,13 +432,16 @@ static inline void bench_describe_status(char *buf, size_t len, int status, int 
 
 /*
  * Run fn in a child with a deadline of timeout_s (cut to the program's
- * budget); the child starts on the helpers' CPU (bench_place_helpers()).  Every metric of the group that the child did not emit is
- * emitted here with value null, and the reason goes to the notes.
+ * budget); the child starts on the helpers' CPU (bench_place_helpers()).
+ * BENCH_ONLY=WORD runs only the groups whose name contains WORD.  Every
+ * metric of the group that the child did not emit is emitted here with
+ * value null, and the reason goes to the notes.
  */
 static inline void bench_group(const char *name, void (*fn)(void),
 			       const struct bench_metric *metrics, size_t nmetrics, int timeout_s)
 {
 	uint64_t now = bench_now_ns(), deadline = now + (uint64_t)timeout_s * 1000000000ULL;
+	const char *only = getenv("BENCH_ONLY");
 	int status = 0, timed_out = 0;
 	char why[128];
 	pid_t pid;
@@ -448,6 +451,10 @@ static inline void bench_group(const char *name, void (*fn)(void),
 		deadline = bench.deadline_ns;
 	printf("[%s] %s\n", bench.prog, name);
 	fflush(NULL);
+	if (only && !strstr(name, only)) {
+		snprintf(why, sizeof(why), "skipped: BENCH_ONLY=%s", only);
+		goto fill;
+	}
 	if (deadline < now + 2000000000ULL) {
 		snprintf(why, sizeof(why), "skipped: the run's time budget is spent");
 		goto fill;

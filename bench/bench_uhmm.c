@@ -143,6 +143,27 @@ static size_t ub_lat_access(enum ub_lat_kind kind, char *buf, size_t first, size
 	return bad;
 }
 
+/*
+ * CPU faults of the kind counted since s0, waiting up to 100 ms for the
+ * count to reach n (a service thread may count a fault after waking it).
+ */
+static uint64_t ub_fault_count(enum ub_lat_kind kind, const struct uhmm_stats *s0, size_t n)
+{
+	struct uhmm_stats s1;
+	uint64_t faults = 0;
+	int tries;
+
+	for (tries = 0; tries < 100; tries++) {
+		uhmm_stats_get(&s1);
+		faults = kind == UB_LAT_FAULT ? s1.cpu_faults_private - s0->cpu_faults_private :
+			 s1.cpu_faults_exclusive - s0->cpu_faults_exclusive;
+		if (faults >= n)
+			break;
+		usleep(1000);
+	}
+	return faults;
+}
+
 static void ub_latency(enum ub_lat_kind kind)
 {
 	size_t n = BENCH_LAT_WARMUP + BENCH_LAT_SAMPLES, done = 0, bad = 0;
@@ -151,7 +172,7 @@ static void ub_latency(enum ub_lat_kind kind)
 	double *samples = calloc(BENCH_LAT_SAMPLES, sizeof(double));
 	char *buf = bench_map(n * BENCH_PAGE), *bounce = bench_map(BENCH_LAT_BATCH * BENCH_PAGE);
 	struct uhmm_dmirror *dm = NULL;
-	struct uhmm_stats s0, s1;
+	struct uhmm_stats s0;
 	uint64_t faults;
 
 	if (!samples || !buf || !bounce || !(dm = ub_start(0)))
@@ -169,9 +190,7 @@ static void ub_latency(enum ub_lat_kind kind)
 			printf("  measuring thread on CPU %d\n", bench_pin_self());
 		done += b;
 	}
-	uhmm_stats_get(&s1);
-	faults = kind == UB_LAT_FAULT ? s1.cpu_faults_private - s0.cpu_faults_private :
-		 s1.cpu_faults_exclusive - s0.cpu_faults_exclusive;
+	faults = ub_fault_count(kind, &s0, n);
 	printf("  %zu accesses, %llu %s CPU faults counted by uhmm\n", n,
 	       (unsigned long long)faults, kind == UB_LAT_FAULT ? "private" : "exclusive");
 	if (faults < n)
@@ -186,8 +205,8 @@ static void ub_latency(enum ub_lat_kind kind)
 		   bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 50), "us", NAN);
 	bench_emit(kind == UB_LAT_FAULT ? "fault_to_ram_p99" : "exclusive_revoke_p99",
 		   bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 99), "us", NAN);
-	bench_write_cdf(kind == UB_LAT_FAULT ? "bench_lat_fault_uhmm.dat" : "bench_lat_excl_uhmm.dat",
-			kind == UB_LAT_FAULT ?
+	bench_write_cdf(kind == UB_LAT_FAULT ? "bench_lat_fault_uhmm.dat" :
+			"bench_lat_excl_uhmm.dat", kind == UB_LAT_FAULT ?
 			"uhmm: CPU read of a device-private page (device 0)" :
 			"uhmm: CPU write to a device-exclusive page (device 0)",
 			samples, BENCH_LAT_SAMPLES);
@@ -220,15 +239,18 @@ struct ub_mig {
 };
 
 /*
- * reps round trips (plus one warm-up when reps > 1) of bytes through
- * migrate_to_dev / migrate_to_sys on dm; medians in *res.  0 or -errno.
+ * Up to reps round trips of bytes through migrate_to_dev / migrate_to_sys
+ * on dm, after one untimed round if warm; medians in *res.  Stops early,
+ * keeping the rounds done, when the group's time would not cover another
+ * round (at least one is always done).  0 or -errno.
  */
-static int ub_migrate_measure(struct uhmm_dmirror *dm, size_t bytes, int reps, struct ub_mig *res)
+static int ub_migrate_measure(struct uhmm_dmirror *dm, size_t bytes, int reps, bool warm,
+			      struct ub_mig *res)
 {
 	size_t npages = bytes / BENCH_PAGE, bad;
 	char *buf = bench_map(bytes), *bounce = bench_map(bytes);
 	double *d = calloc(3 * (size_t)reps, sizeof(double));
-	int r = -ENOMEM, i;
+	int r = -ENOMEM, i, done = 0;
 
 	if (!buf || !bounce || !d) {
 		bench_note("migration of %zu MiB: cannot map 2 x the size", bytes >> 20);
@@ -236,7 +258,7 @@ static int ub_migrate_measure(struct uhmm_dmirror *dm, size_t bytes, int reps, s
 	}
 	bench_fill_tags(buf, bytes);
 	memset(bounce, 0, bytes);
-	for (i = reps > 1 ? -1 : 0; i < reps; i++) {
+	for (i = warm ? -1 : 0; i < reps; i++) {
 		uint64_t tdev, tsys;
 
 		r = ub_cmd(uhmm_dmirror_migrate_to_dev, "migrate_to_dev", dm, buf, bounce, npages,
@@ -251,6 +273,12 @@ static int ub_migrate_measure(struct uhmm_dmirror *dm, size_t bytes, int reps, s
 		d[i] = bench_gbps(bytes, tdev);
 		d[reps + i] = bench_gbps(bytes, tsys);
 		d[2 * reps + i] = (double)(tdev + tsys) / (double)npages;
+		done++;
+		if (i + 1 < reps && bench_group_left_s() < 2.0 * (double)(tdev + tsys) / 1e9 + 5) {
+			bench_note("migration of %zu MiB: %d of %d rounds (time budget)",
+				   bytes >> 20, done, reps);
+			break;
+		}
 	}
 	bad = ub_check_tags(buf, npages);
 	if (bad) {
@@ -258,9 +286,11 @@ static int ub_migrate_measure(struct uhmm_dmirror *dm, size_t bytes, int reps, s
 		r = -EIO;
 		goto out;
 	}
-	res->gb_dev = bench_median(d, (size_t)reps);
-	res->gb_sys = bench_median(d + reps, (size_t)reps);
-	res->page_ns = bench_median(d + 2 * reps, (size_t)reps);
+	memmove(d + done, d + reps, (size_t)done * sizeof(double));
+	memmove(d + 2 * done, d + 2 * reps, (size_t)done * sizeof(double));
+	res->gb_dev = bench_median(d, (size_t)done);
+	res->gb_sys = bench_median(d + done, (size_t)done);
+	res->page_ns = bench_median(d + 2 * done, (size_t)done);
 out:
 	if (buf)
 		munmap(buf, bytes);
@@ -280,7 +310,7 @@ static void group_migrate(void)
 	if (!dm)
 		return;
 	ub_warm_and_pin(dm);
-	if (!ub_migrate_measure(dm, BENCH_MIG_BYTES, BENCH_MIG_REPS, &main_res)) {
+	if (!ub_migrate_measure(dm, BENCH_MIG_BYTES, BENCH_MIG_REPS, true, &main_res)) {
 		bench_emit("migrate_to_dev_gbps", main_res.gb_dev, "GB/s", NAN);
 		bench_emit("migrate_to_sys_gbps", main_res.gb_sys, "GB/s", NAN);
 	}
@@ -293,7 +323,7 @@ static void group_migrate(void)
 		struct ub_mig res = main_res;
 
 		if (mib != (BENCH_MIG_BYTES >> 20) &&
-		    ub_migrate_measure(dm, mib << 20, BENCH_CURVE_REPS, &res))
+		    ub_migrate_measure(dm, mib << 20, BENCH_CURVE_REPS, true, &res))
 			continue;
 		fprintf(f, "%lu %.4f %.4f\n", mib, res.gb_dev, res.gb_sys);
 		fflush(f);
@@ -333,7 +363,8 @@ static void group_seq(void)
 		bad += sum != expect;
 	}
 	if (bad) {
-		bench_note("fault_to_ram_seq: %zu of %d passes read wrong data", bad, BENCH_SEQ_REPS);
+		bench_note("fault_to_ram_seq: %zu of %d passes read wrong data", bad,
+			   BENCH_SEQ_REPS);
 		goto out;
 	}
 	bench_emit("fault_to_ram_seq_gbps", bench_median(v, BENCH_SEQ_REPS), "GB/s", NAN);
@@ -640,21 +671,22 @@ static void ub_curve_append(unsigned long mib, const struct ub_mig *res)
 }
 
 /*
- * Whether the large size fits: memory for the data, the bounce buffer and a
- * device copy, and time for the repeats at the small size's page cost (with
- * 1 s per GiB of population) within 60% of what the group has left.
+ * Whether the large size fits: memory for the data, the return buffer and a
+ * device copy; and time, within half of what the group has left, for
+ * populating it (2 s per GiB) and one round trip at 3 x the small size's
+ * page cost.  Further rounds stop early when time runs short.
  */
 static bool ub_scale_fits(unsigned long mib, double small_page_ns, const char **why)
 {
 	uint64_t bytes = (uint64_t)mib << 20;
-	double secs = (double)(bytes / BENCH_PAGE) * small_page_ns / 1e9 * (BENCH_SCALE_BIG_REPS + 1)
-		      + 2.0 * (double)mib / 1024.0;
+	double secs = 3.0 * (double)(bytes / BENCH_PAGE) * small_page_ns / 1e9 +
+		      2.0 * (double)mib / 1024.0;
 
 	if (3 * bytes + (1ULL << 30) > bench_mem_available()) {
 		*why = "not enough free memory";
 		return false;
 	}
-	if (secs > 0.6 * bench_group_left_s()) {
+	if (secs > 0.5 * bench_group_left_s()) {
 		*why = "would not finish in the time budget";
 		return false;
 	}
@@ -671,7 +703,7 @@ static void group_scaling(void)
 	if (!dm)
 		return;
 	ub_warm_and_pin(dm);
-	if (ub_migrate_measure(dm, BENCH_SCALE_SMALL, BENCH_SCALE_SMALL_REPS, &small))
+	if (ub_migrate_measure(dm, BENCH_SCALE_SMALL, BENCH_SCALE_SMALL_REPS, true, &small))
 		goto out;
 	for (i = 0; i < BENCH_NSCALE; i++) {
 		unsigned long mib = bench_scale_mib[i];
@@ -680,7 +712,7 @@ static void group_scaling(void)
 			bench_note("migrate_scaling: %lu MiB skipped: %s", mib, why);
 			continue;
 		}
-		if (ub_migrate_measure(dm, (size_t)mib << 20, BENCH_SCALE_BIG_REPS, &big)) {
+		if (ub_migrate_measure(dm, (size_t)mib << 20, BENCH_SCALE_BIG_REPS, false, &big)) {
 			bench_note("migrate_scaling: %lu MiB failed, trying a smaller size", mib);
 			continue;
 		}

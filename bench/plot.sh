@@ -20,9 +20,11 @@ if ! command -v gnuplot >/dev/null 2>&1; then
 	fi
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo="sudo"
-	$sudo apt-get update -qq &&
-		DEBIAN_FRONTEND=noninteractive $sudo apt-get -y -qq install gnuplot-nox >/dev/null ||
-		{ echo "bench/plot.sh: could not install gnuplot-nox" >&2; exit 1; }
+	if ! $sudo apt-get update -qq ||
+		! DEBIAN_FRONTEND=noninteractive $sudo apt-get -y -qq install gnuplot-nox >/dev/null; then
+		echo "bench/plot.sh: could not install gnuplot-nox" >&2
+		exit 1
+	fi
 fi
 
 # pngcairo when this gnuplot has it, else the plain png terminal.
@@ -45,7 +47,7 @@ lat_fault=$(clause bench_lat_fault_uhmm.dat 1:2 "uhmm: read of a device-private 
 lat_excl=$(clause bench_lat_excl_uhmm.dat 1:2 "uhmm: write to a device-exclusive page"
 	clause bench_lat_excl_floor.dat 1:2 "floor: MISSING fault + UFFDIO_MOVE")
 if [ -n "$lat_fault$lat_excl" ]; then
-	gnuplot <<-EOF
+	if gnuplot <<-EOF
 	set terminal $term
 	set output '$build/fault_latency.png'
 	set multiplot layout 1,2 title 'Latency of one CPU access until it returns (CDF, 20000 pages)'
@@ -61,21 +63,26 @@ if [ -n "$lat_fault$lat_excl" ]; then
 	$( [ -n "$lat_excl" ] && echo "plot ${lat_excl%, }" || echo "unset key; plot 2 notitle" )
 	unset multiplot
 	EOF
-	[ $? -eq 0 ] && { echo "wrote $build/fault_latency.png"; plots=$((plots + 1)); }
+	then
+		echo "wrote $build/fault_latency.png"
+		plots=$((plots + 1))
+	fi
 else
 	echo "bench/plot.sh: no latency data in $build (run 'make bench' first)"
 fi
 
 thr=""
 if have bench_throughput_uhmm.dat; then
-	thr="'$build/bench_throughput_uhmm.dat' using 1:2 with linespoints lw 2 title 'uhmm migrate_to_dev', "
-	thr+="'$build/bench_throughput_uhmm.dat' using 1:3 with linespoints lw 2 title 'uhmm migrate_to_sys', "
+	f="'$build/bench_throughput_uhmm.dat'"
+	thr="$f using 1:2 with linespoints lw 2 title 'uhmm migrate_to_dev', "
+	thr+="$f using 1:3 with linespoints lw 2 title 'uhmm migrate_to_sys', "
 fi
 if have bench_throughput_floor.dat; then
-	thr+="'$build/bench_throughput_floor.dat' using 1:2 with linespoints lw 2 dt 2 title 'floor: memcpy (1 thread)', "
+	f="'$build/bench_throughput_floor.dat'"
+	thr+="$f using 1:2 with linespoints lw 2 dt 2 title 'floor: memcpy (1 thread)', "
 fi
 if [ -n "$thr" ]; then
-	gnuplot <<-EOF
+	if gnuplot <<-EOF
 	set terminal $term
 	set output '$build/throughput.png'
 	set title 'Migration throughput vs size (device 0, one command per range)'
@@ -87,7 +94,10 @@ if [ -n "$thr" ]; then
 	set key outside right
 	plot ${thr%, }
 	EOF
-	[ $? -eq 0 ] && { echo "wrote $build/throughput.png"; plots=$((plots + 1)); }
+	then
+		echo "wrote $build/throughput.png"
+		plots=$((plots + 1))
+	fi
 else
 	echo "bench/plot.sh: no throughput data in $build (run 'make bench' first)"
 fi

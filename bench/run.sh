@@ -44,7 +44,7 @@ start=$(date +%s)
 # timeout signals the whole process group, so group children go too.
 BENCH_BUDGET_S=${BENCH_FLOOR_BUDGET_S:-60} timeout -k 5 75 "$bindir/bench_floor" "$build"
 rc_floor=$?
-BENCH_BUDGET_S=${BENCH_UHMM_BUDGET_S:-210} timeout -k 5 225 "$bindir/bench_uhmm" "$build"
+BENCH_BUDGET_S=${BENCH_UHMM_BUDGET_S:-200} timeout -k 5 215 "$bindir/bench_uhmm" "$build"
 rc_uhmm=$?
 [ $rc_floor -eq 0 ] || echo "bench/run.sh: bench_floor exited with status $rc_floor"
 [ $rc_uhmm -eq 0 ] || echo "bench/run.sh: bench_uhmm exited with status $rc_uhmm"
@@ -52,7 +52,8 @@ rc_uhmm=$?
 # Merge: a metric's value comes from bench_uhmm, its floor from whichever
 # line carries one (bench_floor, or bench_uhmm for the self-floored ones).
 cat "$build/bench_floor.jsonl" "$build/bench_uhmm.jsonl" 2>/dev/null |
-	sed -E 's/^\{"metric": "([^"]*)", "value": ([^,]*), "unit": "([^"]*)", "floor": ([^,]*), "ratio": ([^}]*)\}$/\1\t\2\t\3\t\4/' |
+	sed -E -e 's/^\{"metric": "([^"]*)", "value": ([^,]*), /\1\t\2\t/' \
+		-e 's/"unit": "([^"]*)", "floor": ([^,]*), "ratio": ([^}]*)\}$/\1\t\2/' |
 	awk -F'\t' -v order="${metrics[*]}" -v json="$build/bench.json" -v md="$build/bench_table.md" \
 		-v machine="$machine" '
 	NF == 4 {

@@ -34,7 +34,7 @@
 #define NCPU		2
 #define NDEV		2
 #define DEFAULT_OPS	100000ULL
-#define PACE_SLACK	32		/* CPU ops a CPU thread may run ahead */
+#define PACE_SLACK	4		/* ops a thread may run ahead of the other side */
 #define SLOW_NS		1000		/* a CPU atomic slower than this faulted */
 
 struct sample_buf {
@@ -48,8 +48,8 @@ struct run {
 	uint64_t ops;
 	struct uhmm_dmirror *dm[NDEV];
 	pthread_barrier_t go;
-	uint64_t dev_done[NDEV];	/* progress, read by the CPU threads */
-	int dev_err[NDEV];
+	uint64_t done[NCPU + NDEV];	/* progress of each thread, for pacing */
+	int failed;			/* a device thread gave up */
 	uint64_t expect[NCPU + NDEV][NCOUNTERS];
 	uint64_t dev_ops[NDEV];		/* device atomics done */
 	struct sample_buf slow;		/* CPU atomics timed > SLOW_NS */
@@ -112,20 +112,19 @@ static void on_event(const struct uhmm_event *ev, void *arg)
 		sample_add(&r->fault_ev, ev->duration_ns);
 }
 
-static int devices_failed(struct run *r)
+static int failed(struct run *r)
 {
-	for (int d = 0; d < NDEV; d++)
-		if (__atomic_load_n(&r->dev_err[d], __ATOMIC_ACQUIRE))
-			return 1;
-	return 0;
+	return __atomic_load_n(&r->failed, __ATOMIC_ACQUIRE);
 }
 
-static uint64_t slowest_device(struct run *r)
+/* Operations done by the slowest thread of the other kind. */
+static uint64_t slowest_other(struct run *r, int id)
 {
+	int first = id < NCPU ? NCPU : 0, last = id < NCPU ? NCPU + NDEV : NCPU;
 	uint64_t m = UINT64_MAX;
 
-	for (int d = 0; d < NDEV; d++) {
-		uint64_t v = __atomic_load_n(&r->dev_done[d], __ATOMIC_ACQUIRE);
+	for (int t = first; t < last; t++) {
+		uint64_t v = __atomic_load_n(&r->done[t], __ATOMIC_ACQUIRE);
 
 		if (v < m)
 			m = v;
@@ -134,10 +133,24 @@ static uint64_t slowest_device(struct run *r)
 }
 
 /*
- * A CPU thread.  Plain atomics take nanoseconds and device atomics
- * microseconds, so the CPU threads keep pace with the slower device: both
- * sides then contend for the pages during the whole run.
+ * Plain CPU atomics take nanoseconds, device atomics on a page the device
+ * already holds hardly more: left alone, each side would run in bursts and
+ * rarely meet the other.  Each thread keeps within PACE_SLACK operations of
+ * the slowest thread of the other side, so that CPU and devices contend for
+ * the pages during the whole run.
  */
+static void keep_pace(struct run *r, int id, uint64_t n)
+{
+	for (;;) {
+		uint64_t m = slowest_other(r, id);
+
+		if (m >= n || n - m <= PACE_SLACK || failed(r))
+			return;
+		sched_yield();
+	}
+}
+
+/* A CPU thread: plain atomics, timing each one. */
 static void *cpu_thread(void *p)
 {
 	struct worker *w = p;
@@ -149,8 +162,7 @@ static void *cpu_thread(void *p)
 		unsigned int k;
 		uint64_t v, t0, dt;
 
-		while (n > slowest_device(r) + PACE_SLACK && !devices_failed(r))
-			sched_yield();
+		keep_pace(r, w->id, n);
 		pick(&seed, &k, &v);
 		t0 = now_ns();
 		__atomic_fetch_add(counter(r, k), v, __ATOMIC_SEQ_CST);
@@ -158,7 +170,9 @@ static void *cpu_thread(void *p)
 		if (dt > SLOW_NS)
 			sample_add(&r->slow, dt);
 		r->expect[w->id][k] += v;
+		__atomic_store_n(&r->done[w->id], n + 1, __ATOMIC_RELEASE);
 	}
+	__atomic_store_n(&r->done[w->id], UINT64_MAX, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -176,20 +190,21 @@ static void *dev_thread(void *p)
 		uint64_t v, old;
 		int ret;
 
+		keep_pace(r, w->id, n);
 		pick(&seed, &k, &v);
 		ret = uhmm_dmirror_atomic_add(r->dm[d], (uint64_t)(uintptr_t)counter(r, k),
 					      v, &old);
 		if (ret) {
 			fprintf(stderr, "svm_atomics: device %d: atomic_add: %s\n", d,
 				strerror(-ret));
-			__atomic_store_n(&r->dev_err[d], ret, __ATOMIC_RELEASE);
+			__atomic_store_n(&r->failed, 1, __ATOMIC_RELEASE);
 			break;
 		}
 		r->expect[w->id][k] += v;
 		r->dev_ops[d] = n + 1;
-		__atomic_store_n(&r->dev_done[d], n + 1, __ATOMIC_RELEASE);
+		__atomic_store_n(&r->done[w->id], n + 1, __ATOMIC_RELEASE);
 	}
-	__atomic_store_n(&r->dev_done[d], UINT64_MAX, __ATOMIC_RELEASE);
+	__atomic_store_n(&r->done[w->id], UINT64_MAX, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -241,7 +256,15 @@ static int buf_alloc(struct sample_buf *b, uint64_t cap)
 	b->cap = cap;
 	b->n = 0;
 	b->ns = malloc(cap * sizeof(*b->ns));
-	return b->ns ? 0 : -ENOMEM;
+	if (!b->ns)
+		return -ENOMEM;
+	/*
+	 * Populate it now: the event callback writes here from inside uhmm's
+	 * fault handling, where a fault of its own would have to wait for
+	 * itself.
+	 */
+	memset(b->ns, 0, cap * sizeof(*b->ns));
+	return 0;
 }
 
 static int setup(struct run *r)
@@ -285,7 +308,7 @@ static int run_threads(struct run *r)
 	}
 	for (int i = 0; i < NCPU + NDEV; i++)
 		pthread_join(th[i], NULL);
-	return devices_failed(r) ? -EIO : 0;
+	return failed(r) ? -EIO : 0;
 }
 
 static uint64_t parse_ops(int argc, char **argv)
@@ -316,6 +339,7 @@ int main(int argc, char **argv)
 		return 1;
 	printf("svm_atomics: %d counters on %d pages at %p, %d CPU + %d device threads, "
 	       "%" PRIu64 " ops each\n", NCOUNTERS, NPAGES, (void *)r.base, NCPU, NDEV, r.ops);
+	fflush(stdout);
 
 	uhmm_set_event_cb(on_event, &r);
 	uhmm_stats_get(&s0);

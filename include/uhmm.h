@@ -398,7 +398,16 @@ UHMM_API int uhmm_devmem_chunk(const struct uhmm_devmem *mem, uint64_t idx,
  */
 UHMM_API long uhmm_make_device_exclusive(uint64_t start, uint64_t npages,
 					 const void *owner, uint64_t *pages, int *errs);
-/* Give pages back to the CPU before any CPU fault does (device closes). */
+/*
+ * Whether the page at addr is exclusive to owner right now, and its frame.
+ * The answer stays true for as long as the caller holds the lock its
+ * invalidate callback takes (a revocation must notify first); use it there
+ * to confirm a grant instead of a sequence retry that any other device's
+ * grant on the same page would defeat.
+ */
+UHMM_API bool uhmm_device_exclusive_held(uint64_t addr, const void *owner, uint64_t *page);
+/* Give pages back to the CPU before any CPU fault does (device closes).
+ * npages == 0: every page owner holds, wherever it is. */
 UHMM_API int uhmm_device_exclusive_release(uint64_t start, uint64_t npages,
 					   const void *owner);
 

@@ -24,6 +24,9 @@
  *                         mirror after the page is unlocked (as first briefed)
  *   UNMAP_LOCK_FIRST      1 = the unmapper locks the page (MIGRATING) before it
  *                         invalidates (default); 0 = invalidate first (briefed)
+ *   MAX_RETRY             read_retry failures before a device command gives
+ *                         up with -EBUSY (the kernel's range-fault timeout);
+ *                         0 = retry for ever
  *   BUG_SKIP_INVALIDATE   mutant: migration to a device notifies nobody
  */
 
@@ -32,6 +35,15 @@
 #endif
 #ifndef DEV_OPS
 #define DEV_OPS 1
+#endif
+#ifndef NCPU
+#define NCPU 2
+#endif
+#ifndef WITH_DEV0
+#define WITH_DEV0 1
+#endif
+#ifndef WITH_DEV1
+#define WITH_DEV1 1
 #endif
 #ifndef WITH_MIGRATOR
 #define WITH_MIGRATOR 1
@@ -54,8 +66,19 @@
 #ifndef UNMAP_LOCK_FIRST
 #define UNMAP_LOCK_FIRST 1
 #endif
+#ifndef MAX_RETRY
+#define MAX_RETRY 2
+#endif
 
 #define NP 2                    /* pages */
+#ifndef NPICK
+#define NPICK 2                 /* pages the actors choose from (1: page 0) */
+#endif
+#if NPICK == 1
+#define PICK(p) p = 0
+#else
+#define PICK(p) if :: p = 0 :: p = 1 fi
+#endif
 #define ND 2                    /* devices */
 #define NOBODY 255              /* lock owner: free */
 #define EMPTY 255               /* data slot: holds no data */
@@ -96,7 +119,7 @@ byte shadow[NP];                /* last value written to the page */
 bit gone[NP];                   /* ghost: the unmapper discarded the data */
 byte mir[ND * NP];              /* device mirror tables */
 byte dlk[ND] = NOBODY;          /* device locks */
-byte dseq[ND];                  /* notifier sequence per device mirror */
+bit stale[3];                   /* per reader: set_seq since read_begin */
 bit dhit[ND];                   /* mirror hit by an invalidation in progress */
 byte nactive;                   /* invalidations in progress */
 byte Bown = NOBODY;             /* per-block mutex B (one block: both pages) */
@@ -146,84 +169,95 @@ inline wait_mig(p)
 
 /* ---- interval notifiers ---- */
 
+/*
+ * Readers of the notifier sequence: 0 = device thread 0, 1 = device thread 1,
+ * 2 = the taker (device 1).  stale[r] == (seq != the value r read at
+ * read_begin), kept as one bit so that the state space stays finite.
+ */
+inline set_seq(e)
+{
+	if
+	:: e == 0 -> stale[0] = 1
+	:: else -> stale[1] = 1; stale[2] = 1
+	fi;
+	dhit[e] = 1
+}
+
 /* The driver's invalidate callback of device e: its lock, set_seq, drop. */
 inline callback(e, p, ev, ow)
 {
-	atomic {
-		dlk[e] == NOBODY ->
-		if
-		:: ev != EV_UNMAP && ow == e ->
+	dlk[e] == NOBODY ->
+	if
+	:: ev != EV_UNMAP && ow == e ->
 #if SKIP_MODE == 1
-			skip
+		skip
 #elif SKIP_MODE == 2
-			if
-			:: mir[IX(e, p)] == M_RO || mir[IX(e, p)] == M_RW ->
-				mir[IX(e, p)] = M_INV
-			:: else
-			fi;
-			dseq[e]++; dhit[e] = 1
+		if
+		:: mir[IX(e, p)] == M_RO || mir[IX(e, p)] == M_RW ->
+			mir[IX(e, p)] = M_INV
+		:: else
+		fi;
+		set_seq(e)
 #else
-			mir[IX(e, p)] = M_INV; dseq[e]++; dhit[e] = 1
+		mir[IX(e, p)] = M_INV; set_seq(e)
 #endif
-		:: else ->
-			mir[IX(e, p)] = M_INV; dseq[e]++; dhit[e] = 1
-		fi
-	}
+	:: else ->
+		mir[IX(e, p)] = M_INV; set_seq(e)
+	fi
 }
 
-/* Start of an invalidation: every mirror's callback, without B held. */
+/*
+ * Start of an invalidation, B not held: every mirror's callback in turn
+ * (interval-tree order), one step each.
+ */
 inline inval_begin(p, ev, ow)
 {
-	nactive++;
-	callback(0, p, ev, ow);
-	callback(1, p, ev, ow)
+	atomic { nactive++; callback(0, p, ev, ow) };
+	atomic { callback(1, p, ev, ow) }
 }
 
-/* End of an invalidation: read_begin() stops waiting. */
+/* End of an invalidation: read_begin() stops waiting (inside an atomic). */
 inline inval_end()
 {
-	atomic {
-		nactive--;
-		if
-		:: nactive == 0 -> dhit[0] = 0; dhit[1] = 0
-		:: else
-		fi
-	}
+	nactive--;
+	if
+	:: nactive == 0 -> dhit[0] = 0; dhit[1] = 0
+	:: else
+	fi
 }
 
 /* uhmm_interval_read_begin(): waits out an invalidation in progress. */
-inline read_begin(d)
+inline read_begin(rd, d)
 {
-	atomic { !dhit[d] -> s = dseq[d] }
+	!dhit[d] -> stale[rd] = 0
 }
 
-/* ---- data moves (UFFDIO_MOVE / uhmm_page_copy): atomic, one place ---- */
+/* ---- data moves (UFFDIO_MOVE / uhmm_page_copy): one place at a time ---- */
 
 inline move_to_frame(p, d)
 {
-	d_step {
-		assert(ALL_INV(p));             /* I2 at the change point */
-		assert(cpu[p] != EMPTY && frm[IX(d, p)] == EMPTY);
-		frm[IX(d, p)] = cpu[p];
-		cpu[p] = EMPTY
-	}
+	assert(ALL_INV(p));                     /* I2 at the change point */
+	assert(cpu[p] != EMPTY && frm[IX(d, p)] == EMPTY);
+	frm[IX(d, p)] = cpu[p];
+	cpu[p] = EMPTY
 }
 
 inline move_to_cpu(p, d)
 {
-	d_step {
-		assert(ALL_INV(p));             /* I2 at the change point */
-		assert(frm[IX(d, p)] != EMPTY && cpu[p] == EMPTY);
-		cpu[p] = frm[IX(d, p)];
-		frm[IX(d, p)] = EMPTY
-	}
+	assert(ALL_INV(p));                     /* I2 at the change point */
+	assert(frm[IX(d, p)] != EMPTY && cpu[p] == EMPTY);
+	cpu[p] = frm[IX(d, p)];
+	frm[IX(d, p)] = EMPTY
 }
 
 /*
- * CPU-fault path for a page on a device (B held, st is DPRIV or EXCL):
- * revoke exclusivity or migrate back to the CPU; returns with B held, SYS.
+ * CPU-fault path for a page on a device: revoke exclusivity (EXCLUSIVE,
+ * owner NULL) or migrate back (MIGRATE, owner = the device).
+ * to_sys_start: B held, st is DPRIV or EXCL; locks the page, drops B.
+ * to_sys_rest:  notifies, moves the data back.
+ * to_sys_finish: retakes B, st = SYS, wakes waiters; B stays held.
  */
-inline to_sys(p)
+inline to_sys_start(p)
 {
 	odv = own[p];
 	if
@@ -231,28 +265,52 @@ inline to_sys(p)
 	:: else -> ev = EV_MIGRATE; ow = odv
 	fi;
 	st[p] = MIG;
-	unlockB();
-	inval_begin(p, ev, ow);
-	if
-	:: ev == EV_MIGRATE ->
-		/* owner's migrate_to_ram drops its own entry under its lock */
-		atomic { dlk[odv] == NOBODY -> mir[IX(odv, p)] = M_INV }
-	:: else
-	fi;
-	move_to_cpu(p, odv);
-	inval_end();
-	atomic { lockB(); st[p] = SYS; bcast() }
+	unlockB()
 }
 
-/* Exclusive grant to device d (B held, st SYS); returns with B held. */
-inline grant(d, p)
+inline to_sys_rest(p)
+{
+	inval_begin(p, ev, ow);
+	atomic {
+		(ev != EV_MIGRATE || dlk[odv] == NOBODY) ->
+		if
+		:: ev == EV_MIGRATE ->
+			/* the owner's migrate_to_ram drops its own entry */
+			mir[IX(odv, p)] = M_INV
+		:: else
+		fi;
+		move_to_cpu(p, odv);
+		inval_end();
+		odv = 0; ev = 0; ow = 0
+	}
+}
+
+inline to_sys_finish(p)
+{
+	lockB();
+	st[p] = SYS;
+	bcast()
+}
+
+/* Exclusive grant to device d, same three parts (start: B held, st SYS). */
+inline grant_start(p)
 {
 	st[p] = MIG;
-	unlockB();
+	unlockB()
+}
+
+inline grant_rest(d, p)
+{
 	inval_begin(p, EV_EXCL, d);
-	move_to_frame(p, d);
-	inval_end();
-	atomic { lockB(); st[p] = EXCL; own[p] = d; bcast() }
+	atomic { move_to_frame(p, d); inval_end() }
+}
+
+inline grant_finish(d, p)
+{
+	lockB();
+	st[p] = EXCL;
+	own[p] = d;
+	bcast()
 }
 
 /* ---- CPU threads ---- */
@@ -264,10 +322,7 @@ proctype cpu_thread(byte id)
 
 	do
 	:: n < CPU_OPS ->
-		if
-		:: p = 0
-		:: p = 1
-		fi;
+		PICK(p);
 		if
 		:: k = K_READ
 		:: k = K_WRITE
@@ -282,7 +337,7 @@ retry:
 				:: else -> cpu[p] = v; shadow[p] = v
 				fi;
 				done = 1
-			:: else ->                      /* userfault */
+			:: else ->                      /* userfault: queue, sleep */
 				fq!p, id;
 				done = 0
 			fi
@@ -291,12 +346,12 @@ retry:
 		:: !done ->
 			reply[id]?r;
 			if
-			:: r -> goto retry
+			:: r -> goto retry              /* the instruction restarts */
 			:: else                         /* SIGSEGV: not modelled further */
 			fi
 		:: else
 		fi;
-		n++
+		atomic { n++; p = 0; k = 0; v = 0; done = 0; r = 0 }
 	:: else -> break
 	od
 }
@@ -306,23 +361,30 @@ retry:
 active proctype fault_service()
 {
 	byte p, who, odv, ev, ow;
-	bit r;
+	bit r, act;
 
 end:	do
-	:: fq?p, who ->
+	:: atomic {
+		fq?p, who;
 		lockB();
 		wait_mig(p);
 		if
-		:: st[p] == UNMAPPED -> r = 0
-		:: st[p] == DPRIV || st[p] == EXCL -> to_sys(p); r = 1
-		:: st[p] == SYS -> r = 1
+		:: st[p] == UNMAPPED -> r = 0; act = 0
+		:: st[p] == SYS -> r = 1; act = 0
+		:: else -> r = 1; act = 1; to_sys_start(p)
+		fi
+	   };
+		if
+		:: act ->
+			to_sys_rest(p);
+			atomic { to_sys_finish(p); unlockB() }
+		:: else -> unlockB()
 		fi;
-		unlockB();
-		reply[who]!r
+		atomic { reply[who]!r; p = 0; who = 0; odv = 0; ev = 0; ow = 0; r = 0; act = 0 }
 	od
 }
 
-/* ---- device threads (and the device side of the taker) ---- */
+/* ---- device threads (and the taker) ---- */
 
 /* Under the device lock: use entry ent for kind k if it allows it. */
 inline access(d, p, k, ent)
@@ -353,48 +415,86 @@ inline access(d, p, k, ent)
 	fi
 }
 
-/* uhmm_range_fault() for one page; r = 1: -EFAULT. */
+/* uhmm_range_fault() for one page; r = 1: -EFAULT; newent: what to map. */
 inline range_fault(d, p, k)
 {
-	lockB();
-	wait_mig(p);
+	atomic {
+		lockB();
+		wait_mig(p);
+		if
+		:: st[p] == UNMAPPED -> r = 1; act = 0
+		:: st[p] == DPRIV && own[p] == d -> newent = M_DEV; act = 0
+		:: st[p] == SYS -> newent = (k == K_READ -> M_RO : M_RW); act = 0
+		:: else -> act = 1; to_sys_start(p)     /* the CPU-fault path */
+		fi;
+		if
+		:: !act -> unlockB()
+		:: else
+		fi
+	};
 	if
-	:: st[p] == UNMAPPED -> r = 1
-	:: st[p] == DPRIV && own[p] == d -> r = 0; newent = M_DEV
-	:: st[p] == DPRIV && own[p] != d || st[p] == EXCL ->
-		to_sys(p);
-		r = 0; newent = (k == K_READ -> M_RO : M_RW)
-	:: st[p] == SYS -> r = 0; newent = (k == K_READ -> M_RO : M_RW)
-	fi;
-	unlockB()
+	:: act ->
+		to_sys_rest(p);
+		atomic {
+			to_sys_finish(p);
+			newent = (k == K_READ -> M_RO : M_RW);
+			unlockB()
+		}
+	:: else
+	fi
 }
 
 /* uhmm_make_device_exclusive() for one page; r = 1: failed. */
 inline make_excl(d, p)
 {
-	lockB();
-	wait_mig(p);
+	atomic {
+		lockB();
+		wait_mig(p);
+		if
+		:: st[p] == UNMAPPED -> r = 1; act = 0
+		:: st[p] == DPRIV && own[p] == d -> newent = M_DEV; act = 0
+		:: st[p] == EXCL && own[p] == d -> newent = M_EXC; act = 0
+		:: st[p] == SYS -> act = 2; grant_start(p)
+		:: else -> act = 1; to_sys_start(p)     /* another device's page */
+		fi;
+		if
+		:: !act -> unlockB()
+		:: else
+		fi
+	};
 	if
-	:: st[p] == UNMAPPED -> r = 1
-	:: st[p] == DPRIV && own[p] == d -> r = 0; newent = M_DEV
-	:: st[p] == EXCL && own[p] == d -> r = 0; newent = M_EXC
-	:: (st[p] == DPRIV || st[p] == EXCL) && own[p] != d ->
-		to_sys(p); grant(d, p); r = 0; newent = M_EXC
-	:: st[p] == SYS -> grant(d, p); r = 0; newent = M_EXC
+	:: act == 1 ->
+		to_sys_rest(p);
+		atomic { to_sys_finish(p); grant_start(p) };
+		act = 2
+	:: else
 	fi;
-	unlockB()
+	if
+	:: act == 2 ->
+		grant_rest(d, p);
+		atomic { grant_finish(d, p); newent = M_EXC; unlockB() }
+	:: else
+	fi
 }
 
 /* One device command on page p: fault until the mirror allows it. */
-inline devop(d, p, k)
+inline devop(rd, d, p, k)
 {
 	do
-	:: atomic { dlk[d] == NOBODY -> ent = mir[IX(d, p)]; access(d, p, k, ent) };
+	:: atomic {
+		dlk[d] == NOBODY ->
+		ent = mir[IX(d, p)];
+		access(d, p, k, ent);
+		ent = 0;
+		if
+		:: !done -> read_begin(rd, d)
+		:: else
+		fi
+	   };
 		if
 		:: done -> break
 		:: else
 		fi;
-		read_begin(d);
 		if
 		:: k >= K_ATOMIC -> make_excl(d, p)
 		:: else -> range_fault(d, p, k)
@@ -406,80 +506,83 @@ inline devop(d, p, k)
 		atomic {
 			dlk[d] == NOBODY ->
 			if
-			:: dseq[d] != s -> done = 0     /* read_retry: again */
+			:: stale[rd] -> done = 0        /* read_retry: again */
 			:: else ->
 				mir[IX(d, p)] = newent;
 				access(d, p, k, newent);
 				assert(done)
-			fi
+			fi;
+			newent = 0
 		};
 		if
 		:: done -> break
+#if MAX_RETRY > 0
+		:: tries + 1 >= MAX_RETRY -> r = 1; break       /* -EBUSY */
+		:: else -> tries++
+#else
 		:: else
+#endif
 		fi
 	od
 }
 
 proctype device_thread(byte d)
 {
-	byte n, p, k, v, ent, newent, s, odv, ev, ow;
+	byte n, p, k, v, ent, newent, tries, odv, ev, ow, rd = d;
 	bit done, r;
+	byte act;
 
 	do
 	:: n < DEV_OPS ->
-		if
-		:: p = 0
-		:: p = 1
-		fi;
+		PICK(p);
 		if
 		:: k = K_READ
 		:: k = K_WRITE
 		:: k = K_ATOMIC
 		fi;
 		v = (3 + d) * 16 + n + 1;
-		devop(d, p, k);
-		n++
+		devop(rd, d, p, k);
+		atomic { n++; p = 0; k = 0; v = 0; ent = 0; newent = 0; tries = 0;
+			 odv = 0; ev = 0; ow = 0; done = 0; r = 0; act = 0 }
 	:: else -> break
 	od
 }
 
-/* uhmm_dmirror_exclusive() on device 1 */
+/* uhmm_dmirror_exclusive() of one page on device d */
 proctype taker(byte d)
 {
-	byte p, k, v, ent, newent, s, odv, ev, ow;
+	byte p, k = K_TAKE, v, ent, newent, tries, odv, ev, ow, rd = 2;
 	bit done, r;
+	byte act;
 
-	if
-	:: p = 0
-	:: p = 1
-	fi;
-	k = K_TAKE;
-	devop(d, p, k)
+	PICK(p);
+	devop(rd, d, p, k)
 }
 
-/* ---- migrator: device 0 migrates a page to itself and back ---- */
+/* ---- migrator: device d migrates a page to itself and back ---- */
 
 proctype migrator(byte d)
 {
 	byte p, odv, ev, ow;
+	bit act;
 
+	PICK(p);
+	/* uhmm_dmirror_migrate_to_dev: setup locks the page if it is SYS */
+	atomic {
+		lockB();
+		if
+		:: st[p] == SYS -> st[p] = MIG; act = 1
+		:: else -> act = 0
+		fi;
+		unlockB()
+	};
 	if
-	:: p = 0
-	:: p = 1
-	fi;
-	/* migrate_to_dev */
-	lockB();
-	if
-	:: st[p] != SYS -> unlockB()
-	:: else ->
-		st[p] = MIG;
-		unlockB();
+	:: act ->
 #ifndef BUG_SKIP_INVALIDATE
 		inval_begin(p, EV_MIGRATE, d);
-#endif
-		move_to_frame(p, d);
-#ifndef BUG_SKIP_INVALIDATE
-		inval_end();
+		atomic { move_to_frame(p, d); inval_end() };
+#else
+		atomic { move_to_frame(p, d) };
 #endif
 #if !LATE_MAP
 		/* the driver maps its frame while the page is still locked */
@@ -489,15 +592,23 @@ proctype migrator(byte d)
 #if LATE_MAP
 		atomic { dlk[d] == NOBODY -> mir[IX(d, p)] = M_DEV };
 #endif
-	fi;
-	/* migrate_to_sys */
-	lockB();
-	wait_mig(p);
-	if
-	:: st[p] == DPRIV && own[p] == d -> to_sys(p)
 	:: else
 	fi;
-	unlockB()
+	/* uhmm_dmirror_migrate_to_sys */
+	atomic {
+		lockB();
+		wait_mig(p);
+		if
+		:: st[p] == DPRIV && own[p] == d -> act = 1; to_sys_start(p)
+		:: else -> act = 0; unlockB()
+		fi
+	};
+	if
+	:: act ->
+		to_sys_rest(p);
+		atomic { to_sys_finish(p); unlockB() }
+	:: else
+	fi
 }
 
 /* ---- unmapper: munmap() of one page through the interposer ---- */
@@ -516,31 +627,35 @@ proctype unmapper(byte p)
 	byte os;
 
 #if UNMAP_LOCK_FIRST
-	lockB();
-	wait_mig(p);
-	os = st[p];
-	st[p] = MIG;
-	unlockB();
+	atomic { lockB(); wait_mig(p); os = st[p]; st[p] = MIG; unlockB() };
 	inval_begin(p, EV_UNMAP, NODEV);
-	d_step {                                /* the real munmap() */
+	atomic {
+		/* the real munmap(), then the page is marked gone under B */
 		assert(ALL_INV(p));             /* I2 at the change point */
 		free_frame(p, os);
-		cpu[p] = EMPTY
-	};
-	atomic { lockB(); st[p] = UNMAPPED; bcast(); unlockB() };
-	inval_end()
+		cpu[p] = EMPTY;
+		inval_end();
+		lockB();
+		st[p] = UNMAPPED;
+		bcast();
+		unlockB()
+	}
 #else
 	inval_begin(p, EV_UNMAP, NODEV);
-	lockB();
-	wait_mig(p);
-	d_step { os = st[p]; free_frame(p, os); st[p] = UNMAPPED };
-	bcast();
-	unlockB();
-	d_step {                                /* the real munmap() */
-		assert(ALL_INV(p));             /* I2 at the change point */
-		cpu[p] = EMPTY
+	atomic {
+		lockB();
+		wait_mig(p);
+		os = st[p];
+		free_frame(p, os);
+		st[p] = UNMAPPED;
+		bcast();
+		unlockB()
 	};
-	inval_end()
+	atomic {                                /* the real munmap() */
+		assert(ALL_INV(p));             /* I2 at the change point */
+		cpu[p] = EMPTY;
+		inval_end()
+	}
 #endif
 }
 
@@ -553,10 +668,18 @@ end:	atomic { !(PLACED(0) && PLACED(1)) -> assert(false) }
 
 init {
 	atomic {
+#if NCPU > 0
 		run cpu_thread(0);
+#endif
+#if NCPU > 1
 		run cpu_thread(1);
+#endif
+#if WITH_DEV0
 		run device_thread(0);
+#endif
+#if WITH_DEV1
 		run device_thread(1);
+#endif
 #if WITH_MIGRATOR
 		run migrator(0);
 #endif

@@ -55,7 +55,7 @@ struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create)
 			return &b->pg[(addr - base) >> PG_SHIFT];
 	if (!create)
 		return NULL;
-	b = calloc(1, sizeof(*b));
+	b = uhmm__zalloc(sizeof(*b));
 	if (!b)
 		return NULL;
 	b->base = base;
@@ -83,7 +83,7 @@ void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 			if (!pmeta_idle(&b->pg[i]))
 				return;
 		*pp = b->hnext;
-		free(b);
+		uhmm__free(b, sizeof(*b));
 		return;
 	}
 }
@@ -135,8 +135,8 @@ static int vma_from_maps_file(uint64_t addr, struct vma *out)
 		if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %" SCNx64 " %15s %" SCNu64 " %n",
 			   &s, &e, perms, &off, dev, &ino, &n) < 6)
 			continue;
-		if (addr < s || addr >= e)
-			continue;
+		if (addr >= e)
+			continue;  /* the first VMA ending above addr covers it or is next */
 		const char *name = line + n;
 		*out = (struct vma){
 			.start = s, .end = e, .read = perms[0] == 'r', .write = perms[1] == 'w',
@@ -152,12 +152,14 @@ static int vma_from_maps_file(uint64_t addr, struct vma *out)
 	return rc;
 }
 
-/* Look up the VMA containing addr.  -EFAULT if none. */
+/* The VMA containing addr, or the next one above it (start > addr: a hole).
+ * -EFAULT if there is none above. */
 int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out)
 {
 	if (!(as->ufeat & UHMM_FEAT_PROCMAP_QUERY))
 		return vma_from_maps_file(addr, out);
-	struct procmap_query q = { .size = sizeof(q), .query_addr = addr };
+	struct procmap_query q = { .size = sizeof(q), .query_addr = addr,
+				   .query_flags = PROCMAP_QUERY_COVERING_OR_NEXT_VMA };
 	if (ioctl(as->maps_fd, PROCMAP_QUERY, &q) != 0)
 		return errno == ENOENT ? -EFAULT : -errno;
 	*out = (struct vma){
@@ -202,7 +204,7 @@ static void reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e)
 			continue;
 		}
 		if (r->start < s && r->end > e) {
-			struct reg_range *tail = malloc(sizeof(*tail));
+			struct reg_range *tail = uhmm__zalloc(sizeof(*tail));
 			if (tail) {
 				*tail = (struct reg_range){ e, r->end, r->missing, r->next };
 				r->next = tail;
@@ -219,23 +221,35 @@ static void reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e)
 			pp = &r->next;
 		} else {
 			*pp = r->next;
-			free(r);
+			uhmm__free(r, sizeof(*r));
 		}
 	}
 }
 
 /*
- * Register the 2 MiB-aligned window(s) of v that [v->start, v->end) asks
- * for with userfaultfd.  WP-only registration ("tracked") makes the kernel
+ * MISSING registration covers exactly [start, end) (clipped to v): never the
+ * rest of the VMA, which may hold a heap, a thread stack or a sanitizer's
+ * records that the kernel merged with the application's mapping, and whose
+ * faults would then wait for uhmm.  WP-only ("tracking") registration
+ * changes no fault and takes the whole VMA, so that it splits nothing (a
+ * split would break transparent huge pages).  WP-only registration ("tracked") makes the kernel
  * report munmap/mremap/madvise of the range without changing how its faults
  * are served; MISSING ("device-private capable") routes faults on absent
  * pages to the service thread and is only turned on where a page leaves the
  * CPU view.  Mappings userfaultfd cannot take (regular files) are left
  * untracked: the interposers still cover them.
  */
-int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, bool missing)
+int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
+			    uint64_t end, bool missing)
 {
-	uint64_t s = v->start, e = v->end;
+	uint64_t s = start < v->start ? v->start : start;
+	uint64_t e = end > v->end ? v->end : end;
+	if (!missing) {
+		s = v->start;
+		e = v->end;
+	}
+	if (s >= e)
+		return 0;
 	pthread_mutex_lock(&as->pt_lock);
 	bool done = reg_covers(as, s, e, missing);
 	pthread_mutex_unlock(&as->pt_lock);
@@ -244,7 +258,7 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, bool missi
 	int rc = uhmm__uffd_register(as, s, e - s, missing);
 	if (rc)
 		return rc;
-	struct reg_range *r = malloc(sizeof(*r));
+	struct reg_range *r = uhmm__zalloc(sizeof(*r));
 	if (!r)
 		return -ENOMEM;
 	pthread_mutex_lock(&as->pt_lock);
@@ -253,6 +267,15 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, bool missi
 	as->regs = r;
 	pthread_mutex_unlock(&as->pt_lock);
 	return 0;
+}
+
+/* Caller holds pt_lock: does [start, end) touch a registered range? */
+bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	for (struct reg_range *r = as->regs; r; r = r->next)
+		if (r->start < end && start < r->end)
+			return true;
+	return false;
 }
 
 static bool reg_missing(struct uhmm__as *as, uint64_t addr)
@@ -358,9 +381,11 @@ int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uin
 
 /* ---- CPU faults ---------------------------------------------------------- */
 
-/* Resolve a fault on an absent SYSTEM page: zero pages over a small window. */
+/* Resolve a fault on an absent SYSTEM page with the zero page. */
 static int fault_missing(struct uhmm__as *as, uint64_t addr)
 {
+	STAT_ADD(cpu_faults_missing, 1);
+	STAT_ADD(cpu_faults, 1);
 	int rc = uhmm__uffd_zeropage(as, addr, PG_SIZE, true);
 	if (rc == -EEXIST)
 		rc = uhmm__uffd_wake(as, addr, PG_SIZE);
@@ -371,7 +396,7 @@ static int fault_missing(struct uhmm__as *as, uint64_t addr)
 
 static int add_deferred(struct uhmm__as *as, uint64_t addr, bool write)
 {
-	struct deferred_fault *d = malloc(sizeof(*d));
+	struct deferred_fault *d = uhmm__zalloc(sizeof(*d));
 	if (!d)
 		return -ENOMEM;
 	*d = (struct deferred_fault){ addr, write, as->deferred_faults };
@@ -415,8 +440,6 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			int rc = 0;
 			if (from_service) {
 				rc = fault_missing(as, addr);
-				STAT_ADD(cpu_faults_missing, 1);
-				STAT_ADD(cpu_faults, 1);
 				uhmm__event(UHMM_EV_CPU_FAULT, 3, addr, PG_SIZE, t0);
 			}
 			pthread_mutex_unlock(&as->pt_lock);
@@ -424,14 +447,9 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		}
 		pthread_mutex_unlock(&as->pt_lock);
 		if (state == PS_EXCLUSIVE) {
-			int rc = uhmm__exclusive_revoke(as, addr, false);
+			int rc = uhmm__exclusive_revoke(as, addr, from_service);
 			if (rc == -EAGAIN)
 				continue;
-			if (rc == 0 && from_service) {
-				STAT_ADD(cpu_faults_exclusive, 1);
-				STAT_ADD(cpu_faults, 1);
-				uhmm__event(UHMM_EV_CPU_FAULT, 2, addr, PG_SIZE, t0);
-			}
 			return rc;
 		}
 		/* PS_PRIVATE: the owner's migrate_to_ram brings it back. */
@@ -440,6 +458,11 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		if (!pool || !pool->ops || !pool->ops->migrate_to_ram)
 			return -EFAULT;
 		struct uhmm_fault vmf = { .addr = addr, .page = fr, .write = write };
+		if (from_service && tries == 0) {
+			/* Counted before the driver's migration wakes the thread. */
+			STAT_ADD(cpu_faults_private, 1);
+			STAT_ADD(cpu_faults, 1);
+		}
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
 		if (rc)
 			return rc;
@@ -450,8 +473,6 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		if (back) {
 			if (from_service) {
 				uhmm__uffd_wake(as, addr, PG_SIZE);
-				STAT_ADD(cpu_faults_private, 1);
-				STAT_ADD(cpu_faults, 1);
 				uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
 			}
 			return 0;
@@ -567,7 +588,7 @@ static void serve_deferred(struct uhmm__as *as)
 			m.arg.pagefault.address = d->addr;
 			sigbus_thread(as, &m, rc);
 		}
-		free(d);
+		uhmm__free(d, sizeof(*d));
 		d = next;
 	}
 }
@@ -683,6 +704,33 @@ static void atfork_prepare(void)
 			pthread_mutex_unlock(&as->pt_lock);
 		}
 	}
+	/*
+	 * Coherent pages become plain system pages: after fork they are COW
+	 * shared like any anonymous page, and the first write gives each side
+	 * a system page of its own.
+	 */
+	for (uint64_t h = 0; h < as->hash_size; h++) {
+		pthread_mutex_lock(&as->pt_lock);
+		uint32_t frames[BLOCK_PAGES];
+		unsigned n = 0;
+		for (struct block *b = as->hash[h]; b && !n; b = b->hnext) {
+			for (unsigned i = 0; i < BLOCK_PAGES; i++) {
+				struct pmeta *pm = &b->pg[i];
+				if (pm->state != PS_COHERENT || pm->locked)
+					continue;
+				frames[n++] = pm->frame;
+				pm->state = PS_SYSTEM;
+				pm->frame = 0;
+			}
+			if (n)
+				uhmm__pmeta_changed(as, b->base, &b->pg[0]);
+		}
+		pthread_mutex_unlock(&as->pt_lock);
+		for (unsigned i = 0; i < n; i++)
+			uhmm__frame_put(as, frames[i]);
+		if (n)
+			h--;  /* the chain may hold more blocks: look again */
+	}
 }
 
 static void atfork_parent(void)
@@ -710,6 +758,7 @@ static void atfork_child(void)
 	g_as = NULL;
 	g_init_err = 0;
 	close(as->uffd);
+	close(as->arena_uffd);
 	close(as->maps_fd);
 	close(as->pagemap_fd);
 	close(as->wake_fd);
@@ -745,7 +794,8 @@ static uint64_t probe_ufeat(struct uhmm__as *as)
 
 static void as_destroy_fds(struct uhmm__as *as)
 {
-	int fds[] = { as->uffd, as->maps_fd, as->pagemap_fd, as->wake_fd, as->stop_fd };
+	int fds[] = { as->uffd, as->arena_uffd, as->maps_fd, as->pagemap_fd, as->wake_fd,
+		      as->stop_fd };
 	for (unsigned i = 0; i < ARRAY_SIZE(fds); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
@@ -757,14 +807,14 @@ static int as_create(struct uhmm__as **out)
 		uhmm__log("page size is %ld; uhmm supports 4 KiB pages only", sysconf(_SC_PAGESIZE));
 		return -ENOTSUP;
 	}
-	struct uhmm__as *as = calloc(1, sizeof(*as));
+	struct uhmm__as *as = uhmm__zalloc(sizeof(*as));
 	if (!as)
 		return -ENOMEM;
-	as->uffd = as->maps_fd = as->pagemap_fd = as->wake_fd = as->stop_fd = -1;
+	as->uffd = as->arena_uffd = as->maps_fd = as->pagemap_fd = as->wake_fd = as->stop_fd = -1;
 	int rc = uhmm__uffd_open(&as->features);
 	if (rc < 0) {
 		uhmm__log("%s (%s)", uhmm__uffd_why(rc), strerror(-rc));
-		free(as);
+		uhmm__free(as, sizeof(*as));
 		return rc == -EACCES ? -EPERM : rc;
 	}
 	as->uffd = rc;
@@ -774,7 +824,7 @@ static int as_create(struct uhmm__as **out)
 	as->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	as->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	as->hash_size = 4096;
-	as->hash = calloc(as->hash_size, sizeof(*as->hash));
+	as->hash = uhmm__zalloc(as->hash_size * sizeof(*as->hash));
 	rc = -ENOMEM;
 	if (as->maps_fd < 0 || as->pagemap_fd < 0 || as->wake_fd < 0 || as->stop_fd < 0 ||
 	    !as->hash) {
@@ -807,8 +857,8 @@ fail:
 	if (as->arena)
 		syscall(SYS_munmap, as->arena, as->arena_frames << PG_SHIFT);
 	as_destroy_fds(as);
-	free(as->hash);
-	free(as);
+	uhmm__free(as->hash, as->hash_size * sizeof(*as->hash));
+	uhmm__free(as, sizeof(*as));
 	return rc;
 }
 

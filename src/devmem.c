@@ -16,6 +16,7 @@
 
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -36,17 +37,27 @@ int uhmm__arena_init(struct uhmm__as *as)
 		return -ENOMEM;
 	}
 	syscall(SYS_madvise, a, len, MADV_NOHUGEPAGE);
+	/* Distinct VMA flags: never merged with an application mapping. */
+	syscall(SYS_madvise, a, len, MADV_DONTDUMP);
+	syscall(SYS_madvise, ft, ARENA_FRAMES * sizeof(struct frame), MADV_DONTDUMP);
 	as->arena = a;
 	as->arena_frames = ARENA_FRAMES;
 	as->frames = ft;
 	as->arena_next_chunk = 1;   /* chunk 0 holds frame 0, which means "none" */
-	int rc = uhmm__uffd_register(as, (uint64_t)(uintptr_t)a, len, false);
+	as->arena_uffd = uhmm__uffd_open_arena();
+	if (as->arena_uffd < 0)
+		return as->arena_uffd;
+	struct uffdio_register reg = {
+		.range = { .start = (uint64_t)(uintptr_t)a, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+	int rc = ioctl(as->arena_uffd, UFFDIO_REGISTER, &reg) == 0 ? 0 : -errno;
 	if (rc) {
 		uhmm__log("cannot register the frame arena with userfaultfd: %s", strerror(-rc));
 		return rc;
 	}
 	static const struct uhmm_devmem_ops no_ops;
-	struct uhmm_devmem *sys = calloc(1, sizeof(*sys));
+	struct uhmm_devmem *sys = uhmm__zalloc(sizeof(*sys));
 	if (!sys)
 		return -ENOMEM;
 	pthread_mutex_init(&sys->lock, NULL);
@@ -92,11 +103,14 @@ static void arena_chunk_put(struct uhmm__as *as, uint32_t first)
 	pthread_mutex_lock(&as->arena_lock);
 	if (as->nfree_chunks == as->free_chunks_cap) {
 		uint32_t cap = as->free_chunks_cap ? as->free_chunks_cap * 2 : 64;
-		uint32_t *n = realloc(as->free_chunks, cap * sizeof(*n));
+		uint32_t *n = uhmm__zalloc(cap * sizeof(*n));
 		if (!n) {
 			pthread_mutex_unlock(&as->arena_lock);
 			return;  /* the chunk's address space is lost, nothing else */
 		}
+		if (as->free_chunks)
+			memcpy(n, as->free_chunks, as->nfree_chunks * sizeof(*n));
+		uhmm__free(as->free_chunks, as->free_chunks_cap * sizeof(*n));
 		as->free_chunks = n;
 		as->free_chunks_cap = cap;
 	}
@@ -111,9 +125,12 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 		return -ENOMEM;
 	if (mem->nchunks == mem->chunks_cap) {
 		uint32_t cap = mem->chunks_cap ? mem->chunks_cap * 2 : 8;
-		uint32_t *n = realloc(mem->chunks, cap * sizeof(*n));
+		uint32_t *n = uhmm__zalloc(cap * sizeof(*n));
 		if (!n)
 			return -ENOMEM;
+		if (mem->chunks)
+			memcpy(n, mem->chunks, mem->nchunks * sizeof(*n));
+		uhmm__free(mem->chunks, mem->chunks_cap * sizeof(*n));
 		mem->chunks = n;
 		mem->chunks_cap = cap;
 	}
@@ -191,9 +208,12 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 
 /*
  * Take the page at addr out of the CPU view into frame idx.  0, -ENOENT (no
- * page there: a hole), or the kernel's reason the page cannot move.
+ * page there: a hole), or the kernel's reason the page cannot move.  A page
+ * of a mapping whose access flags differ from the arena's cannot be moved;
+ * with may_copy (the caller knows the mapping is read-only, so the CPU
+ * cannot write it meanwhile) it is copied and zapped instead.
  */
-int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx)
+int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool may_copy)
 {
 	uint64_t fa = uhmm__frame_addr(as, idx);
 	int rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
@@ -201,6 +221,13 @@ int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx)
 		/* Shared after fork (COW): make it ours, then move it. */
 		syscall(SYS_madvise, addr, PG_SIZE, MADV_POPULATE_WRITE);
 		rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
+	}
+	if (rc == -EINVAL && may_copy) {
+		if (uhmm_device_read((void *)(uintptr_t)fa, addr, PG_SIZE) != 0)
+			return -ENOENT;
+		rc = uhmm__zap_app_range(as, addr, addr + PG_SIZE);
+		if (rc)
+			uhmm__frame_zap(as, idx);
 	}
 	if (rc == 0)
 		as->frames[idx].populated = 1;
@@ -231,6 +258,22 @@ int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool w
 	return rc;
 }
 
+/* Same, but an empty frame becomes a private zero-filled page, not the
+ * shared zero page: a device-coherent page is a page of its own. */
+int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t idx)
+{
+	static const char zeros[PG_SIZE] __attribute__((aligned(PG_SIZE)));
+	uint64_t fa = uhmm__frame_addr(as, idx);
+	int rc = uhmm__uffd_move(as, addr, fa, PG_SIZE, false, NULL);
+	if (rc == -ENOENT)
+		rc = uhmm__uffd_copy(as, addr, zeros, PG_SIZE);
+	else if (rc == -EINVAL || rc == -EBUSY)
+		return uhmm__move_into_cpu(as, addr, idx, false);
+	if (rc == 0)
+		as->frames[idx].populated = 0;
+	return rc;
+}
+
 /* ---- public API ------------------------------------------------------ */
 
 static struct uhmm__as *pool_as(const struct uhmm_devmem *mem)
@@ -254,7 +297,7 @@ int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
 		return err;
 	if (max_pages > as->arena_frames / 2)
 		return -ENOMEM;
-	struct uhmm_devmem *mem = calloc(1, sizeof(*mem));
+	struct uhmm_devmem *mem = uhmm__zalloc(sizeof(*mem));
 	if (!mem)
 		return -ENOMEM;
 	pthread_mutex_init(&mem->lock, NULL);
@@ -300,9 +343,9 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 			as->frames[mem->chunks[i] + j].pool = NULL;
 		arena_chunk_put(as, mem->chunks[i]);
 	}
-	free(mem->chunks);
+	uhmm__free(mem->chunks, mem->chunks_cap * sizeof(*mem->chunks));
 	pthread_mutex_destroy(&mem->lock);
-	free(mem);
+	uhmm__free(mem, sizeof(*mem));
 	return 0;
 }
 

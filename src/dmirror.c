@@ -9,6 +9,10 @@
  * interval notifier over the whole address space); mirrors opened on the
  * same device share its memory pool.
  *
+ * Memory touched while dm->lock is held (the page table) comes from mmap(),
+ * never the heap: a heap page could be one that uhmm must fault in, and the
+ * fault may need an invalidation that waits for dm->lock.
+ *
  * Locks: dev->lock (device table entry: pool and open count) is taken
  * before nothing else; dm->lock protects dm's page table, flags and counters
  * and is the driver lock the invalidate callback takes.  No uhmm function
@@ -19,6 +23,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "uhmm.h"
 
@@ -86,8 +91,8 @@ static uint64_t *pt_slot(struct uhmm_dmirror *dm, uint64_t addr, bool create)
 			return &b->e[(addr - base) / PAGE];
 	if (!create)
 		return NULL;
-	b = calloc(1, sizeof(*b));
-	if (!b)
+	b = mmap(NULL, sizeof(*b), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (b == MAP_FAILED)
 		return NULL;
 	b->base = base;
 	b->next = dm->pt[h];
@@ -127,7 +132,7 @@ static void pt_free(struct uhmm_dmirror *dm)
 		while (dm->pt[h]) {
 			struct pt_block *b = dm->pt[h];
 			dm->pt[h] = b->next;
-			free(b);
+			munmap(b, sizeof(*b));
 		}
 }
 
@@ -151,6 +156,37 @@ static bool dm_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_no
 static const struct uhmm_interval_notifier_ops dm_notifier_ops = {
 	.invalidate = dm_invalidate,
 };
+
+/*
+ * A notifier over just the pages one operation works on, so that its
+ * read_retry() is not disturbed by invalidations elsewhere in the address
+ * space (the mirror's own notifier covers all of it).
+ */
+struct dm_span {
+	struct uhmm_interval_notifier n;
+	struct uhmm_dmirror *dm;
+};
+
+static bool span_invalidate(struct uhmm_interval_notifier *n,
+			    const struct uhmm_notifier_range *r, unsigned long cur_seq)
+{
+	struct uhmm_dmirror *dm = ((struct dm_span *)n)->dm;
+	if (r->event == UHMM_NOTIFY_EXCLUSIVE && r->owner == dm)
+		return true;
+	pthread_mutex_lock(&dm->lock);
+	uhmm_interval_set_seq(n, cur_seq);
+	pthread_mutex_unlock(&dm->lock);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops span_ops = { .invalidate = span_invalidate };
+
+static int span_begin(struct dm_span *sp, struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	memset(sp, 0, sizeof(*sp));
+	sp->dm = dm;
+	return uhmm_interval_notifier_insert(&sp->n, start, end - start, &span_ops);
+}
 
 /* ---- device memory ops -------------------------------------------------- */
 
@@ -339,21 +375,26 @@ static int dm_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool 
 	uint64_t pfns[FAULT_WINDOW];
 	for (uint64_t a = start; a < end;) {
 		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		struct dm_span sp;
+		int rc = span_begin(&sp, dm, a, e);
+		if (rc)
+			return rc;
 		struct uhmm_range r = {
-			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
+			.notifier = &sp.n, .start = a, .end = e, .hmm_pfns = pfns,
 			.default_flags = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
 			.dev_private_owner = dev_owner(dm->dev),
 		};
-		int rc;
 		for (;;) {
-			r.notifier_seq = uhmm_interval_read_begin(&dm->notifier);
+			r.notifier_seq = uhmm_interval_read_begin(&sp.n);
 			rc = uhmm_range_fault(&r);
 			if (rc == -EBUSY)
 				continue;
-			if (rc)
+			if (rc) {
+				uhmm_interval_notifier_remove(&sp.n);
 				return rc;
+			}
 			pthread_mutex_lock(&dm->lock);
-			if (uhmm_interval_read_retry(&dm->notifier, r.notifier_seq)) {
+			if (uhmm_interval_read_retry(&sp.n, r.notifier_seq)) {
 				pthread_mutex_unlock(&dm->lock);
 				continue;
 			}
@@ -372,6 +413,7 @@ static int dm_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool 
 			pt_set(dm, a + i * PAGE, ent);
 		}
 		pthread_mutex_unlock(&dm->lock);
+		uhmm_interval_notifier_remove(&sp.n);
 		a = e;
 	}
 	return 0;
@@ -423,8 +465,11 @@ static int dm_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, bool wri
 	char *bounce = malloc(cmd->npages * PAGE);
 	if (!bounce)
 		return -ENOMEM;
-	if (write)
-		memcpy(bounce, (void *)(uintptr_t)cmd->ptr, cmd->npages * PAGE);
+	/* The caller's buffer may be bad: copy it like copy_from_user would. */
+	if (write && uhmm_device_read(bounce, cmd->ptr, cmd->npages * PAGE)) {
+		free(bounce);
+		return -EFAULT;
+	}
 	uint64_t done = 0;
 	for (;;) {
 		uint64_t s = start + done * PAGE;
@@ -436,11 +481,10 @@ static int dm_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, bool wri
 			break;
 		cmd->faults++;
 	}
-	if (rc == 0) {
-		if (!write)
-			memcpy((void *)(uintptr_t)cmd->ptr, bounce, cmd->npages * PAGE);
+	if (rc == 0 && !write && uhmm_device_write(cmd->ptr, bounce, cmd->npages * PAGE))
+		rc = -EFAULT;
+	if (rc == 0)
 		cmd->cpages = cmd->npages;
-	}
 	free(bounce);
 	return rc;
 }
@@ -478,19 +522,53 @@ static int check_mapped(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 	return 0;
 }
 
-/* After a migration to this device: mirror the new device pages. */
-static void map_migrated(struct uhmm_dmirror *dm, struct uhmm_migrate *m)
+/*
+ * Mirror the pages of [start, end) that are in this device's memory (a
+ * snapshot, nothing faulted): after a migration, these are what the device
+ * reads back; pages left in system memory stay unmirrored, as in the kernel
+ * driver, so that the read-back reports them (-ENOENT).
+ */
+static int map_own_pages(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
-	pthread_mutex_lock(&dm->lock);
-	for (uint64_t i = 0; i < m->npages; i++) {
-		uint64_t p = uhmm_migrate_pfn_to_page(m->dst[i]);
-		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !p)
+	uint64_t pfns[FAULT_WINDOW];
+	for (uint64_t a = start; a < end;) {
+		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		struct dm_span sp;
+		int rc = span_begin(&sp, dm, a, e);
+		if (rc)
+			return rc;
+		struct uhmm_range r = {
+			.notifier = &sp.n, .start = a, .end = e, .hmm_pfns = pfns,
+			.dev_private_owner = dev_owner(dm->dev),
+		};
+		r.notifier_seq = uhmm_interval_read_begin(&sp.n);
+		rc = uhmm_range_fault(&r);
+		if (rc == 0) {
+			pthread_mutex_lock(&dm->lock);
+			if (uhmm_interval_read_retry(&sp.n, r.notifier_seq)) {
+				rc = -EBUSY;
+			} else {
+				for (uint64_t i = 0; i < (e - a) / PAGE; i++) {
+					uint64_t p = pfns[i];
+					if (!(p & UHMM_PFN_DEVICE) || !(p & UHMM_PFN_VALID) ||
+					    uhmm_page_devmem(p & UHMM_PFN_PFN_MASK) != dm->dev->pool)
+						continue;
+					uint64_t ent = is_private(dm->dev) ? (p & UHMM_PFN_PFN_MASK) | E_DEVICE
+									   : a / PAGE + i;
+					pt_set(dm, a + i * PAGE, ent | E_VALID |
+						   ((p & UHMM_PFN_WRITE) ? E_WRITE : 0));
+				}
+			}
+			pthread_mutex_unlock(&dm->lock);
+		}
+		uhmm_interval_notifier_remove(&sp.n);
+		if (rc == -EBUSY)
 			continue;
-		uint64_t addr = m->start + i * PAGE;
-		pt_set(dm, addr, is_private(dm->dev) ? (p | E_DEVICE | E_VALID | E_WRITE)
-						     : (addr / PAGE) | E_VALID | E_WRITE);
+		if (rc)
+			return rc;
+		a = e;
 	}
-	pthread_mutex_unlock(&dm->lock);
+	return 0;
 }
 
 static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool to_device,
@@ -520,8 +598,6 @@ static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 		for (uint64_t i = 0; i < m.npages; i++)
 			if ((m.src[i] & UHMM_MIGRATE_PFN_MIGRATE) && uhmm_migrate_pfn_to_page(m.dst[i]))
 				(*cpages)++;
-		if (to_device)
-			map_migrated(dm, &m);
 		uhmm_migrate_vma_finalize(&m);
 		a = e;
 	}
@@ -537,7 +613,10 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 	rc = check_mapped(dm, start, end);
 	if (rc)
 		return rc;
-	rc = migrate_range(dm, start, end, true, &cmd->cpages);
+	uint64_t migrated = 0;
+	rc = migrate_range(dm, start, end, true, &migrated);
+	if (rc == 0)
+		rc = map_own_pages(dm, start, end);
 	if (rc)
 		return rc;
 	/* Like the kernel driver: read back what is now in device memory. */
@@ -546,6 +625,7 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 		return -ENOMEM;
 	uint64_t done = 0;
 	rc = dm_access(dm, start, end, bounce, false, &done);
+	cmd->cpages = done;
 	if (rc == 0 && cmd->ptr)
 		memcpy((void *)(uintptr_t)cmd->ptr, bounce, cmd->npages * PAGE);
 	free(bounce);
@@ -622,6 +702,54 @@ int uhmm_dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 	return 0;
 }
 
+/* An atomic to run as soon as the page is held (under dm->lock). */
+struct dm_atomic {
+	uint64_t addr, val, old;
+	bool done;
+};
+
+static void do_atomic(uint64_t ent, uint64_t page, struct dm_atomic *op)
+{
+	char *p = uhmm_pfn_to_virt(ent & E_VALUE);
+	op->old = __atomic_fetch_add((uint64_t *)(p + (op->addr - page)), op->val,
+				     __ATOMIC_SEQ_CST);
+	op->done = true;
+}
+
+/*
+ * Make [start, start + n pages) exclusive to dm and mirror the pages as
+ * atomic entries.  With op, the atomic runs in the same critical section as
+ * the mapping is installed, so a CPU access cannot take the page back in
+ * between (that would starve the device).  Returns pages taken or -errno;
+ * errs[] says why a page was not taken.
+ */
+static long take_exclusive(struct uhmm_dmirror *dm, uint64_t start, uint64_t n,
+			   uint64_t *pages, int *errs, struct dm_atomic *op)
+{
+	long taken = uhmm_make_device_exclusive(start, n, dm, pages, errs);
+	if (taken < 0)
+		return taken;
+	pthread_mutex_lock(&dm->lock);
+	taken = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t addr = start + i * PAGE, pg = 0;
+		/* Under our lock a grant still held cannot be revoked under us. */
+		if (!pages[i] || !uhmm_device_exclusive_held(addr, dm, &pg)) {
+			if (pages[i] && errs)
+				errs[i] = -EBUSY;
+			pages[i] = 0;
+			continue;
+		}
+		pages[i] = pg;
+		pt_set(dm, addr, pg | E_EXCL | E_VALID | E_WRITE);
+		taken++;
+	}
+	if (op && pages[0])
+		do_atomic(pages[0] | E_EXCL, start, op);
+	pthread_mutex_unlock(&dm->lock);
+	return taken;
+}
+
 int uhmm_dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 {
 	int rc = check_cmd(dm, cmd);
@@ -635,26 +763,8 @@ int uhmm_dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd
 		free(errs);
 		return -ENOMEM;
 	}
-	long taken = 0;
-	for (int tries = 0; tries < 100; tries++) {
-		unsigned long seq = uhmm_interval_read_begin(&dm->notifier);
-		taken = uhmm_make_device_exclusive(start, n, dm, pages, errs);
-		if (taken < 0) {
-			rc = (int)taken;
-			break;
-		}
-		pthread_mutex_lock(&dm->lock);
-		if (uhmm_interval_read_retry(&dm->notifier, seq)) {
-			pthread_mutex_unlock(&dm->lock);
-			continue;   /* someone took pages back meanwhile: again */
-		}
-		for (uint64_t i = 0; i < n; i++)
-			if (pages[i])
-				pt_set(dm, start + i * PAGE, pages[i] | E_EXCL | E_VALID | E_WRITE);
-		pthread_mutex_unlock(&dm->lock);
-		rc = 0;
-		break;
-	}
+	long taken = take_exclusive(dm, start, n, pages, errs, NULL);
+	rc = taken < 0 ? (int)taken : 0;
 	if (rc == 0) {
 		cmd->cpages = (uint64_t)taken;
 		for (uint64_t i = 0; i < n && rc == 0; i++)
@@ -694,25 +804,26 @@ int uhmm_dmirror_atomic_add(struct uhmm_dmirror *dm, uint64_t addr, uint64_t val
 	if (!dm || dm->closed || (addr & 7) || addr >= ADDR_LIMIT)
 		return -EINVAL;
 	uint64_t page = addr & ~(PAGE - 1);
-	for (int tries = 0; tries < 100000; tries++) {
-		pthread_mutex_lock(&dm->lock);
-		uint64_t ent = pt_get(dm, page);
-		if (ent & E_EXCL) {
-			char *p = uhmm_pfn_to_virt(ent & E_VALUE);
-			uint64_t o = __atomic_fetch_add((uint64_t *)(p + (addr - page)), val,
-							__ATOMIC_SEQ_CST);
-			pthread_mutex_unlock(&dm->lock);
-			if (old)
-				*old = o;
-			return 0;
-		}
-		pthread_mutex_unlock(&dm->lock);
-		struct uhmm_dmirror_cmd cmd = { .addr = page, .npages = 1 };
-		int rc = uhmm_dmirror_exclusive(dm, &cmd);
-		if (rc && rc != -EBUSY)
-			return rc;
+	struct dm_atomic op = { .addr = addr, .val = val };
+	pthread_mutex_lock(&dm->lock);
+	uint64_t ent = pt_get(dm, page);
+	if (ent & E_EXCL)
+		do_atomic(ent, page, &op);
+	pthread_mutex_unlock(&dm->lock);
+	for (int tries = 0; !op.done && tries < 100000; tries++) {
+		uint64_t pg = 0;
+		int err = 0;
+		long taken = take_exclusive(dm, page, 1, &pg, &err, &op);
+		if (taken < 0)
+			return (int)taken;
+		if (!taken && err && err != -EBUSY)
+			return err;
 	}
-	return -EBUSY;
+	if (!op.done)
+		return -EBUSY;
+	if (old)
+		*old = op.old;
+	return 0;
 }
 
 int uhmm_dmirror_release(struct uhmm_dmirror *dm)

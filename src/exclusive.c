@@ -20,7 +20,9 @@ static int exclusive_refusal(const struct vma *v)
 {
 	if (v->shared || v->file)
 		return -EOPNOTSUPP;
-	if (!v->read || !v->write)
+	if (!v->read)
+		return -EFAULT;
+	if (!v->write)
 		return -EPERM;
 	if (v->hugetlb)
 		return -EOPNOTSUPP;
@@ -28,7 +30,7 @@ static int exclusive_refusal(const struct vma *v)
 }
 
 /* Lock page addr if it is a plain SYSTEM page (or already ours); see below. */
-enum { TAKE_LOCKED, TAKE_ALREADY, TAKE_OTHER };
+enum { TAKE_LOCKED, TAKE_ALREADY, TAKE_OTHER, TAKE_BRING_BACK };
 static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *owner,
 			      uint64_t *frame)
 {
@@ -43,6 +45,8 @@ static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *ow
 		   as->frames[pm->frame].xowner == owner) {
 		*frame = pm->frame;
 		r = TAKE_ALREADY;
+	} else if (pm) {
+		r = TAKE_BRING_BACK;  /* on a device, or exclusive to another one */
 	}
 	pthread_mutex_unlock(&as->pt_lock);
 	return r;
@@ -65,16 +69,21 @@ static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const v
 			    uint64_t *pages, int *errs)
 {
 	uint64_t n = (e - s) >> PG_SHIFT;
-	uint8_t *locked = calloc(n, 1);
+	uint8_t *locked = uhmm__zalloc(n);
 	if (!locked)
 		return -ENOMEM;
-	/* Device pages come back first; then every page must be present and ours. */
-	uhmm__bring_back_range(as, s, e);
 	syscall(SYS_madvise, s, e - s, MADV_POPULATE_WRITE);
 	long taken = 0;
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t fr = 0;
-		int r = lock_for_exclusive(as, s + (i << PG_SHIFT), owner, &fr);
+		int r;
+		/* Pages on a device or held by another device come back first. */
+		for (int t = 0; t < 100; t++) {
+			r = lock_for_exclusive(as, s + (i << PG_SHIFT), owner, &fr);
+			if (r != TAKE_BRING_BACK)
+				break;
+			uhmm__cpu_fault(as, s + (i << PG_SHIFT), true, false);
+		}
 		if (r == TAKE_ALREADY) {
 			pages[i] = fr;
 			taken++;
@@ -92,7 +101,7 @@ static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const v
 		uint64_t addr = s + (i << PG_SHIFT), fr = 0;
 		int rc = uhmm__frame_alloc(as, as->syspool, &fr);
 		if (rc == 0) {
-			rc = uhmm__move_out_of_cpu(as, addr, fr);
+			rc = uhmm__move_out_of_cpu(as, addr, fr, false);
 			if (rc) {
 				uhmm__frame_put(as, fr);
 				fr = 0;
@@ -110,7 +119,7 @@ static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const v
 		finish_page(as, addr, fr, rc == 0);
 	}
 	uhmm__event(UHMM_EV_EXCLUSIVE_GRANT, 0, s, e - s, t0);
-	free(locked);
+	uhmm__free(locked, n);
 	return taken;
 }
 
@@ -148,7 +157,7 @@ long uhmm_make_device_exclusive(uint64_t start, uint64_t npages, const void *own
 		uint64_t e = v.end < end ? v.end : end;
 		int why = exclusive_refusal(&v);
 		if (!why)
-			why = uhmm__ensure_registered(as, &v, true);
+			why = uhmm__ensure_registered(as, &v, a, e, true);
 		if (why) {
 			for (uint64_t p = a; p < e; p += PG_SIZE)
 				if (errs)
@@ -173,9 +182,8 @@ long uhmm_make_device_exclusive(uint64_t start, uint64_t npages, const void *own
  * CPU.  0 when the page is (now) in the CPU view, -EAGAIN if it changed
  * state meanwhile (caller looks again).
  */
-int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool locked)
+int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault)
 {
-	(void)locked;
 	uint64_t t0 = uhmm__now_ns();
 	pthread_mutex_lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
@@ -192,20 +200,29 @@ int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool locked)
 	pthread_mutex_unlock(&as->pt_lock);
 
 	uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_EXCLUSIVE, NULL);
-	int rc = uhmm__move_into_cpu(as, addr, fr, true);
-
+	int rc = uhmm__move_into_cpu(as, addr, fr, false);
+	bool ok = rc == 0 || rc == -ENOENT;
+	if (ok) {
+		/* Counted before the faulting thread is woken, so it sees them. */
+		STAT_ADD(exclusive_revokes, 1);
+		if (cpu_fault) {
+			STAT_ADD(cpu_faults_exclusive, 1);
+			STAT_ADD(cpu_faults, 1);
+			uhmm__event(UHMM_EV_CPU_FAULT, 2, addr, PG_SIZE, t0);
+		}
+		uhmm__event(UHMM_EV_EXCLUSIVE_REVOKE, 0, addr, PG_SIZE, t0);
+	}
 	pthread_mutex_lock(&as->pt_lock);
 	pm = uhmm__pmeta(as, addr, false);
-	if (rc == 0 || rc == -ENOENT) {
+	if (ok) {
 		pm->state = PS_SYSTEM;
 		pm->frame = 0;
 	}
 	uhmm__page_unlock(as, addr, pm);
 	pthread_mutex_unlock(&as->pt_lock);
-	if (rc == 0 || rc == -ENOENT) {
+	uhmm__uffd_wake(as, addr, PG_SIZE);
+	if (ok) {
 		uhmm__frame_put(as, fr);
-		STAT_ADD(exclusive_revokes, 1);
-		uhmm__event(UHMM_EV_EXCLUSIVE_REVOKE, 0, addr, PG_SIZE, t0);
 		return 0;
 	}
 	uhmm__log("exclusive page 0x%llx could not be given back: %s",
@@ -275,4 +292,19 @@ int uhmm_device_exclusive_release(uint64_t start, uint64_t npages, const void *o
 	}
 	revoke_range(as, start, end, owner, false);
 	return 0;
+}
+
+bool uhmm_device_exclusive_held(uint64_t addr, const void *owner, uint64_t *page)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as || (addr & ~PG_MASK))
+		return false;
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	bool held = pm && pm->state == PS_EXCLUSIVE && !pm->locked &&
+		    as->frames[pm->frame].xowner == owner;
+	if (held && page)
+		*page = pm->frame;
+	pthread_mutex_unlock(&as->pt_lock);
+	return held;
 }

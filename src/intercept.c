@@ -38,36 +38,87 @@ static void range_of(uint64_t addr, uint64_t len, uint64_t *s, uint64_t *e)
 		*e = UINT64_MAX & PG_MASK;
 }
 
-static void inflight_add(struct uhmm__as *as, struct inflight_op *op)
+/*
+ * An intercepted call is recorded before it runs.  If it touches a range
+ * registered with userfaultfd, the kernel will also send an event for it,
+ * which the service thread may read after the call has returned: the record
+ * stays until both the call and the event are done with it, so that the
+ * event is recognised as already handled (and cannot hit a new mapping
+ * placed at the same address in between).
+ */
+static struct inflight_op *inflight_begin(struct uhmm__as *as, uint64_t s, uint64_t e,
+					  bool may_event)
 {
+	struct inflight_op *op = uhmm__zalloc(sizeof(*op));
+	if (!op)
+		return NULL;
+	op->start = s;
+	op->end = e;
 	pthread_mutex_lock(&as->pt_lock);
+	op->expect = may_event && uhmm__reg_overlaps(as, s, e);
 	op->next = as->inflight;
 	as->inflight = op;
 	pthread_mutex_unlock(&as->pt_lock);
+	return op;
 }
 
-static void inflight_del(struct uhmm__as *as, struct inflight_op *op)
+/* pt_lock held. */
+static void inflight_unlink(struct uhmm__as *as, struct inflight_op *op)
 {
-	pthread_mutex_lock(&as->pt_lock);
 	for (struct inflight_op **pp = &as->inflight; *pp; pp = &(*pp)->next) {
 		if (*pp == op) {
 			*pp = op->next;
+			uhmm__free(op, sizeof(*op));
+			return;
+		}
+	}
+}
+
+static void inflight_end(struct uhmm__as *as, struct inflight_op *op, bool ok)
+{
+	if (!op)
+		return;
+	pthread_mutex_lock(&as->pt_lock);
+	op->done = true;
+	if (!op->expect || !ok || op->seen)
+		inflight_unlink(as, op);
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/* The service thread read an event for [start, end): was it ours? */
+bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	bool ours = false;
+	pthread_mutex_lock(&as->pt_lock);
+	for (struct inflight_op *op = as->inflight; op; op = op->next) {
+		if (op->start <= start && end <= op->end && (!op->expect || !op->seen)) {
+			ours = true;
+			if (op->expect) {
+				op->seen = true;
+				if (op->done)
+					inflight_unlink(as, op);
+			}
 			break;
 		}
 	}
 	pthread_mutex_unlock(&as->pt_lock);
+	return ours;
 }
 
-/* True if an intercepted call in progress already handled [start, end). */
-bool uhmm__inflight_covers(struct uhmm__as *as, uint64_t start, uint64_t end)
+/*
+ * uhmm's own MADV_DONTNEED of process memory: the kernel posts a REMOVE
+ * event and waits until the service thread has read it, so the service
+ * thread itself must never do this (-EDEADLK), and the event is marked as
+ * ours so that it is not taken for the application's.
+ */
+int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
-	bool yes = false;
-	pthread_mutex_lock(&as->pt_lock);
-	for (struct inflight_op *op = as->inflight; op; op = op->next)
-		if (op->start <= start && end <= op->end)
-			yes = true;
-	pthread_mutex_unlock(&as->pt_lock);
-	return yes;
+	if (uhmm__in_service_thread())
+		return -EDEADLK;
+	struct inflight_op *op = inflight_begin(as, start, end, true);
+	int rc = (int)syscall(SYS_madvise, start, end - start, MADV_DONTNEED);
+	inflight_end(as, op, rc == 0);
+	return rc ? -errno : 0;
 }
 
 static void before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e)
@@ -81,12 +132,12 @@ __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 	struct uhmm__as *as = live_as();
 	if (!as || len == 0 || ((uintptr_t)addr & (PG_SIZE - 1)))
 		return (int)syscall(SYS_munmap, addr, len);
-	struct inflight_op op;
-	range_of((uintptr_t)addr, len, &op.start, &op.end);
-	inflight_add(as, &op);
-	before_unmap(as, op.start, op.end);
+	uint64_t s, e;
+	range_of((uintptr_t)addr, len, &s, &e);
+	struct inflight_op *op = inflight_begin(as, s, e, true);
+	before_unmap(as, s, e);
 	int rc = (int)syscall(SYS_munmap, addr, len);
-	inflight_del(as, &op);
+	inflight_end(as, op, rc == 0);
 	return rc;
 }
 
@@ -103,23 +154,24 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	struct uhmm__as *as = live_as();
 	if (!as || ((uintptr_t)old & (PG_SIZE - 1)))
 		return (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
-	struct inflight_op op;
-	range_of((uintptr_t)old, old_size ? old_size : PG_SIZE, &op.start, &op.end);
-	inflight_add(as, &op);
+	uint64_t os, oe;
+	range_of((uintptr_t)old, old_size ? old_size : PG_SIZE, &os, &oe);
+	/* Whether the kernel sends REMAP or UNMAP here depends on the move: not counted on. */
+	struct inflight_op *op = inflight_begin(as, os, oe, false);
 	/*
 	 * Device pages come back to the CPU first, so the kernel moves the data
 	 * with the mapping; the old range's mirrors go away before the move.
 	 */
-	uhmm__invalidate(as, op.start, op.end, UHMM_NOTIFY_UNMAP, NULL);
-	uhmm__bring_back_range(as, op.start, op.end);
-	uhmm__forget_range(as, op.start, op.end);
+	uhmm__invalidate(as, os, oe, UHMM_NOTIFY_UNMAP, NULL);
+	uhmm__bring_back_range(as, os, oe);
+	uhmm__forget_range(as, os, oe);
 	if ((flags & MREMAP_FIXED) && new_addr) {
 		uint64_t s, e;
 		range_of((uintptr_t)new_addr, new_size, &s, &e);
 		before_unmap(as, s, e);
 	}
 	void *rc = (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
-	inflight_del(as, &op);
+	inflight_end(as, op, rc != MAP_FAILED);
 	return rc;
 }
 
@@ -153,15 +205,15 @@ __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int a
 	if (!as || len == 0 || ((uintptr_t)addr & (PG_SIZE - 1)) ||
 	    !(advice_discards(advice) || advice == MADV_FREE))
 		return (int)syscall(SYS_madvise, addr, len, advice);
-	struct inflight_op op;
-	range_of((uintptr_t)addr, len, &op.start, &op.end);
-	inflight_add(as, &op);
-	uhmm__invalidate(as, op.start, op.end, UHMM_NOTIFY_CLEAR, NULL);
+	uint64_t s, e;
+	range_of((uintptr_t)addr, len, &s, &e);
+	struct inflight_op *op = inflight_begin(as, s, e, advice_discards(advice));
+	uhmm__invalidate(as, s, e, UHMM_NOTIFY_CLEAR, NULL);
 	/* Discarded data: device pages of the range are freed and read zero. */
 	if (advice_discards(advice))
-		uhmm__forget_range(as, op.start, op.end);
+		uhmm__forget_range(as, s, e);
 	int rc = (int)syscall(SYS_madvise, addr, len, advice);
-	inflight_del(as, &op);
+	inflight_end(as, op, rc == 0);
 	return rc;
 }
 
@@ -172,12 +224,12 @@ __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int pr
 	if (!as || ((uintptr_t)addr & (PG_SIZE - 1)) || len == 0)
 		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	/* MAP_FIXED replaces whatever was there: that is an unmap first. */
-	struct inflight_op op;
-	range_of((uintptr_t)addr, len, &op.start, &op.end);
-	inflight_add(as, &op);
-	before_unmap(as, op.start, op.end);
+	uint64_t s, e;
+	range_of((uintptr_t)addr, len, &s, &e);
+	struct inflight_op *op = inflight_begin(as, s, e, true);
+	before_unmap(as, s, e);
 	void *rc = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
-	inflight_del(as, &op);
+	inflight_end(as, op, rc != MAP_FAILED);
 	return rc;
 }
 
@@ -222,7 +274,7 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
 	case UFFD_EVENT_UNMAP:
 	case UFFD_EVENT_REMOVE: {
 		uint64_t s = m->arg.remove.start, e = m->arg.remove.end;
-		if (uhmm__inflight_covers(as, s, e))
+		if (uhmm__inflight_consume(as, s, e))
 			return;
 		uhmm__invalidate(as, s, e, m->event == UFFD_EVENT_UNMAP ? UHMM_NOTIFY_UNMAP :
 					   UHMM_NOTIFY_CLEAR, NULL);
@@ -230,7 +282,7 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
 		return;
 	}
 	case UFFD_EVENT_REMAP:
-		if (uhmm__inflight_covers(as, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
+		if (uhmm__inflight_consume(as, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
 			return;
 		remap_unseen(as, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		return;

@@ -107,8 +107,11 @@ struct vma {
 
 /* ---- the runtime ------------------------------------------------------ */
 
-struct inflight_op {               /* an intercepted call in progress */
+struct inflight_op {               /* an intercepted call (under pt_lock) */
 	uint64_t start, end;
+	bool expect;               /* it touches a registered range: an event will come */
+	bool done;                 /* the call returned */
+	bool seen;                 /* the service thread consumed its event */
 	struct inflight_op *next;
 };
 
@@ -125,7 +128,9 @@ struct reg_range {                 /* a userfaultfd-registered range */
 };
 
 struct uhmm__as {
-	int uffd;
+	int uffd;                  /* the process's ranges: faults and events */
+	int arena_uffd;            /* the frame arena only: no events, so zapping a
+				      frame never waits for the service thread */
 	uint64_t features;         /* UFFD_FEATURE_* granted */
 	uint64_t ufeat;            /* UHMM_FEAT_* */
 	int maps_fd;               /* /proc/self/maps for PROCMAP_QUERY */
@@ -176,8 +181,13 @@ struct uhmm__as *uhmm__as_peek(void);
 
 void uhmm__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* alloc.c: fault-path-safe memory (never the libc heap); zeroed */
+void *uhmm__zalloc(size_t size);
+void uhmm__free(void *p, size_t size);
+
 /* uffd.c */
 int uhmm__uffd_open(uint64_t *features_out);
+int uhmm__uffd_open_arena(void);
 int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing);
 int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
 		    bool wake, uint64_t *moved);
@@ -188,7 +198,8 @@ const char *uhmm__uffd_why(int err);
 
 /* aspace.c: VMAs, registration, page metadata, fault service */
 int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out);
-int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, bool missing);
+int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
+			    uint64_t end, bool missing);
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
 void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
@@ -203,7 +214,9 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 
 /* intercept.c */
 void uhmm__intercept_link(void);
-bool uhmm__inflight_covers(struct uhmm__as *as, uint64_t start, uint64_t end);
+int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end);
+bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg);
 
 /* notifier.c */
@@ -222,11 +235,12 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f
 void uhmm__frame_put(struct uhmm__as *as, uint64_t f);
 bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f);
 int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wake);
-int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f);
+int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t f);
+int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool may_copy);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 
 /* exclusive.c */
-int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool locked);
+int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault);
 void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end);
 
 /* migrate.c */

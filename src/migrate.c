@@ -51,7 +51,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 		    uint8_t *origin, const uint64_t *cats)
 {
 	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
-		      v->read && v->write;
+		      v->read;
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t i = 0; i < a->npages; i++) {
 		uint64_t addr = a->start + (i << PG_SHIFT);
@@ -93,24 +93,28 @@ static void unlock_page(struct uhmm__as *as, uint64_t addr)
 	pthread_mutex_unlock(&as->pt_lock);
 }
 
-/* Zap zero pages of collected holes so that the CPU faults on them. */
-static void zap_zero_holes(struct uhmm_migrate *a, const uint8_t *origin, const uint64_t *cats)
+/*
+ * Zero pages of collected holes leave the CPU view so that the CPU faults on
+ * them: moved into a scratch frame that is then dropped.  (MADV_DONTNEED on
+ * a registered range would post an event and wait for the service thread.)
+ */
+static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, const uint8_t *origin,
+			   const uint64_t *cats)
 {
-	for (uint64_t i = 0; i < a->npages;) {
-		if (origin[i] != OR_HOLE || !(cats[i] & PAGE_IS_PRESENT)) {
-			i++;
+	for (uint64_t i = 0; i < a->npages; i++) {
+		if (origin[i] != OR_HOLE || !(cats[i] & PAGE_IS_PRESENT))
 			continue;
-		}
-		uint64_t j = i;
-		while (j < a->npages && origin[j] == OR_HOLE && (cats[j] & PAGE_IS_PRESENT))
-			j++;
-		syscall(SYS_madvise, a->start + (i << PG_SHIFT), (j - i) << PG_SHIFT, MADV_DONTNEED);
-		i = j;
+		uint64_t fr;
+		if (uhmm__frame_alloc(as, as->syspool, &fr))
+			continue;
+		uhmm__move_out_of_cpu(as, a->start + (i << PG_SHIFT), fr, false);
+		uhmm__frame_put(as, fr);
 	}
 }
 
 /* Take page i's data into a frame; sets src[i]. */
-static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin, uint64_t i)
+static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin, uint64_t i,
+		      bool writable)
 {
 	uint64_t addr = a->start + (i << PG_SHIFT);
 	uint64_t fr = 0;
@@ -129,7 +133,7 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 		return;
 	case OR_COHERENT:
 		/* Its data is in the CPU view: take it back into its own frame. */
-		rc = uhmm__move_out_of_cpu(as, addr, dev_frame);
+		rc = uhmm__move_out_of_cpu(as, addr, dev_frame, false);
 		if (rc == 0 || rc == -ENOENT) {
 			a->src[i] = uhmm_migrate_pfn(dev_frame) | UHMM_MIGRATE_PFN_MIGRATE |
 				    UHMM_MIGRATE_PFN_WRITE;
@@ -140,7 +144,7 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 		rc = uhmm__frame_alloc(as, as->syspool, &fr);
 		if (rc)
 			break;
-		rc = uhmm__move_out_of_cpu(as, addr, fr);
+		rc = uhmm__move_out_of_cpu(as, addr, fr, !writable);
 		if (rc == 0) {
 			as->frames[fr].addr = addr;
 			a->src[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE |
@@ -191,13 +195,13 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		return -EFAULT;
 	if (a->end > v.end || v.hugetlb)
 		return -EINVAL;
-	struct mig *m = calloc(1, sizeof(*m));
-	uint8_t *origin = calloc(a->npages, 1);
-	uint64_t *cats = calloc(a->npages, sizeof(*cats));
+	struct mig *m = uhmm__zalloc(sizeof(*m));
+	uint8_t *origin = uhmm__zalloc(a->npages);
+	uint64_t *cats = uhmm__zalloc(a->npages * sizeof(*cats));
 	if (!m || !origin || !cats) {
-		free(m);
-		free(origin);
-		free(cats);
+		uhmm__free(m, sizeof(*m));
+		uhmm__free(origin, a->npages);
+		uhmm__free(cats, a->npages * sizeof(*cats));
 		return -ENOMEM;
 	}
 	m->as = as;
@@ -206,28 +210,28 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	if ((a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v.shared && !v.file) {
 		/* Exclusive pages are taken back from their holder first. */
 		uhmm__bring_back_exclusive(as, a->start, a->end);
-		rc = uhmm__ensure_registered(as, &v, true);
+		rc = uhmm__ensure_registered(as, &v, a->start, a->end, true);
 		if (rc == 0)
 			rc = uhmm__page_scan(as, a->start, a->end, cats, a->npages);
 		if (rc) {
 			uhmm__fork_unlock(as);
-			free(m);
-			free(origin);
-			free(cats);
+			uhmm__free(m, sizeof(*m));
+			uhmm__free(origin, a->npages);
+			uhmm__free(cats, a->npages * sizeof(*cats));
 			return rc;
 		}
 	}
 	collect(as, a, &v, origin, cats);
 	uhmm__invalidate(as, a->start, a->end, UHMM_NOTIFY_MIGRATE, a->pgmap_owner);
-	zap_zero_holes(a, origin, cats);
+	zap_zero_holes(as, a, origin, cats);
 	for (uint64_t i = 0; i < a->npages; i++) {
 		if (origin[i] == OR_NONE)
 			continue;
-		take_page(as, a, origin, i);
+		take_page(as, a, origin, i, v.write);
 		if (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
 			a->cpages++;
 	}
-	free(cats);
+	uhmm__free(cats, a->npages * sizeof(*cats));
 	a->uhmm__priv = m;
 	return 0;
 }
@@ -250,7 +254,9 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d)
 	struct frame *f = &as->frames[d];
 	int type = f->pool == as->syspool ? 0 : f->pool->type;
 	int rc = 0;
-	if (type != UHMM_DEVMEM_PRIVATE)
+	if (type == UHMM_DEVMEM_COHERENT)
+		rc = uhmm__move_into_cpu_writable(as, addr, d);
+	else if (type == 0)
 		rc = uhmm__move_into_cpu(as, addr, d, false);
 	if (rc)
 		return rc;
@@ -371,8 +377,8 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		uhmm__event(UHMM_EV_MIGRATE_TO_DEV, (uint32_t)n_dev, a->start, a->end - a->start, t0);
 	if (n_sys)
 		uhmm__event(UHMM_EV_MIGRATE_TO_SYS, (uint32_t)n_sys, a->start, a->end - a->start, t0);
-	free(m->origin);
-	free(m);
+	uhmm__free(m->origin, a->npages);
+	uhmm__free(m, sizeof(*m));
 	a->uhmm__priv = NULL;
 }
 
@@ -414,7 +420,7 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 			continue;
 		uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_MIGRATE, f->pool->owner);
 		if (st == PS_COHERENT) {
-			int rc = uhmm__move_out_of_cpu(as, addr, fr);
+			int rc = uhmm__move_out_of_cpu(as, addr, fr, false);
 			if (rc && rc != -ENOENT) {
 				unlock_page(as, addr);
 				continue;

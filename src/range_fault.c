@@ -81,10 +81,10 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 	if (want_write && !v->write)
 		return -EPERM;
 	if (!v->file || v->shared)
-		uhmm__ensure_registered(as, v, false);  /* best effort: tracking only */
+		uhmm__ensure_registered(as, v, s, e, false);  /* best effort: tracking */
 
-	uint8_t *handled = calloc(n, 1);
-	uint64_t *cats = calloc(n, sizeof(*cats));
+	uint8_t *handled = uhmm__zalloc(n);
+	uint64_t *cats = uhmm__zalloc(n * sizeof(*cats));
 	int rc = -ENOMEM;
 	if (!handled || !cats)
 		goto out;
@@ -107,7 +107,8 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 				continue;
 			}
 			uint64_t j = i + 1;
-			while (j < n && !handled[j] && (req_of(r, i0 + j) & UHMM_PFN_REQ_FAULT))
+			while (j < n && !handled[j] && (req_of(r, i0 + j) & UHMM_PFN_REQ_FAULT) &&
+			       !!(req_of(r, i0 + j) & UHMM_PFN_REQ_WRITE) == w)
 				j++;
 			rc = uhmm__populate(as, v, s + (i << PG_SHIFT), s + (j << PG_SHIFT), w);
 			if (rc)
@@ -153,8 +154,8 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 	pthread_mutex_unlock(&as->pt_lock);
 	rc = 0;
 out:
-	free(handled);
-	free(cats);
+	uhmm__free(handled, n);
+	uhmm__free(cats, n * sizeof(*cats));
 	return rc;
 }
 

@@ -41,6 +41,14 @@ static int open_raw(void)
 	return -err;
 }
 
+/* UFFDIO_MOVE/COPY/ZEROPAGE go to the userfaultfd that registered dst. */
+static int fd_for(struct uhmm__as *as, uint64_t dst)
+{
+	uint64_t a = (uint64_t)(uintptr_t)as->arena;
+	return as->arena_uffd >= 0 && dst >= a && dst < a + (as->arena_frames << PG_SHIFT)
+		       ? as->arena_uffd : as->uffd;
+}
+
 const char *uhmm__uffd_why(int err)
 {
 	switch (err) {
@@ -83,17 +91,33 @@ int uhmm__uffd_open(uint64_t *features_out)
 	return fd;
 }
 
-static int uffd_ioctl(struct uhmm__as *as, unsigned long req, void *arg)
+static int uffd_ioctl(struct uhmm__as *as, uint64_t dst, unsigned long req, void *arg)
 {
+	int fd = fd_for(as, dst);
 	for (int tries = 0;; tries++) {
 		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL)) && tries == 0) {
 			errno = EAGAIN;
-		} else if (ioctl(as->uffd, req, arg) == 0) {
+		} else if (ioctl(fd, req, arg) == 0) {
 			return 0;
 		}
 		if (errno != EAGAIN || tries > 1000)
 			return -errno;
 	}
+}
+
+/* The arena's own userfaultfd: MOVE only, no events. */
+int uhmm__uffd_open_arena(void)
+{
+	int fd = open_raw();
+	if (fd < 0)
+		return fd;
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
+	if (ioctl(fd, UFFDIO_API, &api) != 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
 }
 
 int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing)
@@ -122,6 +146,7 @@ int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t le
 {
 	uint64_t done = 0;
 	int rc = 0;
+	int fd = fd_for(as, dst);
 	while (done < len) {
 		struct uffdio_move mv = {
 			.dst = dst + done, .src = src + done, .len = len - done,
@@ -129,7 +154,7 @@ int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t le
 		};
 		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL))) {
 			mv.move = -EAGAIN;
-		} else if (ioctl(as->uffd, UFFDIO_MOVE, &mv) == 0) {
+		} else if (ioctl(fd, UFFDIO_MOVE, &mv) == 0) {
 			done = len;
 			break;
 		} else {
@@ -154,7 +179,7 @@ int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wa
 		.range = { .start = dst, .len = len },
 		.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 	};
-	return uffd_ioctl(as, UFFDIO_ZEROPAGE, &zp);
+	return uffd_ioctl(as, dst, UFFDIO_ZEROPAGE, &zp);
 }
 
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len)
@@ -162,7 +187,7 @@ int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t
 	struct uffdio_copy cp = {
 		.dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len, .mode = 0,
 	};
-	return uffd_ioctl(as, UFFDIO_COPY, &cp);
+	return uffd_ioctl(as, dst, UFFDIO_COPY, &cp);
 }
 
 int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len)

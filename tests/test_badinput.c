@@ -80,12 +80,16 @@ static int run_cmd(dm_cmd_fn fn, struct uhmm_dmirror *dm, uint64_t addr, void *p
 	return ret;
 }
 
-/* A page-aligned address with nothing mapped there. */
+/*
+ * A page-aligned address with nothing mapped there: the lowest page of a
+ * 63-page hole above a page kept mapped, so that the small mappings other
+ * code may create meanwhile (placed top-down) do not land on it.
+ */
 static uint64_t hole_addr(void)
 {
-	char *p = map_anon(3 * PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(64 * PS, PROT_NONE);
 
-	ASSERT_EQ(munmap(p + PS, PS), 0);
+	ASSERT_EQ(munmap(p + PS, 63 * PS), 0);
 	return (uint64_t)(uintptr_t)(p + PS);
 }
 

@@ -479,9 +479,9 @@ static void check_collected(const uint64_t *src, const uint64_t *dst, uint64_t n
 }
 
 /*
- * A malloc'd buffer into a private pool, phase by phase; a CPU access during
- * the migration waits for finalize, and afterwards faults through
- * migrate_to_ram and sees the data.
+ * A buffer into a private pool, phase by phase; a CPU access during the
+ * migration waits for finalize, and afterwards faults through migrate_to_ram
+ * and sees the data.
  */
 TEST(migrate_three_phases)
 {
@@ -495,7 +495,7 @@ TEST(migrate_three_phases)
 	unsigned int faults;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 512);
-	ASSERT_EQ(posix_memalign((void **)&buf, PS, n * PS), 0);
+	buf = map_anon(n);
 	fill_ints(buf, n * PS, 0);
 	memset(dst, 0x77, n * sizeof(*dst));		/* setup must zero it */
 	s0 = stats_now();
@@ -556,8 +556,40 @@ TEST(migrate_three_phases)
 	fill_ints(buf, n * PS, 9);
 	EXPECT_INTS(buf, n * PS, 9);
 	ASSERT_EQ(atomic_load(&drv.faults), n);
-	free(buf);
+	ASSERT_EQ(munmap(buf, n * PS), 0);
 	free(src);
+	free(dst);
+	drv_destroy();
+}
+
+/*
+ * Plain malloc() memory: the heap, whose mapping the allocator (and uhmm's
+ * own allocations) keep using while some of its pages are on the device.
+ */
+TEST_TIMEOUT(migrate_malloc_buffer, 30)
+{
+	const uint64_t n = 16;
+	uint64_t *dst = xcalloc(n, sizeof(*dst));
+	char *buf = NULL, *more[64];
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 64);
+	ASSERT_EQ(posix_memalign((void **)&buf, PS, n * PS), 0);
+	fill_ints(buf, n * PS, 0);
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	ASSERT_EQ(drv_stats().in_use, n);
+
+	/* the heap grows and is used while the pages are away */
+	for (int i = 0; i < 64; i++) {
+		more[i] = malloc(8192);
+		ASSERT_NOT_NULL(more[i]);
+		memset(more[i], i, 8192);
+	}
+	EXPECT_INTS(buf, n * PS, 0);
+	ASSERT_EQ(atomic_load(&drv.faults), n);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	for (int i = 0; i < 64; i++)
+		free(more[i]);
+	free(buf);
 	free(dst);
 	drv_destroy();
 }

@@ -5,7 +5,8 @@
  * CPU taking them back (data and grant/revoke counters), mprotect, fork
  * copy-on-write, THP regions, shared and memfd memory (refused), device
  * atomics (uhmm_dmirror_atomic_add) alone and racing CPU atomics, munmap and
- * device close while pages are held, bad arguments, and
+ * device close while pages are held, fault events logged by a callback that
+ * writes into heap memory, bad arguments, and
  * uhmm_make_device_exclusive()/uhmm_device_exclusive_release() called
  * directly on a range with a hole.
  *
@@ -60,11 +61,31 @@ static void *map_anon(size_t size, int prot, int flags)
 	return p;
 }
 
+/*
+ * Anonymous memory far below where the kernel places mmap()s without a
+ * hint, so that a hole punched in it stays a hole: a library or sanitizer
+ * thread mapping something meanwhile lands elsewhere.
+ */
+static char *map_far(size_t size)
+{
+	for (uintptr_t a = 0x300000000000ULL; a < 0x340000000000ULL; a += 1ULL << 32) {
+		void *p = mmap((void *)a, size, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+
+		if (p == (void *)a)
+			return p;
+		if (p != MAP_FAILED)
+			munmap(p, size);
+	}
+	th_fail(__FILE__, __LINE__, "no free address range for a hole");
+	return NULL;
+}
+
 static void xbuf_init(struct xbuf *b, uint64_t npages)
 {
 	b->dm = open_dev(0);
 	b->npages = npages;
-	b->ptr = map_anon(SZ(npages), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	b->ptr = map_far(SZ(npages));		/* exclusive_munmap needs a lasting hole */
 	b->mirror = malloc(SZ(npages));
 	ASSERT_NOT_NULL(b->mirror);
 	memset(b->mirror, 0xEE, SZ(npages));
@@ -460,14 +481,14 @@ TEST(atomic_add)
 
 #define NCTR		64
 #define CTR_PAGES	8
-#define CONC_OPS	40000UL		/* per thread */
-#define PACE_SLACK	32
+#define CONC_OPS	150000UL	/* per thread: about 3 s here */
+#define PACE_SLACK	4
 
 struct conc {
 	uint64_t *base;				/* CTR_PAGES pages */
 	struct uhmm_dmirror *dm[2];
 	pthread_barrier_t go;
-	uint64_t dev_done[2];			/* atomics: device progress */
+	uint64_t done[4];			/* atomics: progress per thread */
 	int dev_err[2];
 	uint64_t exp[4][NCTR];			/* per thread, per counter */
 	int bad_old;				/* device saw a counter go down */
@@ -501,19 +522,26 @@ static bool dev_failed(struct conc *c)
 	       __atomic_load_n(&c->dev_err[1], __ATOMIC_ACQUIRE);
 }
 
-static uint64_t slowest_dev(struct conc *c)
+/*
+ * Each thread stays within PACE_SLACK operations of the slowest thread of
+ * the other side (CPU vs device), so that both sides contend for the pages
+ * during the whole run instead of each running its ops in one burst.
+ */
+static void keep_pace(struct conc *c, int id, uint64_t n)
 {
-	uint64_t a = __atomic_load_n(&c->dev_done[0], __ATOMIC_ACQUIRE);
-	uint64_t b = __atomic_load_n(&c->dev_done[1], __ATOMIC_ACQUIRE);
+	int other = id < 2 ? 2 : 0;
 
-	return a < b ? a : b;
+	for (;;) {
+		uint64_t a = __atomic_load_n(&c->done[other], __ATOMIC_ACQUIRE);
+		uint64_t b = __atomic_load_n(&c->done[other + 1], __ATOMIC_ACQUIRE);
+		uint64_t m = a < b ? a : b;
+
+		if (m >= n || n - m <= PACE_SLACK || dev_failed(c))
+			return;
+		sched_yield();
+	}
 }
 
-/*
- * CPU threads keep pace with the slower device thread, so that both sides
- * contend for the pages during the whole run instead of the CPU finishing
- * its plain atomics in a few milliseconds.
- */
 static void *cpu_worker(void *p)
 {
 	struct conc_arg *a = p;
@@ -522,15 +550,16 @@ static void *cpu_worker(void *p)
 
 	pthread_barrier_wait(&c->go);
 	for (uint64_t n = 0; n < CONC_OPS; n++) {
-		while (n > slowest_dev(c) + PACE_SLACK && !dev_failed(c))
-			sched_yield();
+		keep_pace(c, a->id, n);
 		uint64_t r = xs_next(&seed);
 		unsigned int k = (unsigned int)(r % NCTR);
 		uint64_t v = 1 + (r >> 32) % 7;
 
 		__atomic_fetch_add(ctr(c, k), v, __ATOMIC_SEQ_CST);
 		c->exp[a->id][k] += v;
+		__atomic_store_n(&c->done[a->id], n + 1, __ATOMIC_RELEASE);
 	}
+	__atomic_store_n(&c->done[a->id], UINT64_MAX, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -544,6 +573,7 @@ static void *dev_worker(void *p)
 
 	pthread_barrier_wait(&c->go);
 	for (uint64_t n = 0; n < CONC_OPS; n++) {
+		keep_pace(c, a->id, n);
 		uint64_t r = xs_next(&seed), old = 0;
 		unsigned int k = (unsigned int)(r % NCTR);
 		uint64_t v = 1 + (r >> 32) % 7;
@@ -557,9 +587,9 @@ static void *dev_worker(void *p)
 			__atomic_store_n(&c->bad_old, 1, __ATOMIC_RELAXED);
 		last[k] = old + v;
 		c->exp[a->id][k] += v;
-		__atomic_store_n(&c->dev_done[d], n + 1, __ATOMIC_RELEASE);
+		__atomic_store_n(&c->done[a->id], n + 1, __ATOMIC_RELEASE);
 	}
-	__atomic_store_n(&c->dev_done[d], UINT64_MAX, __ATOMIC_RELEASE);
+	__atomic_store_n(&c->done[a->id], UINT64_MAX, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -610,6 +640,89 @@ TEST_TIMEOUT(concurrent_atomics, 180)
 	uhmm_dmirror_close(c->dm[0]);
 	uhmm_dmirror_close(c->dm[1]);
 	ASSERT_EQ(pool_in_use(0), 0);
+}
+
+/* ---- events of exclusive faults, recorded into fresh heap memory ---- */
+
+#define EV_ROUNDS	24
+
+struct ev_log {
+	char *heap;			/* malloc'd, untouched: one page per record */
+	uint64_t faults, grants, revokes, bad;
+};
+
+/*
+ * Runs inside uhmm's fault handling (any thread).  It writes each fault
+ * record into a page of the heap that nothing touched yet, as a profiler
+ * writing into its malloc'd buffer would.
+ */
+static void ev_record(const struct uhmm_event *ev, void *arg)
+{
+	struct ev_log *l = arg;
+
+	if (ev->type == UHMM_EV_EXCLUSIVE_GRANT)
+		__atomic_fetch_add(&l->grants, 1, __ATOMIC_RELAXED);
+	if (ev->type == UHMM_EV_EXCLUSIVE_REVOKE)
+		__atomic_fetch_add(&l->revokes, 1, __ATOMIC_RELAXED);
+	if (ev->type != UHMM_EV_CPU_FAULT || ev->arg != 2)
+		return;
+	uint64_t i = __atomic_fetch_add(&l->faults, 1, __ATOMIC_RELAXED);
+
+	if (i < EV_ROUNDS)
+		memcpy(l->heap + i * PAGE, ev, sizeof(*ev));
+	if (ev->duration_ns == 0 || ev->duration_ns > 10000000000ULL || (ev->addr & (PAGE - 1)))
+		__atomic_store_n(&l->bad, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * Counters in posix_memalign'd heap memory, the device and the CPU taking
+ * turns; an event callback logs every CPU fault on an exclusive page.  The
+ * events match the counters, and the callback's own first touches of heap
+ * pages do not stall the fault that runs it.
+ */
+TEST_TIMEOUT(exclusive_fault_events, 30)
+{
+	struct uhmm_dmirror *dm = open_dev(0);
+	static struct ev_log l;
+	struct uhmm_stats s0, s1;
+	uint64_t *c, old;
+	void *mem;
+
+	ASSERT_EQ(posix_memalign(&mem, PAGE, SZ(4)), 0);
+	c = mem;
+	memset(c, 0, SZ(4));
+	l.heap = malloc(SZ(EV_ROUNDS) + 64);	/* below the mmap threshold: heap */
+	ASSERT_NOT_NULL(l.heap);
+
+	uhmm_stats_get(&s0);
+	uhmm_set_event_cb(ev_record, &l);
+	for (int r = 0; r < EV_ROUNDS; r++) {
+		uint64_t *w = &c[(size_t)(r % 4) * (PAGE / 8) + 1];
+
+		ASSERT_EQ(uhmm_dmirror_atomic_add(dm, (uintptr_t)w, 3, &old), 0);
+		ASSERT_EQ(old, (uint64_t)(r / 4) * 5);
+		ASSERT_EQ(__atomic_fetch_add(w, 2, __ATOMIC_SEQ_CST), old + 3);
+	}
+	uhmm_set_event_cb(NULL, NULL);
+	uhmm_stats_get(&s1);
+
+	ASSERT_EQ(l.bad, 0);
+	ASSERT_EQ(s1.cpu_faults_exclusive - s0.cpu_faults_exclusive, EV_ROUNDS);
+	ASSERT_EQ(l.faults, EV_ROUNDS);
+	ASSERT_EQ(l.revokes, s1.exclusive_revokes - s0.exclusive_revokes);
+	ASSERT_GE(l.revokes, EV_ROUNDS);
+	ASSERT_GE(l.grants, 1);
+	for (int i = 0; i < EV_ROUNDS; i++) {
+		struct uhmm_event ev;
+
+		memcpy(&ev, l.heap + (size_t)i * PAGE, sizeof(ev));
+		ASSERT_EQ(ev.addr, (uintptr_t)&c[(size_t)(i % 4) * (PAGE / 8)]);
+	}
+	for (int p = 0; p < 4; p++)
+		ASSERT_EQ(c[(size_t)p * (PAGE / 8) + 1], (uint64_t)(EV_ROUNDS / 4) * 5);
+	uhmm_dmirror_close(dm);
+	free(l.heap);
+	free(mem);
 }
 
 /* munmap() of held pages: the device lets go and the address is dead. */
@@ -707,7 +820,7 @@ TEST(exclusive_bad_input)
 	xbuf_init(&b, 16);
 	fill_ints(b.ptr, SZ(16), 0);
 	none = map_anon(SZ(4), PROT_NONE, MAP_PRIVATE);
-	hole = map_anon(SZ(4), PROT_READ, MAP_PRIVATE);
+	hole = map_far(SZ(4));
 	ASSERT_EQ(munmap(hole, SZ(4)), 0);
 	uhmm_stats_get(&s0);
 
@@ -767,7 +880,7 @@ TEST(api_make_exclusive)
 	char *p;
 
 	init_or_skip();
-	p = map_anon(SZ(np), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	p = map_far(SZ(np));
 	fill_ints(p, SZ(np), 9);
 	ASSERT_EQ(munmap(p + SZ(3), SZ(2)), 0);		/* hole: pages 3 and 4 */
 
@@ -793,8 +906,17 @@ TEST(api_make_exclusive)
 		__atomic_fetch_add(&dev[1], 1000, __ATOMIC_SEQ_CST);
 	}
 
+	/* Held by owner, by no one else; nothing at the hole. */
+	static const int other;
+	uint64_t fr = 0;
+	ASSERT_TRUE(uhmm_device_exclusive_held((uintptr_t)p + SZ(5), &owner, &fr));
+	ASSERT_EQ(fr, pages[5]);
+	ASSERT_FALSE(uhmm_device_exclusive_held((uintptr_t)p + SZ(5), &other, &fr));
+	ASSERT_FALSE(uhmm_device_exclusive_held((uintptr_t)p + SZ(3), &owner, &fr));
+
 	/* Pages 0-2 released by the device: the CPU finds them mapped. */
 	ASSERT_EQ(uhmm_device_exclusive_release((uintptr_t)p, 3, &owner), 0);
+	ASSERT_FALSE(uhmm_device_exclusive_held((uintptr_t)p, &owner, &fr));
 	for (uint64_t i = 0; i < 3; i++)
 		ASSERT_EQ(((int *)(p + SZ(i)))[1], 9 + 1 + (int)(i * PAGE / sizeof(int)) + 1000);
 	uhmm_stats_get(&s2);
@@ -804,6 +926,7 @@ TEST(api_make_exclusive)
 	for (uint64_t i = 5; i < np; i++)
 		ASSERT_EQ(((int *)(p + SZ(i)))[1], 9 + 1 + (int)(i * PAGE / sizeof(int)) + 1000);
 	uhmm_stats_get(&s1);
+	ASSERT_FALSE(uhmm_device_exclusive_held((uintptr_t)p + SZ(7), &owner, &fr));
 	ASSERT_GE(s1.cpu_faults_exclusive - s2.cpu_faults_exclusive, 1);
 	ASSERT_GE(s1.exclusive_revokes - s0.exclusive_revokes, 3);
 	for (uint64_t i = 0; i < np; i++) {
