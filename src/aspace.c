@@ -466,17 +466,24 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
 		if (rc)
 			return rc;
+		/*
+		 * Done with this fault whatever the page's state is now: the
+		 * thread re-runs its access, and if the driver left the page on
+		 * the device it faults again (a new message).  Looking again
+		 * here would take back a page that was legitimately migrated
+		 * again right after the thread went on.
+		 */
+		if (from_service) {
+			uhmm__uffd_wake(as, addr, PG_SIZE);
+			uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
+			return 0;
+		}
 		pthread_mutex_lock(&as->pt_lock);
 		pm = uhmm__pmeta(as, addr, false);
 		bool back = !pm || (pm->state != PS_PRIVATE && !pm->locked);
 		pthread_mutex_unlock(&as->pt_lock);
-		if (back) {
-			if (from_service) {
-				uhmm__uffd_wake(as, addr, PG_SIZE);
-				uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
-			}
+		if (back)
 			return 0;
-		}
 	}
 	return -EBUSY;
 }

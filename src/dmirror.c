@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/mman.h>
 
 #include "uhmm.h"
@@ -625,6 +626,14 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 		return -ENOMEM;
 	uint64_t done = 0;
 	rc = dm_access(dm, start, end, bounce, false, &done);
+	if (rc && getenv("UHMM_DEBUG")) {
+		uint8_t b = 0;
+		struct uhmm_dmirror_cmd sc = { .addr = start + done * PAGE, .ptr = (uintptr_t)&b,
+					       .npages = 1 };
+		uhmm_dmirror_snapshot(dm, &sc);
+		fprintf(stderr, "dmirror: read-back stops at page %llu (snapshot 0x%x), migrated %llu\n",
+			(unsigned long long)done, b, (unsigned long long)migrated);
+	}
 	cmd->cpages = done;
 	if (rc == 0 && cmd->ptr)
 		memcpy((void *)(uintptr_t)cmd->ptr, bounce, cmd->npages * PAGE);

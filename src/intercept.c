@@ -276,6 +276,9 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
 		uint64_t s = m->arg.remove.start, e = m->arg.remove.end;
 		if (uhmm__inflight_consume(as, s, e))
 			return;
+		if (getenv("UHMM_DEBUG"))
+			uhmm__log("unseen %s event %llx-%llx", m->event == UFFD_EVENT_UNMAP ? "UNMAP" : "REMOVE",
+				  (unsigned long long)s, (unsigned long long)e);
 		uhmm__invalidate(as, s, e, m->event == UFFD_EVENT_UNMAP ? UHMM_NOTIFY_UNMAP :
 					   UHMM_NOTIFY_CLEAR, NULL);
 		uhmm__forget_range(as, s, e);

@@ -55,10 +55,15 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t i = 0; i < a->npages; i++) {
 		uint64_t addr = a->start + (i << PG_SHIFT);
+		/*
+		 * A page another operation holds is waited for, not skipped:
+		 * every operation locks pages in ascending address order, so
+		 * waiting cannot deadlock, and the CPU fault that just finished
+		 * on it must not make this migration miss it.
+		 */
+		uhmm__page_lock_wait(as, addr);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		origin[i] = OR_NONE;
-		if (pm && pm->locked)
-			continue;  /* someone else migrates it: best effort, skip */
 		int st = pm ? pm->state : PS_SYSTEM;
 		if (st == PS_PRIVATE && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) &&
 		    owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_PRIVATE)) {
@@ -98,17 +103,26 @@ static void unlock_page(struct uhmm__as *as, uint64_t addr)
  * them: moved into a scratch frame that is then dropped.  (MADV_DONTNEED on
  * a registered range would post an event and wait for the service thread.)
  */
-static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, const uint8_t *origin,
+static void unlock_page(struct uhmm__as *as, uint64_t addr);
+
+static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin,
 			   const uint64_t *cats)
 {
 	for (uint64_t i = 0; i < a->npages; i++) {
 		if (origin[i] != OR_HOLE || !(cats[i] & PAGE_IS_PRESENT))
 			continue;
-		uint64_t fr;
-		if (uhmm__frame_alloc(as, as->syspool, &fr))
-			continue;
-		uhmm__move_out_of_cpu(as, a->start + (i << PG_SHIFT), fr, false);
-		uhmm__frame_put(as, fr);
+		uint64_t fr, addr = a->start + (i << PG_SHIFT);
+		int rc = uhmm__frame_alloc(as, as->syspool, &fr);
+		if (rc == 0) {
+			rc = uhmm__move_out_of_cpu(as, addr, fr, false);
+			uhmm__frame_put(as, fr);
+		}
+		if (rc && rc != -ENOENT)  /* read-only mapping: MOVE cannot take it */
+			rc = uhmm__zap_app_range(as, addr, addr + PG_SIZE);
+		if (rc && rc != -ENOENT) {
+			origin[i] = OR_NONE;  /* the CPU still maps it: not taken */
+			unlock_page(as, addr);
+		}
 	}
 }
 
@@ -248,6 +262,12 @@ static uint64_t dst_frame(struct uhmm__as *as, const struct uhmm_migrate *a, uin
 	return d;
 }
 
+static bool dst_private(struct uhmm__as *as, uint64_t d)
+{
+	struct frame *f = &as->frames[d];
+	return f->pool != as->syspool && f->pool->type == UHMM_DEVMEM_PRIVATE;
+}
+
 /* Install dst frame d for the page at addr (page locked by us). */
 static int install(struct uhmm__as *as, uint64_t addr, uint64_t d)
 {
@@ -304,7 +324,13 @@ void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 				continue;
 			}
 		}
-		if (install(as, addr, d)) {
+		/*
+		 * A device-private page is installed now (nothing changes in the
+		 * CPU view); pages that become CPU visible are installed by
+		 * finalize, after the old page is released, so that whoever
+		 * sees the new page also sees the counters settled.
+		 */
+		if (dst_private(as, d) && install(as, addr, d)) {
 			a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 			continue;
 		}
@@ -356,9 +382,13 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		bool migrated = (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 				(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE);
 		if (migrated) {
+			uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
 			if (s)
 				uhmm__frame_put(as, s);  /* staging frame or old device page */
-			if (as->frames[uhmm_migrate_pfn_to_page(a->dst[i])].pool == as->syspool)
+			if (!dst_private(as, d) && install(as, addr, d))
+				uhmm__log("migration: page 0x%llx could not be mapped back",
+					  (unsigned long long)addr);
+			if (as->frames[d].pool == as->syspool)
 				n_sys++;
 			else
 				n_dev++;
@@ -441,11 +471,9 @@ void uhmm_migrate_device_pages(uint64_t *src_pfns, uint64_t *dst_pfns, uint64_t 
 	for (uint64_t i = 0; i < npages; i++) {
 		if (!(src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
-		uint64_t s = uhmm_migrate_pfn_to_page(src_pfns[i]);
 		uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
 		struct frame *fd = uhmm__frame(as, d);
-		if (!fd || fd->pool != as->syspool || !fd->ref ||
-		    install(as, as->frames[s].addr, d)) {
+		if (!fd || fd->pool != as->syspool || !fd->ref) {
 			src_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 			continue;
 		}
@@ -475,6 +503,9 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 		pthread_mutex_unlock(&as->pt_lock);
 		if (migrated) {
 			uhmm__frame_put(as, s);
+			if (install(as, addr, uhmm_migrate_pfn_to_page(dst_pfns[i])))
+				uhmm__log("eviction: page 0x%llx could not be mapped back",
+					  (unsigned long long)addr);
 		} else {
 			if (coherent)
 				uhmm__move_into_cpu(as, addr, s, false);
