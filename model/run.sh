@@ -118,14 +118,16 @@ for mode in "${MODES[@]}"; do
 		verify migrate safety pass $ONE -DWITH_TAKER=0 -DWITH_UNMAP=0
 		verify exclusive safety pass $ONE -DWITH_MIGRATOR=0 -DWITH_UNMAP=0
 		verify two-cpus safety pass -DNPICK=1 -DNCPU=2 -DCPU_OPS=1 -DDEV_OPS=1 \
-			-DWITH_UNMAP=0
+			-DWITH_DEV1=0 -DWITH_UNMAP=0
 		verify unmap-migrate safety pass $ONE -DWITH_TAKER=0 -DUNMAP_PAGE=0
 		verify unmap-exclusive safety pass $ONE -DWITH_MIGRATOR=0 -DUNMAP_PAGE=0
-		verify all-actors safety pass $ONE -DUNMAP_PAGE=0
+		verify all-actors-dev0 safety pass $ONE -DUNMAP_PAGE=0 -DWITH_DEV1=0
+		verify all-actors-dev1 safety pass $ONE -DUNMAP_PAGE=0 -DWITH_DEV0=0
 		echo "== progress: no non-progress cycle (every run ends; with no invalid"
 		echo "   end state, every CPU access and device command completes)"
 		verify npc-migrate npc pass $ONE -DWITH_TAKER=0 -DWITH_UNMAP=0
 		verify npc-exclusive npc pass $ONE -DWITH_MIGRATOR=0 -DWITH_UNMAP=0
+		verify npc-all-actors npc pass $ONE -DUNMAP_PAGE=0 -DWITH_DEV1=0
 		;;
 	mutant)
 		echo "== mutant BUG_SKIP_INVALIDATE (migration notifies nobody): must fail"

@@ -48,12 +48,12 @@ static int check_args(struct uhmm_migrate *a)
 
 /* Lock the pages of [start, end) that the selection takes; fills origin[]. */
 static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vma *v,
-		    uint8_t *origin, const uint64_t *cats)
+		    uint64_t i0, uint64_t n, uint8_t *origin, const uint64_t *cats)
 {
 	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
 		      v->read;
 	pthread_mutex_lock(&as->pt_lock);
-	for (uint64_t i = 0; i < a->npages; i++) {
+	for (uint64_t i = i0; i < i0 + n; i++) {
 		uint64_t addr = a->start + (i << PG_SHIFT);
 		/*
 		 * A page another operation holds is waited for, not skipped:
@@ -203,49 +203,72 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	a->uhmm__priv = NULL;
 	memset(a->src, 0, a->npages * sizeof(*a->src));
 	memset(a->dst, 0, a->npages * sizeof(*a->dst));
-	struct vma v;
-	rc = uhmm__vma_find(as, a->start, &v);
-	if (rc || v.start > a->start)
-		return -EFAULT;
-	if (a->end > v.end || v.hugetlb)
-		return -EINVAL;
+	/* The range may span VMAs (registration splits them), but no hole. */
+	for (uint64_t at = a->start; at < a->end;) {
+		struct vma v;
+		rc = uhmm__vma_find(as, at, &v);
+		if (rc || v.start > at)
+			return at == a->start ? -EFAULT : -EINVAL;
+		if (v.hugetlb)
+			return -EINVAL;
+		at = v.end;
+	}
+	uint64_t n = a->npages;
 	struct mig *m = uhmm__zalloc(sizeof(*m));
-	uint8_t *origin = uhmm__zalloc(a->npages);
-	uint64_t *cats = uhmm__zalloc(a->npages * sizeof(*cats));
-	if (!m || !origin || !cats) {
-		uhmm__free(m, sizeof(*m));
-		uhmm__free(origin, a->npages);
-		uhmm__free(cats, a->npages * sizeof(*cats));
-		return -ENOMEM;
+	uint8_t *origin = uhmm__zalloc(n);
+	uint8_t *writable = uhmm__zalloc(n);
+	uint64_t *cats = uhmm__zalloc(n * sizeof(*cats));
+	rc = m && origin && writable && cats ? 0 : -ENOMEM;
+	bool fork_locked = rc == 0;
+	if (rc == 0) {
+		m->as = as;
+		m->origin = origin;
+		uhmm__fork_rdlock(as);
 	}
-	m->as = as;
-	m->origin = origin;
-	uhmm__fork_rdlock(as);
-	if ((a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v.shared && !v.file) {
-		/* Exclusive pages are taken back from their holder first. */
-		uhmm__bring_back_exclusive(as, a->start, a->end);
-		rc = uhmm__ensure_registered(as, &v, a->start, a->end, true);
-		if (rc == 0)
-			rc = uhmm__page_scan(as, a->start, a->end, cats, a->npages);
-		if (rc) {
-			uhmm__fork_unlock(as);
-			uhmm__free(m, sizeof(*m));
-			uhmm__free(origin, a->npages);
-			uhmm__free(cats, a->npages * sizeof(*cats));
-			return rc;
+	for (uint64_t at = a->start; at < a->end && rc == 0;) {
+		struct vma v;
+		rc = uhmm__vma_find(as, at, &v);
+		if (rc || v.start > at) {
+			rc = -EINVAL;  /* unmapped meanwhile */
+			break;
 		}
+		uint64_t ce = v.end < a->end ? v.end : a->end;
+		uint64_t i0 = (at - a->start) >> PG_SHIFT, cn = (ce - at) >> PG_SHIFT;
+		memset(writable + i0, v.write, cn);
+		if ((a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v.shared && !v.file) {
+			/* Exclusive pages are taken back from their holder first. */
+			uhmm__bring_back_exclusive(as, at, ce);
+			rc = uhmm__ensure_registered(as, &v, at, ce, true);
+			if (rc == 0)
+				rc = uhmm__page_scan(as, at, ce, cats + i0, cn);
+		}
+		if (rc == 0)
+			collect(as, a, &v, i0, cn, origin, cats);
+		at = ce;
 	}
-	collect(as, a, &v, origin, cats);
+	if (rc) {
+		for (uint64_t i = 0; origin && i < n; i++)
+			if (origin[i] != OR_NONE)
+				unlock_page(as, a->start + (i << PG_SHIFT));
+		if (fork_locked)
+			uhmm__fork_unlock(as);
+		uhmm__free(m, sizeof(*m));
+		uhmm__free(origin, n);
+		uhmm__free(writable, n);
+		uhmm__free(cats, n * sizeof(*cats));
+		return rc;
+	}
 	uhmm__invalidate(as, a->start, a->end, UHMM_NOTIFY_MIGRATE, a->pgmap_owner);
 	zap_zero_holes(as, a, origin, cats);
-	for (uint64_t i = 0; i < a->npages; i++) {
+	for (uint64_t i = 0; i < n; i++) {
 		if (origin[i] == OR_NONE)
 			continue;
-		take_page(as, a, origin, i, v.write);
+		take_page(as, a, origin, i, writable[i]);
 		if (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
 			a->cpages++;
 	}
-	uhmm__free(cats, a->npages * sizeof(*cats));
+	uhmm__free(cats, n * sizeof(*cats));
+	uhmm__free(writable, n);
 	a->uhmm__priv = m;
 	return 0;
 }

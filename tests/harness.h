@@ -87,6 +87,27 @@ static inline void th_fail(const char *file, int line, const char *fmt, ...)
 #define ASSERT_NOT_NULL(p) ASSERT_TRUE((p) != NULL)
 #define ASSERT_MAPPED(p) ASSERT_TRUE((p) != MAP_FAILED)
 
+/*
+ * mmap in an area of the address space nothing else uses (thread stacks,
+ * malloc, sanitizer runtimes, uhmm's own metadata), so that a hole a test
+ * punches stays a hole.  Falls back to an ordinary mmap.
+ */
+static inline void *th_mmap_isolated(size_t len, int prot, int flags)
+{
+	static uintptr_t next = 0x2e0000000000ULL;
+	const size_t align = 2UL << 20;
+	for (int tries = 0; tries < 64; tries++) {
+		void *want = (void *)next;
+		next += (len + 2 * align) & ~(align - 1);
+		void *p = mmap(want, len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+		if (p == want)
+			return p;
+		if (p != MAP_FAILED)
+			munmap(p, len);
+	}
+	return mmap(NULL, len, prot, flags, -1, 0);
+}
+
 static inline uint64_t th_now_ns(void)
 {
 	struct timespec ts;

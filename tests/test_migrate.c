@@ -134,12 +134,17 @@ struct region {
 	uint64_t npages;
 };
 
+static void *map_private_area(size_t len, int prot, int flags)
+{
+	return th_mmap_isolated(len, prot, flags);
+}
+
 static void region_map(struct region *r, uint64_t npages, int prot, int flags, int thp)
 {
 	r->npages = npages;
 	r->size = npages * PS;
 	r->map_size = thp ? r->size + PMD_SIZE : r->size;
-	r->map = mmap(NULL, r->map_size, prot, flags, -1, 0);
+	r->map = map_private_area(r->map_size, prot, flags);
 	ASSERT_MAPPED(r->map);
 	r->ptr = r->map;
 	if (!thp)
@@ -797,11 +802,12 @@ static void remap_round(struct uhmm_dmirror *dm, unsigned int dev, int before, i
 
 	/* 8 x 2 MiB reservation; the range at its PMD-aligned start, a gap after. */
 	r.map_size = 8 * PMD_SIZE;
-	r.map = mmap(NULL, r.map_size, RW, PRIV_ANON, -1, 0);
+	r.map = map_private_area(r.map_size, RW, PRIV_ANON);
 	ASSERT_MAPPED(r.map);
 	r.ptr = (char *)(((uintptr_t)r.map + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
 	ASSERT_EQ(madvise(r.ptr, PMD_SIZE, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE), 0);
-	ASSERT_EQ(munmap(r.ptr + PMD_SIZE, 2 * PMD_SIZE), 0);
+	/* The gap stays reserved (PROT_NONE) so nothing else is mapped there. */
+	ASSERT_MAPPED(mmap(r.ptr + PMD_SIZE, 2 * PMD_SIZE, PROT_NONE, PRIV_ANON | MAP_FIXED, -1, 0));
 	target = r.ptr + PMD_SIZE + off;
 	cur = r;
 	cur.size = PMD_SIZE;

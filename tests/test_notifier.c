@@ -138,7 +138,7 @@ static int tnot_calls(struct tnot *t)
 
 static void *map_anon(size_t size, int prot)
 {
-	void *p = mmap(NULL, size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *p = th_mmap_isolated(size, prot, MAP_PRIVATE | MAP_ANONYMOUS);
 
 	ASSERT_MAPPED(p);
 	return p;
