@@ -4,6 +4,7 @@
 #   make demo       build and run the demo programs
 #   make bench      build and run the benchmarks (writes build/bench.json)
 #   make install PREFIX=/usr/local
+SHELL    := /bin/bash
 CC       ?= cc
 PREFIX   ?= /usr/local
 SAN      ?=
@@ -73,8 +74,12 @@ examples: $(EXAMPLES)
 check-deps:
 	@sh tools/check-deps.sh
 
+# TSan: the fork tests start threads in a child of a threaded process, which
+# uhmm supports (the child makes its own runtime).
+TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)",)
+
 test: check-deps lib $(TESTS)
-	@UHMM_BUILD=$(BUILD) bash tests/run.sh $(TESTS)
+	@$(TESTENV) bash tests/run.sh $(TESTS)
 
 demo: check-deps lib $(EXAMPLES)
 	$(BUILD)/examples/demo
@@ -82,6 +87,28 @@ demo: check-deps lib $(EXAMPLES)
 
 bench: check-deps lib $(BENCHES)
 	@bash bench/run.sh $(BUILD)
+
+bench-plot:
+	@bash bench/plot.sh build
+
+# 10 minutes of the concurrency stress test (make test runs it for 20 s).
+STRESS_SECONDS ?= 600
+stress: check-deps lib $(BUILD)/tests/test_stress
+	UHMM_STRESS_SECONDS=$(STRESS_SECONDS) UHMM_TEST_TIMEOUT_SCALE=20 $(BUILD)/tests/test_stress
+
+# libFuzzer (clang) over random sequences of public calls, bounded in time.
+FUZZ_SECONDS ?= 60
+fuzz: lib
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: apt-get install clang"; exit 1; }
+	mkdir -p build/fuzz/corpus
+	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
+		-o build/fuzz/fuzz_uhmm fuzz/fuzz_uhmm.c $(patsubst %,src/%,$(notdir $(SRCS))) -pthread
+	set -o pipefail; build/fuzz/fuzz_uhmm -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+		build/fuzz/corpus 2>&1 | tail -n 20
+
+# The Promela model of the page protocol, checked with spin.
+model:
+	@bash model/run.sh
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -457,6 +457,21 @@ struct uhmm_event {
 UHMM_API void uhmm_set_event_cb(void (*cb)(const struct uhmm_event *ev, void *arg), void *arg);
 
 /* ------------------------------------------------------------------------ */
+/* Fault injection (for tests)                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The environment variable UHMM_INJECT="point:percent[,point:percent...]",
+ * read once at first use, makes operations fail at that rate.  Points:
+ * device_alloc (device page allocation: -ENOMEM), sys_alloc (system page
+ * allocation: -ENOMEM), copy (uhmm_page_copy: -EIO), uffd_ioctl (a
+ * userfaultfd ioctl reports EAGAIN once; uhmm retries), thread (the
+ * fault-service thread cannot be created: uhmm_init fails with -EAGAIN).
+ * Returns how often point fired in this process, or -1 for an unknown name.
+ */
+UHMM_API long uhmm_inject_fired(const char *point);
+
+/* ------------------------------------------------------------------------ */
 /* Reference device: the simulated driver (lib/test_hmm.c)                   */
 /* ------------------------------------------------------------------------ */
 

@@ -95,13 +95,17 @@ first_error() {
 	grep -m1 -E "^pan:[0-9]+: |^pan: " "$1" | sed 's/^pan:[0-9]*: //'
 }
 
-# Replay the counterexample; keep it in trail.txt and show its last steps.
+# Replay the counterexample into trail.txt; show its last protocol steps
+# (page state, mirror entries, data moves, faults, the failed assertion).
 trail() {
 	local dir=$1; shift
 	(cd "$dir" && spin -t -p -g "$@" uhmm.pml >trail.txt 2>&1)
-	echo "       counterexample: $dir/trail.txt (spin -t -p); its last steps:"
-	grep -E "^ *[0-9]+:\s+proc" "$dir/trail.txt" | grep -vE "\[\(1\)\]|\[else\]" |
-		tail -n 6 | sed -E 's/\s+/ /g; s/^ */         /' | cut -c1-110
+	echo "       counterexample: ${dir#$ROOT/}/trail.txt; last protocol steps:"
+	sed '/trail ends/q' "$dir/trail.txt" | grep -E "^ *[0-9]+:\s+proc" |
+		sed -E 's/\s+/ /g; s/ uhmm.pml:[0-9]+ \(state [0-9]+\)//' |
+		grep -vE 'Bown==_pid|assert\(done\)' |
+		grep -E 'st\[p\] = |mir\[.*\] = |cpu\[p\] = |frm\[.*\] = |assert\(|fq[!?]|CYCLE' |
+		tail -n "${MODEL_TRAIL_LINES:-10}" | sed 's/^ */         /' | cut -c1-110
 }
 
 # The configurations.  Each is exhaustive (hash compaction is not used:

@@ -12,7 +12,10 @@
  *
  * Build-time switches (spin -DNAME=VALUE):
  *   CPU_OPS, DEV_OPS      operations per CPU thread / device thread
- *   WITH_MIGRATOR, WITH_TAKER, WITH_UNMAP   1 or 0: actor present
+ *   NCPU                  CPU threads (0..2)
+ *   WITH_DEV0, WITH_DEV1, WITH_MIGRATOR, WITH_TAKER, WITH_UNMAP
+ *                         1 or 0: actor present
+ *   NPICK                 2: every actor picks either page; 1: all use page 0
  *   UNMAP_PAGE            page the unmapper unmaps
  *   SKIP_MODE             owner filter of the driver's invalidate callback for
  *                         MIGRATE/EXCLUSIVE events it caused itself:

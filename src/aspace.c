@@ -524,6 +524,23 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	return 0;
 }
 
+/* Wait until no page of [start, end) is locked by an operation. */
+void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	for (uint64_t a = start; a < end;) {
+		uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
+		uint64_t bend = base + (1ULL << BLOCK_SHIFT);
+		if (!uhmm__pmeta(as, base, false)) {
+			a = bend;
+			continue;
+		}
+		for (; a < end && a < bend; a += PG_SIZE)
+			uhmm__page_lock_wait(as, a);
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
 /*
  * The range [start, end) is going away (munmap, or mremap after the data was
  * brought back): free every frame it held (device pages back to their pools,

@@ -68,6 +68,20 @@ int uhmm__arena_init(struct uhmm__as *as)
 	return 0;
 }
 
+/*
+ * Frame flags are handed between threads through the kernel (a fault, a
+ * wake-up), which the sanitizers cannot see: relaxed atomics say so.
+ */
+static void set_populated(struct frame *f, int v)
+{
+	__atomic_store_n(&f->populated, (uint8_t)v, __ATOMIC_RELAXED);
+}
+
+static bool is_populated(const struct frame *f)
+{
+	return __atomic_load_n(&f->populated, __ATOMIC_RELAXED);
+}
+
 bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f)
 {
 	return f > 0 && f < as->arena_frames;
@@ -81,7 +95,7 @@ struct frame *uhmm__frame(struct uhmm__as *as, uint64_t f)
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f)
 {
 	syscall(SYS_madvise, uhmm__frame_addr(as, f), PG_SIZE, MADV_DONTNEED);
-	as->frames[f].populated = 0;
+	set_populated(&as->frames[f], 0);
 }
 
 /* arena_lock: a chunk of CHUNK_FRAMES frames, returns its first frame or 0. */
@@ -159,6 +173,10 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *ou
 		return -ENOMEM;
 	}
 	pthread_mutex_lock(&mem->lock);
+	if (mem->dead) {
+		pthread_mutex_unlock(&mem->lock);
+		return -EINVAL;
+	}
 	if (!mem->free_head && pool_grow(as, mem) != 0) {
 		mem->alloc_failures++;
 		pthread_mutex_unlock(&mem->lock);
@@ -194,7 +212,7 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 	pthread_mutex_unlock(&mem->lock);
 	if (mem->ops && mem->ops->page_free)
 		mem->ops->page_free(mem, idx);
-	if (f->populated)
+	if (is_populated(f))
 		uhmm__frame_zap(as, idx);
 	pthread_mutex_lock(&mem->lock);
 	f->addr = 0;
@@ -210,8 +228,8 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
  * Take the page at addr out of the CPU view into frame idx.  0, -ENOENT (no
  * page there: a hole), or the kernel's reason the page cannot move.  A page
  * of a mapping whose access flags differ from the arena's cannot be moved;
- * with may_copy (the caller knows the mapping is read-only, so the CPU
- * cannot write it meanwhile) it is copied and zapped instead.
+ * if the mapping is read-only (so the CPU cannot write the page meanwhile)
+ * and may_copy, it is copied and zapped instead.
  */
 int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool may_copy)
 {
@@ -222,7 +240,8 @@ int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool
 		syscall(SYS_madvise, addr, PG_SIZE, MADV_POPULATE_WRITE);
 		rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
 	}
-	if (rc == -EINVAL && may_copy) {
+	struct vma v;
+	if (rc == -EINVAL && may_copy && uhmm__vma_find(as, addr, &v) == 0 && !v.write) {
 		if (uhmm_device_read((void *)(uintptr_t)fa, addr, PG_SIZE) != 0)
 			return -ENOENT;
 		rc = uhmm__zap_app_range(as, addr, addr + PG_SIZE);
@@ -230,7 +249,7 @@ int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool
 			uhmm__frame_zap(as, idx);
 	}
 	if (rc == 0)
-		as->frames[idx].populated = 1;
+		set_populated(&as->frames[idx], 1);
 	return rc;
 }
 
@@ -254,7 +273,7 @@ int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool w
 	if (rc == -EEXIST && wake)
 		uhmm__uffd_wake(as, addr, PG_SIZE);
 	if (rc == 0)
-		as->frames[idx].populated = 0;
+		set_populated(&as->frames[idx], 0);
 	return rc;
 }
 
@@ -270,16 +289,27 @@ int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t id
 	else if (rc == -EINVAL || rc == -EBUSY)
 		return uhmm__move_into_cpu(as, addr, idx, false);
 	if (rc == 0)
-		as->frames[idx].populated = 0;
+		set_populated(&as->frames[idx], 0);
 	return rc;
 }
 
 /* ---- public API ------------------------------------------------------ */
 
+static bool pool_listed(struct uhmm__as *as, const struct uhmm_devmem *mem)
+{
+	pthread_mutex_lock(&as->arena_lock);
+	struct uhmm_devmem *p = as->pools;
+	while (p && p != mem)
+		p = p->next;
+	pthread_mutex_unlock(&as->arena_lock);
+	return p != NULL;
+}
+
+/* The runtime of a live pool; NULL for NULL, destroyed or foreign pools. */
 static struct uhmm__as *pool_as(const struct uhmm_devmem *mem)
 {
 	struct uhmm__as *as = uhmm__as_peek();
-	return mem && as && mem->as == as && !mem->dead ? as : NULL;
+	return mem && as && pool_listed(as, mem) ? as : NULL;
 }
 
 int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
@@ -320,23 +350,22 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 	struct uhmm__as *as = pool_as(mem);
 	if (!as)
 		return -EINVAL;
-	pthread_mutex_lock(&as->arena_lock);
-	struct uhmm_devmem **pp = &as->pools;
-	while (*pp && *pp != mem)
-		pp = &(*pp)->next;
-	if (!*pp) {
-		pthread_mutex_unlock(&as->arena_lock);
-		return -EINVAL;
-	}
+	/* Lock order: pool->lock before arena_lock, never both here. */
 	pthread_mutex_lock(&mem->lock);
-	if (mem->allocated != mem->freed) {
+	if (mem->allocated != mem->freed || mem->dead) {
+		int rc = mem->dead ? -EINVAL : -EBUSY;
 		pthread_mutex_unlock(&mem->lock);
-		pthread_mutex_unlock(&as->arena_lock);
-		return -EBUSY;
+		return rc;
 	}
 	mem->dead = true;
-	*pp = mem->next;
 	pthread_mutex_unlock(&mem->lock);
+	pthread_mutex_lock(&as->arena_lock);
+	for (struct uhmm_devmem **pp = &as->pools; *pp; pp = &(*pp)->next) {
+		if (*pp == mem) {
+			*pp = mem->next;
+			break;
+		}
+	}
 	pthread_mutex_unlock(&as->arena_lock);
 	for (uint32_t i = 0; i < mem->nchunks; i++) {
 		for (uint32_t j = 0; j < CHUNK_FRAMES; j++)
@@ -369,27 +398,53 @@ int uhmm_sys_page_alloc(uint64_t *page)
 	return rc;
 }
 
-/* A live frame (ref > 0) of this runtime, or NULL. */
-static struct frame *live_frame(uint64_t page, struct uhmm__as **asp)
+/* Which address frame f holds data for, and for whom (pool->lock). */
+void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t idx, uint64_t addr, const void *xowner)
+{
+	struct frame *f = &as->frames[idx];
+	pthread_mutex_lock(&f->pool->lock);
+	f->addr = addr;
+	f->xowner = xowner;
+	pthread_mutex_unlock(&f->pool->lock);
+}
+
+/*
+ * A live frame (ref > 0) of this runtime, or NULL; with its pool locked
+ * (the caller unlocks) so that the fields read are consistent.
+ */
+static struct frame *lock_live_frame(uint64_t page, struct uhmm__as **asp)
 {
 	struct uhmm__as *as = uhmm__as_peek();
 	struct frame *f = as ? uhmm__frame(as, page) : NULL;
-	if (!f || !f->pool || __atomic_load_n(&f->ref, __ATOMIC_RELAXED) == 0)
+	struct uhmm_devmem *pool = f ? __atomic_load_n(&f->pool, __ATOMIC_ACQUIRE) : NULL;
+	if (!pool)
 		return NULL;
+	pthread_mutex_lock(&pool->lock);
+	if (f->pool != pool || f->ref == 0) {
+		pthread_mutex_unlock(&pool->lock);
+		return NULL;
+	}
 	if (asp)
 		*asp = as;
 	return f;
 }
 
+static struct frame *live_frame(uint64_t page, struct uhmm__as **asp)
+{
+	struct frame *f = lock_live_frame(page, asp);
+	if (f)
+		pthread_mutex_unlock(&f->pool->lock);
+	return f;
+}
+
 int uhmm_devmem_page_get(uint64_t page)
 {
-	struct frame *f = live_frame(page, NULL);
+	struct frame *f = lock_live_frame(page, NULL);
 	if (!f)
 		return -EINVAL;
-	pthread_mutex_lock(&f->pool->lock);
-	int rc = f->ref ? (f->ref++, 0) : -EINVAL;
+	f->ref++;
 	pthread_mutex_unlock(&f->pool->lock);
-	return rc;
+	return 0;
 }
 
 int uhmm_devmem_page_put(uint64_t page)
@@ -426,28 +481,37 @@ void *uhmm_devmem_driver_data(const struct uhmm_devmem *mem)
 
 void *uhmm_page_zone_data(uint64_t page)
 {
-	struct frame *f = live_frame(page, NULL);
-	return f ? f->zone_data : NULL;
+	struct frame *f = lock_live_frame(page, NULL);
+	if (!f)
+		return NULL;
+	void *d = f->zone_data;
+	pthread_mutex_unlock(&f->pool->lock);
+	return d;
 }
 
 int uhmm_page_set_zone_data(uint64_t page, void *data)
 {
-	struct frame *f = live_frame(page, NULL);
+	struct frame *f = lock_live_frame(page, NULL);
 	if (!f)
 		return -EINVAL;
 	f->zone_data = data;
+	pthread_mutex_unlock(&f->pool->lock);
 	return 0;
 }
 
 uint64_t uhmm_page_addr(uint64_t page)
 {
-	struct frame *f = live_frame(page, NULL);
-	return f ? f->addr : 0;
+	struct frame *f = lock_live_frame(page, NULL);
+	if (!f)
+		return 0;
+	uint64_t a = f->addr;
+	pthread_mutex_unlock(&f->pool->lock);
+	return a;
 }
 
 int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem_stats *st)
 {
-	if (!mem || !st)
+	if (!pool_as(mem) || !st)
 		return -EINVAL;
 	struct uhmm_devmem *m = (struct uhmm_devmem *)mem;
 	pthread_mutex_lock(&m->lock);
@@ -468,7 +532,7 @@ int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem_stats *s
 int uhmm_devmem_chunk(const struct uhmm_devmem *mem, uint64_t idx, uint64_t *first,
 		      uint64_t *count)
 {
-	if (!mem || !first || !count)
+	if (!pool_as(mem) || !first || !count)
 		return -EINVAL;
 	struct uhmm_devmem *m = (struct uhmm_devmem *)mem;
 	pthread_mutex_lock(&m->lock);
@@ -498,19 +562,19 @@ int uhmm_page_copy(uint64_t dst, uint64_t src)
 	if (uhmm__inject(INJ_COPY))
 		return -EIO;
 	uint64_t da = uhmm__frame_addr(as, dst), sa = uhmm__frame_addr(as, src);
-	int rc = fd->populated ? -EEXIST : uhmm__uffd_move(as, da, sa, PG_SIZE, false, NULL);
+	int rc = is_populated(fd) ? -EEXIST : uhmm__uffd_move(as, da, sa, PG_SIZE, false, NULL);
 	if (rc == 0) {
-		fd->populated = 1;
-		fs->populated = 0;
+		set_populated(fd, 1);
+		set_populated(fs, 0);
 		return 0;
 	}
 	if (rc == -ENOENT) {
-		if (fd->populated)
+		if (is_populated(fd))
 			uhmm__frame_zap(as, dst);
 		return 0;
 	}
 	memcpy((void *)(uintptr_t)da, (const void *)(uintptr_t)sa, PG_SIZE);
-	fd->populated = 1;
+	set_populated(fd, 1);
 	return 0;
 }
 
@@ -526,7 +590,7 @@ void *uhmm_pfn_to_virt(uint64_t hmm_pfn)
 	struct frame *f = live_frame(pfn, &as);
 	if (!f)
 		return NULL;
-	f->populated = 1;   /* the driver may touch it from now on */
+	set_populated(f, 1);   /* the driver may touch it from now on */
 	return (void *)(uintptr_t)uhmm__frame_addr(as, pfn);
 }
 

@@ -63,10 +63,52 @@ struct uhmm_dmirror {
 	struct pt_block *pt[256];      /* hash by 2 MiB block */
 	uint64_t flags;
 	uint64_t inval[8];
-	bool closed;
 };
 
 static struct dmirror_device g_devs[UHMM_DMIRROR_NDEVICES];
+
+/*
+ * Open handles, so that a closed (freed) handle is refused with -EINVAL
+ * instead of being used.  g_live_lock protects g_live; a leaf lock.
+ */
+static pthread_mutex_t g_live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uhmm_dmirror *g_live[1024];
+
+static bool live_add(struct uhmm_dmirror *dm)
+{
+	bool ok = false;
+	pthread_mutex_lock(&g_live_lock);
+	for (unsigned i = 0; i < 1024 && !ok; i++)
+		if (!g_live[i])
+			g_live[i] = dm, ok = true;
+	pthread_mutex_unlock(&g_live_lock);
+	return ok;
+}
+
+static bool live_del(struct uhmm_dmirror *dm)
+{
+	bool found = false;
+	if (!dm)
+		return false;
+	pthread_mutex_lock(&g_live_lock);
+	for (unsigned i = 0; i < 1024 && !found; i++)
+		if (g_live[i] == dm)
+			g_live[i] = NULL, found = true;
+	pthread_mutex_unlock(&g_live_lock);
+	return found;
+}
+
+static bool live(const struct uhmm_dmirror *dm)
+{
+	bool found = false;
+	if (!dm)
+		return false;
+	pthread_mutex_lock(&g_live_lock);
+	for (unsigned i = 0; i < 1024 && !found; i++)
+		found = g_live[i] == dm;
+	pthread_mutex_unlock(&g_live_lock);
+	return found;
+}
 static pthread_once_t g_devs_once = PTHREAD_ONCE_INIT;
 
 /* The owner tag of a device: what its pool and dev_private_owner carry. */
@@ -143,9 +185,13 @@ static bool dm_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_no
 			  unsigned long cur_seq)
 {
 	struct uhmm_dmirror *dm = (struct uhmm_dmirror *)n;
-	/* Our own exclusivity grant: ignoring it is what prevents a livelock. */
-	if (r->event == UHMM_NOTIFY_EXCLUSIVE && r->owner == dm)
-		return true;
+	/*
+	 * No event is ignored, not even our own grants: an entry for the
+	 * system page must go before the page moves (the model found that
+	 * keeping it lets a device access fault while holding dm->lock).
+	 * Grants are confirmed with uhmm_device_exclusive_held(), not with a
+	 * sequence retry, so this cannot livelock.
+	 */
 	pthread_mutex_lock(&dm->lock);
 	uhmm_interval_set_seq(n, cur_seq);
 	dm->inval[r->event & 7]++;
@@ -172,8 +218,6 @@ static bool span_invalidate(struct uhmm_interval_notifier *n,
 			    const struct uhmm_notifier_range *r, unsigned long cur_seq)
 {
 	struct uhmm_dmirror *dm = ((struct dm_span *)n)->dm;
-	if (r->event == UHMM_NOTIFY_EXCLUSIVE && r->owner == dm)
-		return true;
 	pthread_mutex_lock(&dm->lock);
 	uhmm_interval_set_seq(n, cur_seq);
 	pthread_mutex_unlock(&dm->lock);
@@ -298,7 +342,16 @@ int uhmm_dmirror_open(unsigned int idx, struct uhmm_dmirror **out)
 	pthread_mutex_unlock(&d->lock);
 	if (rc == 0)
 		rc = uhmm_interval_notifier_insert(&dm->notifier, 0, ADDR_LIMIT, &dm_notifier_ops);
+	if (rc == 0 && !live_add(dm)) {
+		uhmm_interval_notifier_remove(&dm->notifier);
+		rc = -EMFILE;
+	}
 	if (rc) {
+		if (d->pool) {
+			pthread_mutex_lock(&d->lock);
+			d->nopen--;
+			pthread_mutex_unlock(&d->lock);
+		}
 		free(dm);
 		return rc;
 	}
@@ -341,9 +394,8 @@ static void evict_mine(struct uhmm_dmirror *dm, bool all)
 
 void uhmm_dmirror_close(struct uhmm_dmirror *dm)
 {
-	if (!dm || dm->closed)
-		return;
-	dm->closed = true;
+	if (!live_del(dm))
+		return;  /* NULL, or closed already */
 	uhmm_interval_notifier_remove(&dm->notifier);
 	uhmm_device_exclusive_release(0, 0, dm);
 	evict_mine(dm, false);
@@ -359,7 +411,7 @@ void uhmm_dmirror_close(struct uhmm_dmirror *dm)
 
 static int check_cmd(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 {
-	if (!dm || !cmd || dm->closed)
+	if (!live(dm) || !cmd)
 		return -EINVAL;
 	cmd->cpages = 0;
 	cmd->faults = 0;
@@ -635,8 +687,8 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 			(unsigned long long)done, b, (unsigned long long)migrated);
 	}
 	cmd->cpages = done;
-	if (rc == 0 && cmd->ptr)
-		memcpy((void *)(uintptr_t)cmd->ptr, bounce, cmd->npages * PAGE);
+	if (rc == 0 && cmd->ptr && uhmm_device_write(cmd->ptr, bounce, cmd->npages * PAGE))
+		rc = -EFAULT;
 	free(bounce);
 	return rc;
 }
@@ -688,7 +740,9 @@ int uhmm_dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 		return rc;
 	if (!cmd->ptr)
 		return -EINVAL;
-	uint8_t *out = (uint8_t *)(uintptr_t)cmd->ptr;
+	uint8_t *out = malloc(cmd->npages);
+	if (!out)
+		return -ENOMEM;
 	uint64_t pfns[FAULT_WINDOW];
 	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
 	for (uint64_t a = start; a < end;) {
@@ -702,13 +756,17 @@ int uhmm_dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 		if (rc == -EBUSY)
 			continue;
 		if (rc)
-			return rc;
+			break;
 		for (uint64_t i = 0; i < (e - a) / PAGE; i++)
 			out[(a - start) / PAGE + i] = snapshot_byte(dm, pfns[i]);
 		a = e;
 	}
-	cmd->cpages = cmd->npages;
-	return 0;
+	if (rc == 0 && uhmm_device_write(cmd->ptr, out, cmd->npages))
+		rc = -EFAULT;
+	free(out);
+	if (rc == 0)
+		cmd->cpages = cmd->npages;
+	return rc;
 }
 
 /* An atomic to run as soon as the page is held (under dm->lock). */
@@ -785,8 +843,8 @@ int uhmm_dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd
 			char *bounce = malloc(n * PAGE);
 			rc = bounce ? dm_access(dm, start, start + n * PAGE, bounce, false, &done)
 				    : -ENOMEM;
-			if (rc == 0)
-				memcpy((void *)(uintptr_t)cmd->ptr, bounce, n * PAGE);
+			if (rc == 0 && uhmm_device_write(cmd->ptr, bounce, n * PAGE))
+				rc = -EFAULT;
 			free(bounce);
 		}
 	}
@@ -810,7 +868,7 @@ int uhmm_dmirror_check_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cm
 
 int uhmm_dmirror_atomic_add(struct uhmm_dmirror *dm, uint64_t addr, uint64_t val, uint64_t *old)
 {
-	if (!dm || dm->closed || (addr & 7) || addr >= ADDR_LIMIT)
+	if (!live(dm) || (addr & 7) || addr >= ADDR_LIMIT)
 		return -EINVAL;
 	uint64_t page = addr & ~(PAGE - 1);
 	struct dm_atomic op = { .addr = addr, .val = val };
@@ -837,7 +895,7 @@ int uhmm_dmirror_atomic_add(struct uhmm_dmirror *dm, uint64_t addr, uint64_t val
 
 int uhmm_dmirror_release(struct uhmm_dmirror *dm)
 {
-	if (!dm || dm->closed)
+	if (!live(dm))
 		return -EINVAL;
 	evict_mine(dm, true);
 	return 0;
@@ -845,7 +903,7 @@ int uhmm_dmirror_release(struct uhmm_dmirror *dm)
 
 int uhmm_dmirror_set_flags(struct uhmm_dmirror *dm, uint64_t flags)
 {
-	if (!dm || dm->closed || (flags & ~UHMM_DMIRROR_FLAG_FAIL_ALLOC))
+	if (!live(dm) || (flags & ~UHMM_DMIRROR_FLAG_FAIL_ALLOC))
 		return -EINVAL;
 	pthread_mutex_lock(&dm->lock);
 	dm->flags = flags;
@@ -869,7 +927,7 @@ int uhmm_dmirror_devmem_stats(unsigned int idx, struct uhmm_devmem_stats *st)
 
 int uhmm_dmirror_invalidations(struct uhmm_dmirror *dm, uint64_t counts[8])
 {
-	if (!dm || !counts || dm->closed)
+	if (!live(dm) || !counts)
 		return -EINVAL;
 	pthread_mutex_lock(&dm->lock);
 	memcpy(counts, dm->inval, sizeof(dm->inval));

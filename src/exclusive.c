@@ -36,7 +36,7 @@ static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *ow
 {
 	pthread_mutex_lock(&as->pt_lock);
 	uhmm__page_lock_wait(as, addr);
-	struct pmeta *pm = uhmm__pmeta(as, addr, true);
+	struct pmeta *pm = uhmm__torn_down(as, addr) ? NULL : uhmm__pmeta(as, addr, true);
 	int r = TAKE_OTHER;
 	if (pm && pm->state == PS_SYSTEM) {
 		pm->locked = 1;
@@ -108,8 +108,7 @@ static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const v
 			}
 		}
 		if (rc == 0) {
-			as->frames[fr].addr = addr;
-			as->frames[fr].xowner = owner;
+			uhmm__frame_set_owner(as, fr, addr, owner);
 			pages[i] = fr;
 			taken++;
 			STAT_ADD(exclusive_grants, 1);

@@ -50,8 +50,6 @@ bool uhmm__inject(enum inject_point p)
 	return true;
 }
 
-/* For tests: how often point (by name) fired; -1 if unknown. */
-__attribute__((visibility("default"))) long uhmm_inject_fired(const char *point);
 long uhmm_inject_fired(const char *point)
 {
 	for (int i = 0; i < INJ_NPOINTS; i++)

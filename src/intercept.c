@@ -47,13 +47,14 @@ static void range_of(uint64_t addr, uint64_t len, uint64_t *s, uint64_t *e)
  * placed at the same address in between).
  */
 static struct inflight_op *inflight_begin(struct uhmm__as *as, uint64_t s, uint64_t e,
-					  bool may_event)
+					  bool may_event, bool teardown)
 {
 	struct inflight_op *op = uhmm__zalloc(sizeof(*op));
 	if (!op)
 		return NULL;
 	op->start = s;
 	op->end = e;
+	op->teardown = teardown;
 	pthread_mutex_lock(&as->pt_lock);
 	op->expect = may_event && uhmm__reg_overlaps(as, s, e);
 	op->next = as->inflight;
@@ -80,9 +81,19 @@ static void inflight_end(struct uhmm__as *as, struct inflight_op *op, bool ok)
 		return;
 	pthread_mutex_lock(&as->pt_lock);
 	op->done = true;
+	op->teardown = false;
 	if (!op->expect || !ok || op->seen)
 		inflight_unlink(as, op);
 	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/* pt_lock held: is addr in a range an intercepted call is tearing down? */
+bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr)
+{
+	for (struct inflight_op *op = as->inflight; op; op = op->next)
+		if (op->teardown && op->start <= addr && addr < op->end)
+			return true;
+	return false;
 }
 
 /* The service thread read an event for [start, end): was it ours? */
@@ -115,15 +126,24 @@ int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
 	if (uhmm__in_service_thread())
 		return -EDEADLK;
-	struct inflight_op *op = inflight_begin(as, start, end, true);
+	struct inflight_op *op = inflight_begin(as, start, end, true, false);
 	int rc = (int)syscall(SYS_madvise, start, end - start, MADV_DONTNEED);
 	inflight_end(as, op, rc == 0);
 	return rc ? -errno : 0;
 }
 
-static void before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e)
+/*
+ * The order matters (found by the model, docs/model.md): the range is
+ * marked as being torn down first, so no migration, grant or range fault
+ * starts on it; operations already holding its pages finish; only then are
+ * the mirrors invalidated, so that no mapping made by those operations
+ * survives; and the device pages are freed last, when no mirror can reach
+ * them any more.
+ */
+static void before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e, enum uhmm_notify_event ev)
 {
-	uhmm__invalidate(as, s, e, UHMM_NOTIFY_UNMAP, NULL);
+	uhmm__wait_range_unlocked(as, s, e);
+	uhmm__invalidate(as, s, e, ev, NULL);
 	uhmm__forget_range(as, s, e);
 }
 
@@ -134,8 +154,8 @@ __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 		return (int)syscall(SYS_munmap, addr, len);
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
-	struct inflight_op *op = inflight_begin(as, s, e, true);
-	before_unmap(as, s, e);
+	struct inflight_op *op = inflight_begin(as, s, e, true, true);
+	before_unmap(as, s, e, UHMM_NOTIFY_UNMAP);
 	int rc = (int)syscall(SYS_munmap, addr, len);
 	inflight_end(as, op, rc == 0);
 	return rc;
@@ -157,18 +177,17 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	uint64_t os, oe;
 	range_of((uintptr_t)old, old_size ? old_size : PG_SIZE, &os, &oe);
 	/* Whether the kernel sends REMAP or UNMAP here depends on the move: not counted on. */
-	struct inflight_op *op = inflight_begin(as, os, oe, false);
+	struct inflight_op *op = inflight_begin(as, os, oe, false, true);
 	/*
 	 * Device pages come back to the CPU first, so the kernel moves the data
 	 * with the mapping; the old range's mirrors go away before the move.
 	 */
-	uhmm__invalidate(as, os, oe, UHMM_NOTIFY_UNMAP, NULL);
 	uhmm__bring_back_range(as, os, oe);
-	uhmm__forget_range(as, os, oe);
+	before_unmap(as, os, oe, UHMM_NOTIFY_UNMAP);
 	if ((flags & MREMAP_FIXED) && new_addr) {
 		uint64_t s, e;
 		range_of((uintptr_t)new_addr, new_size, &s, &e);
-		before_unmap(as, s, e);
+		before_unmap(as, s, e, UHMM_NOTIFY_UNMAP);
 	}
 	void *rc = (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
 	inflight_end(as, op, rc != MAP_FAILED);
@@ -207,11 +226,13 @@ __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int a
 		return (int)syscall(SYS_madvise, addr, len, advice);
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
-	struct inflight_op *op = inflight_begin(as, s, e, advice_discards(advice));
-	uhmm__invalidate(as, s, e, UHMM_NOTIFY_CLEAR, NULL);
+	bool discard = advice_discards(advice);
+	struct inflight_op *op = inflight_begin(as, s, e, discard, discard);
 	/* Discarded data: device pages of the range are freed and read zero. */
-	if (advice_discards(advice))
-		uhmm__forget_range(as, s, e);
+	if (discard)
+		before_unmap(as, s, e, UHMM_NOTIFY_CLEAR);
+	else
+		uhmm__invalidate(as, s, e, UHMM_NOTIFY_CLEAR, NULL);
 	int rc = (int)syscall(SYS_madvise, addr, len, advice);
 	inflight_end(as, op, rc == 0);
 	return rc;
@@ -226,8 +247,8 @@ __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int pr
 	/* MAP_FIXED replaces whatever was there: that is an unmap first. */
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
-	struct inflight_op *op = inflight_begin(as, s, e, true);
-	before_unmap(as, s, e);
+	struct inflight_op *op = inflight_begin(as, s, e, true, true);
+	before_unmap(as, s, e, UHMM_NOTIFY_UNMAP);
 	void *rc = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	inflight_end(as, op, rc != MAP_FAILED);
 	return rc;
@@ -256,9 +277,8 @@ static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64
 		pm = uhmm__pmeta(as, from + o, false);
 		npm->state = pm->state;
 		npm->frame = pm->frame;
-		struct frame *f = uhmm__frame(as, pm->frame);
-		if (f)
-			f->addr = to + o;
+		if (uhmm__frame(as, pm->frame))
+			uhmm__frame_set_owner(as, pm->frame, to + o, NULL);
 		pm->state = PS_SYSTEM;
 		pm->frame = 0;
 		uhmm__pmeta_changed(as, from + o, pm);

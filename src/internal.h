@@ -112,6 +112,8 @@ struct inflight_op {               /* an intercepted call (under pt_lock) */
 	bool expect;               /* it touches a registered range: an event will come */
 	bool done;                 /* the call returned */
 	bool seen;                 /* the service thread consumed its event */
+	bool teardown;             /* the range's pages are going away: no new
+				      migration, exclusivity or device mapping */
 	struct inflight_op *next;
 };
 
@@ -206,6 +208,7 @@ void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);
 int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service);
 void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end);
 int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
 		    uint64_t *cats, uint64_t npages);
 int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
@@ -217,6 +220,7 @@ void uhmm__intercept_link(void);
 int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
+bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr);
 void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg);
 
 /* notifier.c */
@@ -238,6 +242,7 @@ int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wak
 int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t f);
 int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool may_copy);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
+void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
 
 /* exclusive.c */
 int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault);

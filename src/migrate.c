@@ -65,13 +65,14 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		origin[i] = OR_NONE;
 		int st = pm ? pm->state : PS_SYSTEM;
+		bool torn = uhmm__torn_down(as, addr);  /* being unmapped: may only come back */
 		if (st == PS_PRIVATE && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) &&
 		    owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_PRIVATE)) {
 			origin[i] = OR_PRIVATE;
 		} else if (st == PS_COHERENT && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT) &&
 			   owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_COHERENT)) {
 			origin[i] = OR_COHERENT;
-		} else if (st == PS_SYSTEM && sys_ok) {
+		} else if (st == PS_SYSTEM && sys_ok && !torn) {
 			bool present = cats[i] & PAGE_IS_PRESENT;
 			bool zero = cats[i] & PAGE_IS_PFNZERO;
 			if (cats[i] & PAGE_IS_SWAPPED)
@@ -127,8 +128,7 @@ static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t 
 }
 
 /* Take page i's data into a frame; sets src[i]. */
-static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin, uint64_t i,
-		      bool writable)
+static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin, uint64_t i)
 {
 	uint64_t addr = a->start + (i << PG_SHIFT);
 	uint64_t fr = 0;
@@ -147,7 +147,7 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 		return;
 	case OR_COHERENT:
 		/* Its data is in the CPU view: take it back into its own frame. */
-		rc = uhmm__move_out_of_cpu(as, addr, dev_frame, false);
+		rc = uhmm__move_out_of_cpu(as, addr, dev_frame, true);
 		if (rc == 0 || rc == -ENOENT) {
 			a->src[i] = uhmm_migrate_pfn(dev_frame) | UHMM_MIGRATE_PFN_MIGRATE |
 				    UHMM_MIGRATE_PFN_WRITE;
@@ -158,9 +158,9 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 		rc = uhmm__frame_alloc(as, as->syspool, &fr);
 		if (rc)
 			break;
-		rc = uhmm__move_out_of_cpu(as, addr, fr, !writable);
+		rc = uhmm__move_out_of_cpu(as, addr, fr, true);
 		if (rc == 0) {
-			as->frames[fr].addr = addr;
+			uhmm__frame_set_owner(as, fr, addr, NULL);
 			a->src[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE |
 				    UHMM_MIGRATE_PFN_WRITE;
 			return;
@@ -209,16 +209,15 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		rc = uhmm__vma_find(as, at, &v);
 		if (rc || v.start > at)
 			return at == a->start ? -EFAULT : -EINVAL;
-		if (v.hugetlb)
+		if (v.hugetlb || !v.read)
 			return -EINVAL;
 		at = v.end;
 	}
 	uint64_t n = a->npages;
 	struct mig *m = uhmm__zalloc(sizeof(*m));
 	uint8_t *origin = uhmm__zalloc(n);
-	uint8_t *writable = uhmm__zalloc(n);
 	uint64_t *cats = uhmm__zalloc(n * sizeof(*cats));
-	rc = m && origin && writable && cats ? 0 : -ENOMEM;
+	rc = m && origin && cats ? 0 : -ENOMEM;
 	bool fork_locked = rc == 0;
 	if (rc == 0) {
 		m->as = as;
@@ -234,7 +233,6 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		}
 		uint64_t ce = v.end < a->end ? v.end : a->end;
 		uint64_t i0 = (at - a->start) >> PG_SHIFT, cn = (ce - at) >> PG_SHIFT;
-		memset(writable + i0, v.write, cn);
 		if ((a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v.shared && !v.file) {
 			/* Exclusive pages are taken back from their holder first. */
 			uhmm__bring_back_exclusive(as, at, ce);
@@ -254,7 +252,6 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 			uhmm__fork_unlock(as);
 		uhmm__free(m, sizeof(*m));
 		uhmm__free(origin, n);
-		uhmm__free(writable, n);
 		uhmm__free(cats, n * sizeof(*cats));
 		return rc;
 	}
@@ -263,12 +260,11 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	for (uint64_t i = 0; i < n; i++) {
 		if (origin[i] == OR_NONE)
 			continue;
-		take_page(as, a, origin, i, writable[i]);
+		take_page(as, a, origin, i);
 		if (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
 			a->cpages++;
 	}
 	uhmm__free(cats, n * sizeof(*cats));
-	uhmm__free(writable, n);
 	a->uhmm__priv = m;
 	return 0;
 }
@@ -311,7 +307,7 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d)
 	} else {
 		pm->state = type == UHMM_DEVMEM_PRIVATE ? PS_PRIVATE : PS_COHERENT;
 		pm->frame = (uint32_t)d;
-		f->addr = addr;
+		uhmm__frame_set_owner(as, d, addr, NULL);
 	}
 	pthread_mutex_unlock(&as->pt_lock);
 	if (type == 0)
@@ -473,7 +469,7 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 			continue;
 		uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_MIGRATE, f->pool->owner);
 		if (st == PS_COHERENT) {
-			int rc = uhmm__move_out_of_cpu(as, addr, fr, false);
+			int rc = uhmm__move_out_of_cpu(as, addr, fr, true);
 			if (rc && rc != -ENOENT) {
 				unlock_page(as, addr);
 				continue;

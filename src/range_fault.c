@@ -25,8 +25,8 @@ static unsigned int order_of(const struct vma *v, uint64_t cats)
 }
 
 /* Device-side state of the pages: report, or bring back if a fault is asked. */
-static int device_pages(struct uhmm__as *as, struct uhmm_range *r, uint64_t s, uint64_t e,
-			uint8_t *handled)
+static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct vma *v,
+			uint64_t s, uint64_t e, uint8_t *handled)
 {
 	for (uint64_t a = s; a < e; a += PG_SIZE) {
 		uint64_t i = (a - r->start) >> PG_SHIFT;
@@ -43,7 +43,10 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, uint64_t s, u
 		struct frame *f = uhmm__frame(as, fr);
 		if (!locked && st == PS_PRIVATE && f && f->pool->owner == r->dev_private_owner &&
 		    r->dev_private_owner) {
-			r->hmm_pfns[i] = fr | UHMM_PFN_VALID | UHMM_PFN_WRITE | UHMM_PFN_DEVICE;
+			if ((req & UHMM_PFN_REQ_WRITE) && !v->write)
+				return -EPERM;
+			r->hmm_pfns[i] = fr | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
+					 (v->write ? UHMM_PFN_WRITE : 0);
 			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
 			continue;
 		}
@@ -88,7 +91,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 	int rc = -ENOMEM;
 	if (!handled || !cats)
 		goto out;
-	rc = device_pages(as, r, s, e, handled);
+	rc = device_pages(as, r, v, s, e, handled);
 	if (rc)
 		goto out;
 	rc = uhmm__page_scan(as, s, e, cats, n);
@@ -119,6 +122,19 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		if (rc)
 			goto out;
 	}
+	pthread_mutex_lock(&as->pt_lock);
+	for (uint64_t i = 0; i < n; i++) {
+		/* A page an intercepted munmap is tearing down is already gone. */
+		if (uhmm__torn_down(as, s + (i << PG_SHIFT))) {
+			if (req_of(r, i0 + i) & UHMM_PFN_REQ_FAULT)
+				rc = -EFAULT;
+			handled[i] = 1;
+			r->hmm_pfns[i0 + i] = UHMM_PFN_ERROR;
+		}
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+	if (rc)
+		goto out;
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t a = s + (i << PG_SHIFT);
 		if (handled[i])

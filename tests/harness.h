@@ -90,11 +90,13 @@ static inline void th_fail(const char *file, int line, const char *fmt, ...)
 /*
  * mmap in an area of the address space nothing else uses (thread stacks,
  * malloc, sanitizer runtimes, uhmm's own metadata), so that a hole a test
- * punches stays a hole.  Falls back to an ordinary mmap.
+ * punches stays a hole: a few TiB below where the kernel places mappings,
+ * inside the application range of ASan's and TSan's layouts.  Falls back to
+ * an ordinary mmap.
  */
 static inline void *th_mmap_isolated(size_t len, int prot, int flags)
 {
-	static uintptr_t next = 0x2e0000000000ULL;
+	static uintptr_t next = 0x7ec000000000ULL;
 	const size_t align = 2UL << 20;
 	for (int tries = 0; tries < 64; tries++) {
 		void *want = (void *)next;

@@ -62,23 +62,15 @@ static void *map_anon(size_t size, int prot, int flags)
 }
 
 /*
- * Anonymous memory far below where the kernel places mmap()s without a
- * hint, so that a hole punched in it stays a hole: a library or sanitizer
- * thread mapping something meanwhile lands elsewhere.
+ * Anonymous memory where nothing else maps, so that a hole punched in it
+ * stays a hole (see th_mmap_isolated in harness.h).
  */
 static char *map_far(size_t size)
 {
-	for (uintptr_t a = 0x300000000000ULL; a < 0x340000000000ULL; a += 1ULL << 32) {
-		void *p = mmap((void *)a, size, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	void *p = th_mmap_isolated(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
 
-		if (p == (void *)a)
-			return p;
-		if (p != MAP_FAILED)
-			munmap(p, size);
-	}
-	th_fail(__FILE__, __LINE__, "no free address range for a hole");
-	return NULL;
+	ASSERT_MAPPED(p);
+	return p;
 }
 
 static void xbuf_init(struct xbuf *b, uint64_t npages)
