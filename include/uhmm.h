@@ -453,7 +453,12 @@ struct uhmm_event {
 	uint32_t type;
 	uint32_t arg;
 };
-/* Install (or clear with NULL) an event callback; called synchronously. */
+/*
+ * Install (or clear with NULL) an event callback, called synchronously in
+ * the thread that did the work (often the fault-service thread: it must not
+ * touch memory that is on a device).  When this returns, no call of the
+ * previous callback is still running.
+ */
 UHMM_API void uhmm_set_event_cb(void (*cb)(const struct uhmm_event *ev, void *arg), void *arg);
 
 /* ------------------------------------------------------------------------ */

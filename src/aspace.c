@@ -265,6 +265,19 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t s
 	reg_forget(as, s, e);
 	*r = (struct reg_range){ s, e, missing, as->regs };
 	as->regs = r;
+	/* Merge neighbours of the same mode: the list stays short. */
+	for (struct reg_range **pp = &as->regs; *pp;) {
+		struct reg_range *o = *pp;
+		if (o != r && o->missing == r->missing && (o->end == r->start || o->start == r->end)) {
+			r->start = o->start < r->start ? o->start : r->start;
+			r->end = o->end > r->end ? o->end : r->end;
+			*pp = o->next;
+			uhmm__free(o, sizeof(*o));
+			pp = &as->regs;
+			continue;
+		}
+		pp = &o->next;
+	}
 	pthread_mutex_unlock(&as->pt_lock);
 	return 0;
 }

@@ -672,12 +672,22 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 		rc = map_own_pages(dm, start, end);
 	if (rc)
 		return rc;
-	/* Like the kernel driver: read back what is now in device memory. */
-	char *bounce = malloc(cmd->npages * PAGE);
+	/*
+	 * Like the kernel driver: read back what is now in device memory, a
+	 * window at a time (no bounce buffer the size of the range).
+	 */
+	size_t win = 512 * PAGE;
+	char *bounce = malloc(win);
 	if (!bounce)
 		return -ENOMEM;
 	uint64_t done = 0;
-	rc = dm_access(dm, start, end, bounce, false, &done);
+	for (uint64_t a = start; a < end && rc == 0; a += win) {
+		uint64_t e = end - a < win ? end : a + win, before = done;
+		rc = dm_access(dm, a, e, bounce, false, &done);
+		if (rc == 0 && cmd->ptr &&
+		    uhmm_device_write(cmd->ptr + (a - start), bounce, (done - before) * PAGE))
+			rc = -EFAULT;
+	}
 	if (rc && getenv("UHMM_DEBUG")) {
 		uint8_t b = 0;
 		struct uhmm_dmirror_cmd sc = { .addr = start + done * PAGE, .ptr = (uintptr_t)&b,
@@ -687,8 +697,6 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 			(unsigned long long)done, b, (unsigned long long)migrated);
 	}
 	cmd->cpages = done;
-	if (rc == 0 && cmd->ptr && uhmm_device_write(cmd->ptr, bounce, cmd->npages * PAGE))
-		rc = -EFAULT;
 	free(bounce);
 	return rc;
 }

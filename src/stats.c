@@ -6,13 +6,15 @@
  */
 #include "internal.h"
 
+#include <sched.h>
 #include <time.h>
 
 struct uhmm_stats uhmm__stats;
 
-/* Protects nothing but the pair below being read consistently (leaf lock). */
+/* The event callback (atomics, no lock) and how many calls are running. */
 static void (*g_cb)(const struct uhmm_event *ev, void *arg);
 static void *g_cb_arg;
+static unsigned long g_cb_active;
 
 uint64_t uhmm__now_ns(void)
 {
@@ -38,22 +40,35 @@ void uhmm_stats_reset(void)
 		__atomic_store_n(&p[i], 0, __ATOMIC_RELAXED);
 }
 
+/*
+ * Once this returns, no call of the previous callback is still running, and
+ * everything those calls did happened before (the caller may free what the
+ * callback used).
+ */
 void uhmm_set_event_cb(void (*cb)(const struct uhmm_event *ev, void *arg), void *arg)
 {
-	__atomic_store_n(&g_cb, NULL, __ATOMIC_RELEASE);
-	__atomic_store_n(&g_cb_arg, arg, __ATOMIC_RELEASE);
-	__atomic_store_n(&g_cb, cb, __ATOMIC_RELEASE);
+	__atomic_store_n(&g_cb, NULL, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&g_cb_active, __ATOMIC_SEQ_CST))
+		sched_yield();
+	__atomic_store_n(&g_cb_arg, arg, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&g_cb, cb, __ATOMIC_SEQ_CST);
 }
 
 void uhmm__event(uint32_t type, uint32_t arg, uint64_t addr, uint64_t len, uint64_t t0)
 {
-	void (*cb)(const struct uhmm_event *, void *) = __atomic_load_n(&g_cb, __ATOMIC_ACQUIRE);
-	if (UHMM_LIKELY(!cb))
+	if (UHMM_LIKELY(!__atomic_load_n(&g_cb, __ATOMIC_RELAXED)))
 		return;
+	__atomic_fetch_add(&g_cb_active, 1, __ATOMIC_SEQ_CST);
+	void (*cb)(const struct uhmm_event *, void *) = __atomic_load_n(&g_cb, __ATOMIC_SEQ_CST);
+	if (!cb) {
+		__atomic_fetch_sub(&g_cb_active, 1, __ATOMIC_SEQ_CST);
+		return;
+	}
 	uint64_t now = uhmm__now_ns();
 	struct uhmm_event ev = {
 		.ts_ns = now, .addr = addr, .len = len,
 		.duration_ns = t0 ? now - t0 : 0, .type = type, .arg = arg,
 	};
-	cb(&ev, __atomic_load_n(&g_cb_arg, __ATOMIC_ACQUIRE));
+	cb(&ev, __atomic_load_n(&g_cb_arg, __ATOMIC_SEQ_CST));
+	__atomic_fetch_sub(&g_cb_active, 1, __ATOMIC_SEQ_CST);
 }
