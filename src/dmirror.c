@@ -158,6 +158,20 @@ static void pt_set(struct uhmm_dmirror *dm, uint64_t addr, uint64_t e)
 
 static void pt_clear_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
+	uint64_t first = start >> PT_SHIFT, last = (end - 1) >> PT_SHIFT;
+	if (end > start && last - first < 64) {
+		/* A few blocks: look each up instead of walking the table. */
+		for (uint64_t blk = first; blk <= last; blk++) {
+			uint64_t base = blk << PT_SHIFT;
+			uint64_t s = start > base ? start : base;
+			uint64_t bend = base + PT_PER_BLOCK * PAGE;
+			uint64_t e = end < bend ? end : bend;
+			uint64_t *slot = pt_slot(dm, s, false);
+			if (slot)
+				memset(slot, 0, (e - s) / PAGE * sizeof(uint64_t));
+		}
+		return;
+	}
 	for (unsigned h = 0; h < 256; h++)
 		for (struct pt_block *b = dm->pt[h]; b; b = b->next) {
 			uint64_t bend = b->base + PT_PER_BLOCK * PAGE;

@@ -203,8 +203,13 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	a->uhmm__priv = NULL;
 	memset(a->src, 0, a->npages * sizeof(*a->src));
 	memset(a->dst, 0, a->npages * sizeof(*a->dst));
-	/* The range may span VMAs (registration splits them), but no hole. */
-	for (uint64_t at = a->start; at < a->end;) {
+	/*
+	 * The range may span VMAs (registration splits them), but no hole.
+	 * Device pages are found by uhmm's own metadata: a selection of device
+	 * pages only (migrate_to_ram) needs no VMA lookup at all.
+	 */
+	bool sys = a->flags & UHMM_MIGRATE_SELECT_SYSTEM;
+	for (uint64_t at = a->start; sys && at < a->end;) {
 		struct vma v;
 		rc = uhmm__vma_find(as, at, &v);
 		if (rc || v.start > at)
@@ -224,7 +229,11 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		m->origin = origin;
 		uhmm__fork_rdlock(as);
 	}
-	for (uint64_t at = a->start; at < a->end && rc == 0;) {
+	if (!sys && rc == 0) {
+		struct vma none = { .start = a->start, .end = a->end };
+		collect(as, a, &none, 0, n, origin, cats);
+	}
+	for (uint64_t at = a->start; sys && at < a->end && rc == 0;) {
 		struct vma v;
 		rc = uhmm__vma_find(as, at, &v);
 		if (rc || v.start > at) {
@@ -420,6 +429,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		a->dst[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		unlock_page(as, addr);
 	}
+	/* Wake after unlocking: a woken thread sees the page's final state. */
 	uhmm__uffd_wake(as, a->start, a->end - a->start);
 	uhmm__fork_unlock(as);
 	if (n_dev)
