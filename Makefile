@@ -76,7 +76,9 @@ check-deps:
 
 # TSan: the fork tests start threads in a child of a threaded process, which
 # uhmm supports (the child makes its own runtime).
-TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)",)
+# Sanitizer builds run the long loops with fewer iterations (UHMM_TEST_QUICK).
+TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)",) \
+	   $(if $(SAN),UHMM_TEST_QUICK=1,)
 
 test: check-deps lib $(TESTS)
 	@$(TESTENV) bash tests/run.sh $(TESTS)

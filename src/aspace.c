@@ -650,6 +650,26 @@ static void serve_msg(struct uhmm__as *as, const struct uffd_msg *m)
 		sigbus_thread(as, m, rc);
 }
 
+/*
+ * Service thread, inside an operation that got EAGAIN: read what is pending
+ * on the uffd without handling it (that may need locks the operation holds),
+ * so that an munmap/mremap waiting for its event to be read can finish.
+ * Returns true if anything was read.
+ */
+bool uhmm__service_drain(struct uhmm__as *as)
+{
+	if (!as->pending)
+		return false;
+	unsigned room = 256 - as->npending;
+	if (!room)
+		return false;
+	ssize_t n = read(as->uffd, as->pending + as->npending, room * sizeof(struct uffd_msg));
+	if (n <= 0)
+		return false;
+	as->npending += (unsigned)(n / (ssize_t)sizeof(struct uffd_msg));
+	return true;
+}
+
 static void *service_main(void *arg)
 {
 	struct uhmm__as *as = arg;
@@ -661,6 +681,15 @@ static void *service_main(void *arg)
 	};
 	struct uffd_msg msgs[32];
 	for (;;) {
+		/* Serving may read more early; loop until nothing is pending. */
+		while (as->npending) {
+			unsigned n = as->npending;
+			struct uffd_msg early[256];
+			memcpy(early, as->pending, n * sizeof(early[0]));
+			as->npending = 0;
+			for (unsigned i = 0; i < n; i++)
+				serve_msg(as, &early[i]);
+		}
 		if (poll(pfd, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -866,11 +895,12 @@ static int as_create(struct uhmm__as **out)
 	as->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	as->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	as->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	as->pending = uhmm__zalloc(256 * sizeof(struct uffd_msg));
 	as->hash_size = 4096;
 	as->hash = uhmm__zalloc(as->hash_size * sizeof(*as->hash));
 	rc = -ENOMEM;
 	if (as->maps_fd < 0 || as->pagemap_fd < 0 || as->wake_fd < 0 || as->stop_fd < 0 ||
-	    !as->hash) {
+	    !as->hash || !as->pending) {
 		rc = as->hash ? -errno : -ENOMEM;
 		goto fail;
 	}

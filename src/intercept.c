@@ -15,6 +15,7 @@
 
 #include <linux/userfaultfd.h>
 #include <stdarg.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -184,6 +185,13 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	 */
 	uhmm__bring_back_range(as, os, oe);
 	before_unmap(as, os, oe, UHMM_NOTIFY_UNMAP);
+	/*
+	 * uhmm's registration may have split the mapping into several VMAs,
+	 * and the kernel does not mremap across VMAs: unregister the range
+	 * (its pages are all back in the CPU view) so that they merge again.
+	 */
+	struct uffdio_range ur = { .start = os, .len = oe - os };
+	ioctl(as->uffd, UFFDIO_UNREGISTER, &ur);
 	if ((flags & MREMAP_FIXED) && new_addr) {
 		uint64_t s, e;
 		range_of((uintptr_t)new_addr, new_size, &s, &e);

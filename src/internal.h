@@ -29,6 +29,8 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include <linux/userfaultfd.h>
+
 #include "uhmm.h"
 #include "itree.h"
 
@@ -174,6 +176,10 @@ struct uhmm__as {
 
 	pthread_t service;
 	bool service_started;
+
+	/* messages the service thread read early (service thread only) */
+	struct uffd_msg *pending;
+	unsigned npending;
 };
 
 /* The runtime, or NULL with *err set.  Creates it on first use. */
@@ -255,6 +261,7 @@ bool uhmm__hole_fault(struct uhmm__as *as, struct pmeta *pm);
 void uhmm__fork_rdlock(struct uhmm__as *as);
 void uhmm__fork_unlock(struct uhmm__as *as);
 bool uhmm__in_service_thread(void);
+bool uhmm__service_drain(struct uhmm__as *as);
 
 /* stats.c */
 extern struct uhmm_stats uhmm__stats;

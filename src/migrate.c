@@ -46,9 +46,35 @@ static int check_args(struct uhmm_migrate *a)
 	return 0;
 }
 
+/*
+ * After collect() locked them, system pages are looked at in the page table:
+ * a page with no data (never populated, or the zero page) is a hole.  This
+ * must come after the locks: a page another operation was moving back while
+ * collect() waited would otherwise be taken for a hole and lose its data.
+ */
+static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, uint64_t n,
+		     uint8_t *origin, const uint64_t *cats)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	for (uint64_t i = i0; i < i0 + n; i++) {
+		if (origin[i] != OR_SYSTEM)
+			continue;
+		uint64_t addr = a->start + (i << PG_SHIFT);
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		if (cats[i] & PAGE_IS_SWAPPED) {
+			origin[i] = OR_NONE;  /* swapped out: not taken (no swap-in from here) */
+			uhmm__page_unlock(as, addr, pm);
+		} else if (!(cats[i] & PAGE_IS_PRESENT) || (cats[i] & PAGE_IS_PFNZERO)) {
+			origin[i] = OR_HOLE;
+			pm->locked = LOCK_HOLE;
+		}
+	}
+	pthread_mutex_unlock(&as->pt_lock);
+}
+
 /* Lock the pages of [start, end) that the selection takes; fills origin[]. */
 static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vma *v,
-		    uint64_t i0, uint64_t n, uint8_t *origin, const uint64_t *cats)
+		    uint64_t i0, uint64_t n, uint8_t *origin)
 {
 	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
 		      v->read;
@@ -73,11 +99,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 			   owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_COHERENT)) {
 			origin[i] = OR_COHERENT;
 		} else if (st == PS_SYSTEM && sys_ok && !torn) {
-			bool present = cats[i] & PAGE_IS_PRESENT;
-			bool zero = cats[i] & PAGE_IS_PFNZERO;
-			if (cats[i] & PAGE_IS_SWAPPED)
-				continue;  /* swapped out: not taken (no swap-in from here) */
-			origin[i] = present && !zero ? OR_SYSTEM : OR_HOLE;
+			origin[i] = OR_SYSTEM;  /* or a hole: classify() decides */
 			pm = uhmm__pmeta(as, addr, true);
 			if (!pm) {
 				origin[i] = OR_NONE;
@@ -85,7 +107,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 			}
 		}
 		if (origin[i] != OR_NONE)
-			pm->locked = origin[i] == OR_HOLE ? LOCK_HOLE : LOCK_DATA;
+			pm->locked = LOCK_DATA;
 	}
 	pthread_mutex_unlock(&as->pt_lock);
 }
@@ -231,7 +253,7 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	}
 	if (!sys && rc == 0) {
 		struct vma none = { .start = a->start, .end = a->end };
-		collect(as, a, &none, 0, n, origin, cats);
+		collect(as, a, &none, 0, n, origin);
 	}
 	for (uint64_t at = a->start; sys && at < a->end && rc == 0;) {
 		struct vma v;
@@ -242,15 +264,19 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		}
 		uint64_t ce = v.end < a->end ? v.end : a->end;
 		uint64_t i0 = (at - a->start) >> PG_SHIFT, cn = (ce - at) >> PG_SHIFT;
-		if ((a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v.shared && !v.file) {
+		bool scan = !v.shared && !v.file;
+		if (scan) {
 			/* Exclusive pages are taken back from their holder first. */
 			uhmm__bring_back_exclusive(as, at, ce);
 			rc = uhmm__ensure_registered(as, &v, at, ce, true);
-			if (rc == 0)
-				rc = uhmm__page_scan(as, at, ce, cats + i0, cn);
 		}
 		if (rc == 0)
-			collect(as, a, &v, i0, cn, origin, cats);
+			collect(as, a, &v, i0, cn, origin);
+		if (rc == 0 && scan) {
+			rc = uhmm__page_scan(as, at, ce, cats + i0, cn);
+			if (rc == 0)
+				classify(as, a, i0, cn, origin, cats);
+		}
 		at = ce;
 	}
 	if (rc) {
@@ -413,9 +439,10 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 			uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
 			if (s)
 				uhmm__frame_put(as, s);  /* staging frame or old device page */
-			if (!dst_private(as, d) && install(as, addr, d))
-				uhmm__log("migration: page 0x%llx could not be mapped back",
-					  (unsigned long long)addr);
+			int irc = dst_private(as, d) ? 0 : install(as, addr, d);
+			if (irc)
+				uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",
+					  (unsigned long long)addr, strerror(-irc), m->origin[i]);
 			if (as->frames[d].pool == as->syspool)
 				n_sys++;
 			else

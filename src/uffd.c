@@ -9,6 +9,7 @@
 #include "compat.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -91,16 +92,35 @@ int uhmm__uffd_open(uint64_t *features_out)
 	return fd;
 }
 
+/*
+ * The kernel answers EAGAIN while the address space is changing, and an
+ * munmap/mremap/madvise of a registered range does not finish until its
+ * event has been *read*.  The service thread is the reader: when it gets
+ * EAGAIN it reads the pending messages itself (handled later) so the change
+ * can complete; other threads wait for it.  False after 10 s of EAGAIN.
+ */
+static bool wait_again(struct uhmm__as *as, uint64_t *t0)
+{
+	if (!*t0)
+		*t0 = uhmm__now_ns();
+	else if (uhmm__now_ns() - *t0 > 10000000000ull)
+		return false;
+	if (!uhmm__in_service_thread() || !uhmm__service_drain(as))
+		sched_yield();
+	return true;
+}
+
 static int uffd_ioctl(struct uhmm__as *as, uint64_t dst, unsigned long req, void *arg)
 {
 	int fd = fd_for(as, dst);
+	uint64_t t0 = 0;
 	for (int tries = 0;; tries++) {
 		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL)) && tries == 0) {
 			errno = EAGAIN;
 		} else if (ioctl(fd, req, arg) == 0) {
 			return 0;
 		}
-		if (errno != EAGAIN || tries > 1000)
+		if (errno != EAGAIN || !wait_again(as, &t0))
 			return -errno;
 	}
 }
@@ -144,7 +164,7 @@ int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool 
 int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
 		    bool wake, uint64_t *moved)
 {
-	uint64_t done = 0;
+	uint64_t done = 0, t0 = 0;
 	int rc = 0;
 	int fd = fd_for(as, dst);
 	while (done < len) {
@@ -164,7 +184,7 @@ int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t le
 			done += (uint64_t)mv.move;
 		else if (mv.move < 0)
 			rc = (int)mv.move;
-		if (rc != -EAGAIN)
+		if (rc != -EAGAIN || !wait_again(as, &t0))
 			break;
 		rc = 0;
 	}
