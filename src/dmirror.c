@@ -232,8 +232,14 @@ static bool span_invalidate(struct uhmm_interval_notifier *n,
 			    const struct uhmm_notifier_range *r, unsigned long cur_seq)
 {
 	struct uhmm_dmirror *dm = ((struct dm_span *)n)->dm;
+	/*
+	 * Clear the range here too, under the same lock hold as set_seq: the
+	 * mirror's own notifier may have run first, and an operation that
+	 * checked this span in between could have mapped a page again.
+	 */
 	pthread_mutex_lock(&dm->lock);
 	uhmm_interval_set_seq(n, cur_seq);
+	pt_clear_range(dm, r->start, r->end > ADDR_LIMIT ? ADDR_LIMIT : r->end);
 	pthread_mutex_unlock(&dm->lock);
 	return true;
 }
