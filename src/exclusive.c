@@ -64,6 +64,32 @@ static void finish_page(struct uhmm__as *as, uint64_t addr, uint64_t fr, bool ta
 	pthread_mutex_unlock(&as->pt_lock);
 }
 
+/*
+ * Make the plain system pages of [s, e) present and writable.  Pages that are
+ * on a device are left to the loop below, which brings them back through
+ * uhmm__cpu_fault() and gets an error if that fails: populating them here
+ * would fault through userfaultfd, and a failure there is a SIGBUS for this
+ * (the device's) thread.
+ */
+static void populate_system_runs(struct uhmm__as *as, uint64_t s, uint64_t e)
+{
+	uint64_t run = s;
+	for (uint64_t a = s; a <= e; a += PG_SIZE) {
+		bool sys = false;
+		if (a < e) {
+			pthread_mutex_lock(&as->pt_lock);
+			struct pmeta *pm = uhmm__pmeta(as, a, false);
+			sys = !pm || (pm->state == PS_SYSTEM && !pm->locked);
+			pthread_mutex_unlock(&as->pt_lock);
+		}
+		if (sys)
+			continue;
+		if (a > run)
+			syscall(SYS_madvise, run, a - run, MADV_POPULATE_WRITE);
+		run = a + PG_SIZE;
+	}
+}
+
 /* Make the pages of one VMA chunk exclusive; returns pages taken. */
 static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const void *owner,
 			    uint64_t *pages, int *errs)
@@ -72,7 +98,7 @@ static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const v
 	uint8_t *locked = uhmm__zalloc(n);
 	if (!locked)
 		return -ENOMEM;
-	syscall(SYS_madvise, s, e - s, MADV_POPULATE_WRITE);
+	populate_system_runs(as, s, e);
 	long taken = 0;
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t fr = 0;
