@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -380,10 +381,11 @@ int uhmm_dmirror_open(unsigned int idx, struct uhmm_dmirror **out)
 }
 
 /* Every device page this mirror put in memory goes back to the CPU. */
-static void evict_mine(struct uhmm_dmirror *dm, bool all)
+/* One pass over the device's pool; returns how many pages could not go back. */
+static uint64_t evict_pass(struct uhmm_dmirror *dm, bool all)
 {
 	struct uhmm_devmem *pool = dm->dev->pool;
-	uint64_t first, count, src[512], dst[512];
+	uint64_t first, count, src[512], dst[512], left = 0;
 	for (uint64_t c = 0; uhmm_devmem_chunk(pool, c, &first, &count) == 0; c++) {
 		for (uint64_t off = 0; off < count; off += 512) {
 			uint64_t n = count - off < 512 ? count - off : 512;
@@ -407,9 +409,26 @@ static void evict_mine(struct uhmm_dmirror *dm, bool all)
 				dst[i] = uhmm_migrate_pfn(sp);
 			}
 			uhmm_migrate_device_pages(src, dst, n);
+			for (uint64_t i = 0; i < n; i++)
+				if (uhmm_migrate_pfn_to_page(src[i]) &&
+				    (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !dst[i]) &&
+				    (all || uhmm_page_zone_data(uhmm_migrate_pfn_to_page(src[i])) == dm))
+					left++;
 			uhmm_migrate_device_finalize(src, dst, n);
 		}
 	}
+	return left;
+}
+
+/*
+ * Every device page this mirror (or, with all, anyone) put in memory goes
+ * back to the CPU.  A page whose move fails (no system page, copy error) is
+ * tried again: like the kernel's eviction, this does not give up (I4).
+ */
+static void evict_mine(struct uhmm_dmirror *dm, bool all)
+{
+	for (int pass = 0; pass < 10000 && evict_pass(dm, all); pass++)
+		sched_yield();
 }
 
 void uhmm_dmirror_close(struct uhmm_dmirror *dm)
