@@ -213,8 +213,9 @@ int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault)
 	pthread_mutex_lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (!pm || pm->state != PS_EXCLUSIVE) {
+		int rc = pm && pm->locked ? -EAGAIN : 0;  /* read under the lock */
 		pthread_mutex_unlock(&as->pt_lock);
-		return pm && pm->locked ? -EAGAIN : 0;
+		return rc;
 	}
 	if (pm->locked) {
 		pthread_mutex_unlock(&as->pt_lock);
