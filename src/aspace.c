@@ -64,6 +64,12 @@ struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create)
 	return &b->pg[(addr - base) >> PG_SHIFT];
 }
 
+/* Caller holds pt_lock: does addr's 2 MiB block hold any metadata? */
+bool uhmm__has_block(struct uhmm__as *as, uint64_t addr)
+{
+	return uhmm__pmeta(as, addr, false) != NULL;
+}
+
 static bool pmeta_idle(const struct pmeta *pm)
 {
 	return pm->state == PS_SYSTEM && !pm->locked && !pm->waiters;
@@ -515,13 +521,7 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 		if (bend > end)
 			bend = end;
 		pthread_mutex_lock(&as->pt_lock);
-		bool any = uhmm__pmeta(as, a, false) != NULL;
-		if (!any) {
-			/* No block at all for this 2 MiB: nothing device-side. */
-			uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
-			struct pmeta *first = uhmm__pmeta(as, base, false);
-			any = first != NULL;
-		}
+		bool any = uhmm__has_block(as, a);  /* none: nothing device-side here */
 		pthread_mutex_unlock(&as->pt_lock);
 		if (!any) {
 			a = bend;
@@ -548,9 +548,8 @@ void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end
 {
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t a = start; a < end;) {
-		uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
-		uint64_t bend = base + (1ULL << BLOCK_SHIFT);
-		if (!uhmm__pmeta(as, base, false)) {
+		uint64_t bend = (a & ~((1ULL << BLOCK_SHIFT) - 1)) + (1ULL << BLOCK_SHIFT);
+		if (!uhmm__has_block(as, a)) {
 			a = bend;
 			continue;
 		}
@@ -572,9 +571,8 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	pthread_mutex_lock(&as->pt_lock);
 	reg_forget(as, start, end);
 	for (uint64_t a = start; a < end;) {
-		uint64_t base = a & ~((1ULL << BLOCK_SHIFT) - 1);
-		uint64_t bend = base + (1ULL << BLOCK_SHIFT);
-		if (!uhmm__pmeta(as, base, false)) {
+		uint64_t bend = (a & ~((1ULL << BLOCK_SHIFT) - 1)) + (1ULL << BLOCK_SHIFT);
+		if (!uhmm__has_block(as, a)) {
 			a = bend;
 			continue;
 		}

@@ -209,6 +209,7 @@ int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out);
 int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
 			    uint64_t end, bool missing);
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
+bool uhmm__has_block(struct uhmm__as *as, uint64_t addr);
 void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);
