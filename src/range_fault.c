@@ -10,6 +10,14 @@
 #include "compat.h"
 
 #define CAT_EXCLUSIVE (1ULL << 63)
+/*
+ * A page we populated can be taken away before the second scan (a racing
+ * migration).  The walk restarts, like the kernel's after handle_mm_fault;
+ * the racing change bumped the caller's notifier, so the restart usually
+ * ends in -EBUSY at once.  The bound only stops a livelock against a
+ * writer that never invalidates (none should exist): then -EBUSY too.
+ */
+#define RESTART_LIMIT 1000
 
 static uint64_t req_of(const struct uhmm_range *r, uint64_t i)
 {
@@ -142,7 +150,8 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		uint64_t req = req_of(r, i0 + i);
 		if (!(cats[i] & PAGE_IS_PRESENT)) {
 			if (req & UHMM_PFN_REQ_FAULT) {
-				rc = -EFAULT;
+				/* Populated, then taken again (a migration): walk again. */
+				rc = -EAGAIN;
 				goto out;
 			}
 			r->hmm_pfns[i0 + i] = 0;
@@ -185,6 +194,7 @@ int uhmm_range_fault(struct uhmm_range *r)
 	if (!as)
 		return err;
 	STAT_ADD(range_faults, 1);
+	unsigned int again = 0;
 	for (uint64_t a = r->start; a < r->end;) {
 		if (uhmm_interval_check_retry(r->notifier, r->notifier_seq))
 			return -EBUSY;
@@ -207,8 +217,12 @@ int uhmm_range_fault(struct uhmm_range *r)
 			}
 		} else {
 			rc = fault_chunk(as, r, &v, a, e);
+			if (rc == -EAGAIN && ++again < RESTART_LIMIT) {
+				sched_yield();
+				continue;  /* the notifier check above ends it if it was invalidated */
+			}
 			if (rc)
-				return rc;
+				return rc == -EAGAIN ? -EBUSY : rc;
 		}
 		a = e;
 	}
