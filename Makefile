@@ -4,6 +4,7 @@
 #   make demo       build and run the demo programs
 #   make bench      build and run the benchmarks (writes build/bench.json)
 #   make install PREFIX=/usr/local
+#   TRACE=1 with any of them: a build with the page-event trace (build/*-trace)
 SHELL    := /bin/bash
 CC       ?= cc
 PREFIX   ?= /usr/local
@@ -21,6 +22,11 @@ BUILD    := build/tsan
 SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 $(error SAN must be empty, address or thread)
+endif
+# TRACE=1: the library records page events for debugging (src/trace.c).
+ifeq ($(TRACE),1)
+BUILD    := $(BUILD)/trace
+SANFLAGS += -DUHMM_TRACE
 endif
 
 WARN     := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes

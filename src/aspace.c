@@ -111,6 +111,7 @@ bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr)
 /* Caller holds pt_lock: release a page lock and wake whoever waits on it. */
 void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 {
+	TR('U', addr, 0, 4096, pm->state);
 	pm->locked = 0;
 	if (pm->waiters) {
 		pm->waiters = 0;
@@ -433,6 +434,7 @@ static int add_deferred(struct uhmm__as *as, uint64_t addr, bool write)
 int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service)
 {
 	uint64_t t0 = uhmm__now_ns();
+	TR('F', addr, 0, 4096, write | from_service << 1);
 	for (int tries = 0; tries < 64; tries++) {
 		pthread_mutex_lock(&as->pt_lock);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);

@@ -837,8 +837,14 @@ static void do_atomic(uint64_t ent, uint64_t page, struct dm_atomic *op)
  * between (that would starve the device).  Returns pages taken or -errno;
  * errs[] says why a page was not taken.
  */
+/*
+ * Take [start, start + n pages) exclusive and map what was granted.  With op,
+ * run the atomic on the first page; with bounce, copy out every granted
+ * page: both under the mirror lock, in the same critical section as the
+ * grant check, so a revocation cannot come between (it needs the lock).
+ */
 static long take_exclusive(struct uhmm_dmirror *dm, uint64_t start, uint64_t n,
-			   uint64_t *pages, int *errs, struct dm_atomic *op)
+			   uint64_t *pages, int *errs, struct dm_atomic *op, char *bounce)
 {
 	long taken = uhmm_make_device_exclusive(start, n, dm, pages, errs);
 	if (taken < 0)
@@ -856,6 +862,8 @@ static long take_exclusive(struct uhmm_dmirror *dm, uint64_t start, uint64_t n,
 		}
 		pages[i] = pg;
 		pt_set(dm, addr, pg | E_EXCL | E_VALID | E_WRITE);
+		if (bounce)
+			memcpy(bounce + i * PAGE, uhmm_pfn_to_virt(pg), PAGE);
 		taken++;
 	}
 	if (op && pages[0])
@@ -872,31 +880,27 @@ int uhmm_dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd
 	uint64_t n = cmd->npages, start = cmd->addr;
 	uint64_t *pages = calloc(n, sizeof(*pages));
 	int *errs = calloc(n, sizeof(*errs));
-	if (!pages || !errs) {
+	/* What the device holds, returned for verification. */
+	char *bounce = cmd->ptr ? malloc(n * PAGE) : NULL;
+	if (!pages || !errs || (cmd->ptr && !bounce)) {
 		free(pages);
 		free(errs);
+		free(bounce);
 		return -ENOMEM;
 	}
-	long taken = take_exclusive(dm, start, n, pages, errs, NULL);
+	long taken = take_exclusive(dm, start, n, pages, errs, NULL, bounce);
 	rc = taken < 0 ? (int)taken : 0;
 	if (rc == 0) {
 		cmd->cpages = (uint64_t)taken;
 		for (uint64_t i = 0; i < n && rc == 0; i++)
 			if (errs[i])
 				rc = errs[i];
-		if (rc == 0 && cmd->ptr) {
-			/* Return what the device holds, for verification. */
-			uint64_t done = 0;
-			char *bounce = malloc(n * PAGE);
-			rc = bounce ? dm_access(dm, start, start + n * PAGE, bounce, false, &done)
-				    : -ENOMEM;
-			if (rc == 0 && uhmm_device_write(cmd->ptr, bounce, n * PAGE))
-				rc = -EFAULT;
-			free(bounce);
-		}
+		if (rc == 0 && bounce && uhmm_device_write(cmd->ptr, bounce, n * PAGE))
+			rc = -EFAULT;
 	}
 	free(pages);
 	free(errs);
+	free(bounce);
 	return rc;
 }
 
@@ -927,7 +931,7 @@ int uhmm_dmirror_atomic_add(struct uhmm_dmirror *dm, uint64_t addr, uint64_t val
 	for (int tries = 0; !op.done && tries < 100000; tries++) {
 		uint64_t pg = 0;
 		int err = 0;
-		long taken = take_exclusive(dm, page, 1, &pg, &err, &op);
+		long taken = take_exclusive(dm, page, 1, &pg, &err, &op, NULL);
 		if (taken < 0)
 			return (int)taken;
 		if (!taken && err && err != -EBUSY)

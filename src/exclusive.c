@@ -39,6 +39,7 @@ static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *ow
 	struct pmeta *pm = uhmm__torn_down(as, addr) ? NULL : uhmm__pmeta(as, addr, true);
 	int r = TAKE_OTHER;
 	if (pm && pm->state == PS_SYSTEM) {
+		TR('X', addr, 0, 4096, 0);
 		pm->locked = 1;
 		r = TAKE_LOCKED;
 	} else if (pm && pm->state == PS_EXCLUSIVE &&
@@ -222,6 +223,7 @@ int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault)
 		return -EAGAIN;
 	}
 	pm->locked = 1;
+	TR('V', addr, 0, 4096, 0);
 	uint32_t fr = pm->frame;
 	pthread_mutex_unlock(&as->pt_lock);
 

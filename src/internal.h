@@ -280,5 +280,17 @@ enum inject_point {
 	INJ_NPOINTS,
 };
 bool uhmm__inject(enum inject_point p);
+/*
+ * Debug trace (build with -DUHMM_TRACE): a ring of page events, kind k,
+ * addresses a and b of len bytes, value c; uhmm__tr_dump(addr) prints the
+ * events that touched addr.  Compiled out otherwise.
+ */
+#ifdef UHMM_TRACE
+void uhmm__tr(char k, uint64_t a, uint64_t b, uint64_t len, int64_t c);
+#define TR(k, a, b, l, c) \
+	uhmm__tr(k, (uint64_t)(a), (uint64_t)(b), (uint64_t)(l), (int64_t)(c))
+#else
+#define TR(k, a, b, l, c) ((void)0)
+#endif
 
 #endif

@@ -67,6 +67,7 @@ static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, u
 		} else if (!(cats[i] & PAGE_IS_PRESENT) || (cats[i] & PAGE_IS_PFNZERO)) {
 			origin[i] = OR_HOLE;
 			pm->locked = LOCK_HOLE;
+			TR('H', addr, 0, 4096, cats[i]);
 		}
 	}
 	pthread_mutex_unlock(&as->pt_lock);
@@ -108,6 +109,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 		}
 		if (origin[i] != OR_NONE)
 			pm->locked = LOCK_DATA;
+		TR('L', addr, 0, 4096, origin[i] * 16 + st);
 	}
 	pthread_mutex_unlock(&as->pt_lock);
 }
@@ -121,10 +123,36 @@ static void unlock_page(struct uhmm__as *as, uint64_t addr)
 	pthread_mutex_unlock(&as->pt_lock);
 }
 
+static bool frame_is_zero(struct uhmm__as *as, uint64_t fr)
+{
+	static const char zeros[PG_SIZE];
+	return !memcmp((const void *)(uintptr_t)uhmm__frame_addr(as, fr), zeros, PG_SIZE);
+}
+
+/*
+ * The CPU wrote to a collected zero page before it left the CPU view: a
+ * write to the zero page is a copy-on-write inside the kernel, not a
+ * userfault, so nothing marked the hole lost.  What moved out is data now:
+ * the page migrates like any other (src names the frame that holds it).
+ */
+static void hole_became_data(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin,
+			     uint64_t i, uint64_t fr)
+{
+	uint64_t addr = a->start + (i << PG_SHIFT);
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	pm->locked = LOCK_DATA;
+	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__frame_set_owner(as, fr, addr, NULL);
+	origin[i] = OR_SYSTEM;
+	a->src[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
+}
+
 /*
  * Zero pages of collected holes leave the CPU view so that the CPU faults on
- * them: moved into a scratch frame that is then dropped.  (MADV_DONTNEED on
- * a registered range would post an event and wait for the service thread.)
+ * them: moved into a scratch frame that is then dropped, unless the CPU
+ * wrote to the page first (see hole_became_data).  (MADV_DONTNEED on a
+ * registered range would post an event and wait for the service thread.)
  */
 static void unlock_page(struct uhmm__as *as, uint64_t addr);
 
@@ -138,6 +166,10 @@ static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t 
 		int rc = uhmm__frame_alloc(as, as->syspool, &fr);
 		if (rc == 0) {
 			rc = uhmm__move_out_of_cpu(as, addr, fr, false);
+			if (rc == 0 && !frame_is_zero(as, fr)) {
+				hole_became_data(as, a, origin, i, fr);
+				continue;
+			}
 			uhmm__frame_put(as, fr);
 		}
 		if (rc && rc != -ENOENT)  /* read-only mapping: MOVE cannot take it */
@@ -295,7 +327,8 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	for (uint64_t i = 0; i < n; i++) {
 		if (origin[i] == OR_NONE)
 			continue;
-		take_page(as, a, origin, i);
+		if (!a->src[i])  /* zap_zero_holes may have taken it already */
+			take_page(as, a, origin, i);
 		if (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
 			a->cpages++;
 	}

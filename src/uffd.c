@@ -146,6 +146,7 @@ int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool 
 		.range = { .start = start, .len = len },
 		.mode = UFFDIO_REGISTER_MODE_WP | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0),
 	};
+	TR('R', start, 0, len, missing);
 	if (ioctl(as->uffd, UFFDIO_REGISTER, &reg) == 0)
 		return 0;
 	if (!missing)
@@ -190,6 +191,7 @@ int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t le
 	}
 	if (moved)
 		*moved = done;
+	TR('M', dst, src, len, done == len ? 0 : (rc ? rc : -EIO));
 	return done == len ? 0 : (rc ? rc : -EIO);
 }
 
@@ -199,7 +201,9 @@ int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wa
 		.range = { .start = dst, .len = len },
 		.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 	};
-	return uffd_ioctl(as, dst, UFFDIO_ZEROPAGE, &zp);
+	int rc = uffd_ioctl(as, dst, UFFDIO_ZEROPAGE, &zp);
+	TR('Z', dst, 0, len, rc);
+	return rc;
 }
 
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len)
@@ -207,7 +211,9 @@ int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t
 	struct uffdio_copy cp = {
 		.dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len, .mode = 0,
 	};
-	return uffd_ioctl(as, dst, UFFDIO_COPY, &cp);
+	int rc = uffd_ioctl(as, dst, UFFDIO_COPY, &cp);
+	TR('C', dst, 0, len, rc);
+	return rc;
 }
 
 int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len)

@@ -96,6 +96,14 @@ static char *g_tmp;			/* where mremap moves a range to */
 static int g_stop;
 static uint64_t g_seed;
 
+/*
+ * The library's debug trace, present only in a -DUHMM_TRACE build
+ * (make TRACE=1): writes are recorded, and a failed check prints the
+ * history of the page.
+ */
+extern void uhmm__tr(char k, uint64_t a, uint64_t b, uint64_t len, int64_t c) __attribute__((weak));
+extern void uhmm__tr_dump(uint64_t addr) __attribute__((weak));
+
 /* ---- helpers ------------------------------------------------------------ */
 
 static uint64_t rnd(struct actor *a)
@@ -185,6 +193,8 @@ static void verify(struct actor *a, unsigned int ri, unsigned int p0, unsigned i
 			bad += got[j] != want[j];
 		char e[128], g[128];
 
+		if (uhmm__tr_dump)
+			uhmm__tr_dump((uint64_t)(uintptr_t)g_r[ri].addr + pg * PAGE);
 		describe(e, sizeof(e), want[i]);
 		describe(g, sizeof(g), got[i]);
 		printf("stress: I1 violated: %s by %s, range %u page %zu word %zu: expected %s, "
@@ -281,6 +291,8 @@ static void cpu_write_run(struct actor *a, unsigned int ri, unsigned int p0, uns
 			nw = 1 + rnd_below(a, WPP - w0);
 		}
 		volatile uint64_t *dst = (volatile uint64_t *)(r->addr + (size_t)p * PAGE);
+		if (uhmm__tr)
+			uhmm__tr('W', (uint64_t)(uintptr_t)dst, seq, PAGE, w0 * 1000 + nw);
 
 		for (unsigned int w = w0; w < w0 + nw; w++) {
 			uint64_t v = word_val(a->id, seq, ri, p, w);
