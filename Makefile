@@ -4,7 +4,7 @@
 #   make demo       build and run the demo programs
 #   make bench      build and run the benchmarks (writes build/bench.json)
 #   make install PREFIX=/usr/local
-#   TRACE=1 with any of them: a build with the page-event trace (build/*-trace)
+#   TRACE=1 with any of them: a build with the page-event trace (in build/trace, build/asan/trace, ...)
 SHELL    := /bin/bash
 CC       ?= cc
 PREFIX   ?= /usr/local

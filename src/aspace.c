@@ -245,30 +245,17 @@ static void reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e)
  * pages to the service thread and is only turned on where a page leaves the
  * CPU view.  Mappings userfaultfd cannot take (regular files) are left
  * untracked: the interposers still cover them.
+ *
+ * A range an intercepted call is tearing down is not registered (-EFAULT):
+ * mremap unregisters its range so that the mapping is one VMA again, and a
+ * registration of part of it would split it and make the move fail.  The
+ * check and the ioctl are one step under reg_lock, which the mremap holds
+ * for its UFFDIO_UNREGISTER.
  */
-int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
-			    uint64_t end, bool missing)
+/* Caller holds pt_lock: record [s, e) as registered (mode missing). */
+static void reg_add(struct uhmm__as *as, struct reg_range *r, uint64_t s, uint64_t e,
+		    bool missing)
 {
-	uint64_t s = start < v->start ? v->start : start;
-	uint64_t e = end > v->end ? v->end : end;
-	if (!missing) {
-		s = v->start;
-		e = v->end;
-	}
-	if (s >= e)
-		return 0;
-	pthread_mutex_lock(&as->pt_lock);
-	bool done = reg_covers(as, s, e, missing);
-	pthread_mutex_unlock(&as->pt_lock);
-	if (done)
-		return 0;
-	int rc = uhmm__uffd_register(as, s, e - s, missing);
-	if (rc)
-		return rc;
-	struct reg_range *r = uhmm__zalloc(sizeof(*r));
-	if (!r)
-		return -ENOMEM;
-	pthread_mutex_lock(&as->pt_lock);
 	reg_forget(as, s, e);
 	*r = (struct reg_range){ s, e, missing, as->regs };
 	as->regs = r;
@@ -285,8 +272,82 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t s
 		}
 		pp = &o->next;
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+}
+
+/*
+ * Caller holds pt_lock: the first run [*gs, *ge) of [at, e) that no
+ * registration covers (*gs == e if none).  A tracking (WP-only)
+ * registration goes only there: registering a range again replaces its
+ * mode, and WP-only over a MISSING range would let the kernel fill the
+ * holes of pages that are on a device with zeros.
+ */
+static void reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, uint64_t *gs, uint64_t *ge)
+{
+	for (bool moved = true; moved && at < e;) {
+		moved = false;
+		for (struct reg_range *r = as->regs; r; r = r->next)
+			if (r->start <= at && at < r->end) {
+				at = r->end;
+				moved = true;
+			}
+	}
+	*gs = at < e ? at : e;
+	*ge = e;
+	for (struct reg_range *r = as->regs; r; r = r->next)
+		if (r->start > *gs && r->start < *ge)
+			*ge = r->start;
+}
+
+/* Register [s, e) (under reg_lock), as a whole (missing) or its gaps. */
+static int register_locked(struct uhmm__as *as, uint64_t s, uint64_t e, bool missing)
+{
+	for (uint64_t at = s; at < e;) {
+		uint64_t gs = at, ge = e;
+		pthread_mutex_lock(&as->pt_lock);
+		if (!missing)
+			reg_gap(as, at, e, &gs, &ge);
+		pthread_mutex_unlock(&as->pt_lock);
+		if (gs >= e)
+			return 0;
+		struct reg_range *r = uhmm__zalloc(sizeof(*r));
+		if (!r)
+			return -ENOMEM;
+		int rc = uhmm__uffd_register(as, gs, ge - gs, missing);
+		if (rc) {
+			uhmm__free(r, sizeof(*r));
+			return rc;
+		}
+		pthread_mutex_lock(&as->pt_lock);
+		reg_add(as, r, gs, ge, missing);
+		pthread_mutex_unlock(&as->pt_lock);
+		at = ge;
+	}
 	return 0;
+}
+
+int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
+			    uint64_t end, bool missing)
+{
+	uint64_t s = start < v->start ? v->start : start;
+	uint64_t e = end > v->end ? v->end : end;
+	if (!missing) {
+		s = v->start;
+		e = v->end;
+	}
+	if (s >= e)
+		return 0;
+	pthread_mutex_lock(&as->pt_lock);
+	bool done = reg_covers(as, s, e, missing);
+	pthread_mutex_unlock(&as->pt_lock);
+	if (done)
+		return 0;
+	pthread_mutex_lock(&as->reg_lock);
+	pthread_mutex_lock(&as->pt_lock);
+	bool torn = uhmm__torn_overlaps(as, s, e);
+	pthread_mutex_unlock(&as->pt_lock);
+	int rc = torn ? -EFAULT : register_locked(as, s, e, missing);
+	pthread_mutex_unlock(&as->reg_lock);
+	return rc;
 }
 
 /* Caller holds pt_lock: does [start, end) touch a registered range? */
@@ -906,6 +967,7 @@ static int as_create(struct uhmm__as **out)
 	}
 	as->ufeat = probe_ufeat(as);
 	pthread_rwlock_init(&as->fork_lock, NULL);
+	pthread_mutex_init(&as->reg_lock, NULL);
 	pthread_mutex_init(&as->nt_lock, NULL);
 	pthread_cond_init(&as->nt_cond, NULL);
 	pthread_mutex_init(&as->pt_lock, NULL);

@@ -97,6 +97,15 @@ bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr)
 	return false;
 }
 
+/* pt_lock held: does [start, end) touch a range being torn down? */
+bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	for (struct inflight_op *op = as->inflight; op; op = op->next)
+		if (op->teardown && op->start < end && start < op->end)
+			return true;
+	return false;
+}
+
 /* The service thread read an event for [start, end): was it ours? */
 bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
@@ -191,7 +200,9 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	 * (its pages are all back in the CPU view) so that they merge again.
 	 */
 	struct uffdio_range ur = { .start = os, .len = oe - os };
+	pthread_mutex_lock(&as->reg_lock);
 	ioctl(as->uffd, UFFDIO_UNREGISTER, &ur);
+	pthread_mutex_unlock(&as->reg_lock);
 	if ((flags & MREMAP_FIXED) && new_addr) {
 		uint64_t s, e;
 		range_of((uintptr_t)new_addr, new_size, &s, &e);

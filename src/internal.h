@@ -8,6 +8,9 @@
  *   1. as->fork_lock   (rwlock) readers: every operation that moves pages;
  *                      writer: fork() while it runs.
  *   2. driver locks    (e.g. a dmirror's mutex), taken by invalidate callbacks.
+ *  2a. as->reg_lock    userfaultfd (un)registration: held across the ioctl
+ *                      so that no registration splits a mapping that an
+ *                      intercepted mremap has just unregistered.
  *   3. as->nt_lock     notifier tree, sequence, deferred lists.  Never held
  *                      while a callback runs.
  *   4. as->pt_lock     page metadata (blocks) and the page-lock bits.  Never
@@ -145,6 +148,7 @@ struct uhmm__as {
 	unsigned long generation;  /* changes in a fork child */
 
 	pthread_rwlock_t fork_lock;
+	pthread_mutex_t reg_lock;  /* UFFDIO_(UN)REGISTER of process ranges */
 
 	/* notifiers: protected by nt_lock */
 	pthread_mutex_t nt_lock;
@@ -228,6 +232,7 @@ int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr);
+bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg);
 
 /* notifier.c */
