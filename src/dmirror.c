@@ -511,7 +511,15 @@ static int dm_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool 
 	return 0;
 }
 
-/* Copy between bounce and the mirrored pages; -ENOENT at the first unmirrored page. */
+/*
+ * Copy between bounce and the mirrored pages; -ENOENT at the first
+ * unmirrored page.  A device page (or a page held exclusive) is copied under
+ * the mirror lock: the entry names a frame that is only ours while the lock
+ * keeps invalidations out.  A system page is reached by its address
+ * (process_vm_readv/writev), always coherent, and with the lock dropped:
+ * that copy can fault through userfaultfd, and the fault's service may need
+ * to invalidate this mirror (a deadlock if we held its lock).
+ */
 static int dm_access(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, char *bounce,
 		     bool write, uint64_t *done)
 {
@@ -536,7 +544,9 @@ static int dm_access(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, char
 				memcpy(buf, p, PAGE);
 		} else {
 			uint64_t va = (ent & E_VALUE) * PAGE;
+			pthread_mutex_unlock(&dm->lock);
 			rc = write ? uhmm_device_write(va, buf, PAGE) : uhmm_device_read(buf, va, PAGE);
+			pthread_mutex_lock(&dm->lock);
 			if (rc)
 				break;
 		}

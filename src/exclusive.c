@@ -129,6 +129,14 @@ static long exclusive_chunk(struct uhmm__as *as, uint64_t s, uint64_t e, const v
 		int rc = uhmm__frame_alloc(as, as->syspool, &fr);
 		if (rc == 0) {
 			rc = uhmm__move_out_of_cpu(as, addr, fr, false);
+			/*
+			 * Nothing to move: the page was never populated, or lost
+			 * its data (a racing migration of a hole, MADV_DONTNEED)
+			 * after populate_system_runs().  It holds zeros, and so
+			 * does the empty frame: the grant stands.
+			 */
+			if (rc == -ENOENT)
+				rc = 0;
 			if (rc) {
 				uhmm__frame_put(as, fr);
 				fr = 0;

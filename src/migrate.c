@@ -123,6 +123,18 @@ static void unlock_page(struct uhmm__as *as, uint64_t addr)
 	pthread_mutex_unlock(&as->pt_lock);
 }
 
+/* Switch page addr's lock from one kind to another; false if it was not "from". */
+static bool switch_lock(struct uhmm__as *as, uint64_t addr, uint8_t from, uint8_t to)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	bool ok = pm->locked == from;
+	if (ok)
+		pm->locked = to;
+	pthread_mutex_unlock(&as->pt_lock);
+	return ok;
+}
+
 static bool frame_is_zero(struct uhmm__as *as, uint64_t fr)
 {
 	static const char zeros[PG_SIZE];
@@ -139,10 +151,6 @@ static void hole_became_data(struct uhmm__as *as, struct uhmm_migrate *a, uint8_
 			     uint64_t i, uint64_t fr)
 {
 	uint64_t addr = a->start + (i << PG_SHIFT);
-	pthread_mutex_lock(&as->pt_lock);
-	struct pmeta *pm = uhmm__pmeta(as, addr, false);
-	pm->locked = LOCK_DATA;
-	pthread_mutex_unlock(&as->pt_lock);
 	uhmm__frame_set_owner(as, fr, addr, NULL);
 	origin[i] = OR_SYSTEM;
 	a->src[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
@@ -163,6 +171,12 @@ static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t 
 		if (origin[i] != OR_HOLE || !(cats[i] & PAGE_IS_PRESENT))
 			continue;
 		uint64_t fr, addr = a->start + (i << PG_SHIFT);
+		/*
+		 * Until we know what moved, a CPU fault must wait: taken for a
+		 * hole's fault it would be filled with zeros in place of data.
+		 */
+		if (!switch_lock(as, addr, LOCK_HOLE, LOCK_DATA))
+			continue;  /* lost already: the CPU filled it */
 		int rc = uhmm__frame_alloc(as, as->syspool, &fr);
 		if (rc == 0) {
 			rc = uhmm__move_out_of_cpu(as, addr, fr, false);
@@ -172,6 +186,7 @@ static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t 
 			}
 			uhmm__frame_put(as, fr);
 		}
+		switch_lock(as, addr, LOCK_DATA, LOCK_HOLE);
 		if (rc && rc != -ENOENT)  /* read-only mapping: MOVE cannot take it */
 			rc = uhmm__zap_app_range(as, addr, addr + PG_SIZE);
 		if (rc && rc != -ENOENT) {

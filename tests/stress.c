@@ -692,6 +692,24 @@ static void *watchdog(void *arg)
 				printf("stress: actor %-10s progress %" PRIu64 " doing: %s\n",
 				       w->actors[j]->name, w->actors[j]->progress,
 				       __atomic_load_n(&w->actors[j]->doing, __ATOMIC_ACQUIRE));
+			if (getenv("UHMM_STRESS_HANG_WAIT")) {
+				/* Debugging aid: time to attach a debugger to the stuck process. */
+				printf("stress: stall in pid %d; waiting 120 s\n", (int)getpid());
+				fflush(stdout);
+				for (int t = 0; t < 1200; t++) {
+					/* With TRACE=1: write a hex address to this file for its history. */
+					FILE *f = fopen("/tmp/uhmm_stress_dump", "r");
+					unsigned long long at = 0;
+
+					if (f && fscanf(f, "%llx", &at) == 1 && uhmm__tr_dump)
+						uhmm__tr_dump(at);
+					if (f) {
+						fclose(f);
+						unlink("/tmp/uhmm_stress_dump");
+					}
+					usleep(100000);
+				}
+			}
 			th_fail(__FILE__, __LINE__, "I3: actor %s made no progress for %d s (%s), seed %"
 				PRIu64, w->actors[i]->name, WATCHDOG_S,
 				__atomic_load_n(&w->actors[i]->doing, __ATOMIC_ACQUIRE), g_seed);
