@@ -359,7 +359,13 @@ bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
 	return false;
 }
 
-static bool reg_missing(struct uhmm__as *as, uint64_t addr)
+/*
+ * Caller holds pt_lock: is addr in a MISSING-registered range?  An operation
+ * that registered a range and then locked its pages checks again here: an
+ * munmap + mmap in between leaves a new, unregistered mapping, whose pages
+ * must not leave the CPU view (the kernel would fill the hole with zeros).
+ */
+bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr)
 {
 	for (struct reg_range *r = as->regs; r; r = r->next)
 		if (r->start <= addr && addr < r->end)
@@ -425,22 +431,36 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
  * caller does not wait for the service thread; the rest is the kernel's own
  * fault path (MADV_POPULATE_*).  -EFAULT/-EPERM/-ENOMEM on failure.
  */
+/*
+ * Fill page a with the zero page if it is a hole of a MISSING-registered
+ * range.  The page lock is held across the ioctl, not pt_lock: the ioctl
+ * retries while an unmap event waits to be read, and the service thread
+ * that reads it needs pt_lock.
+ */
+static int fill_hole(struct uhmm__as *as, uint64_t a)
+{
+	pthread_mutex_lock(&as->pt_lock);
+	struct pmeta *pm = uhmm__reg_missing(as, a) ? uhmm__pmeta(as, a, true) : NULL;
+	bool mine = pm && pm->state == PS_SYSTEM && !pm->locked && !uhmm__torn_down(as, a);
+	if (mine)
+		pm->locked = 1;
+	pthread_mutex_unlock(&as->pt_lock);
+	if (!mine)
+		return 0;
+	int rc = uhmm__uffd_zeropage(as, a, PG_SIZE, true);
+	pthread_mutex_lock(&as->pt_lock);
+	uhmm__page_unlock(as, a, uhmm__pmeta(as, a, false));
+	pthread_mutex_unlock(&as->pt_lock);
+	return rc == -EEXIST ? 0 : rc == -ENOENT ? -EFAULT : rc;
+}
+
 int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
 		   bool write)
 {
-	if (!v->shared && reg_missing(as, start)) {
-		pthread_mutex_lock(&as->pt_lock);
-		for (uint64_t a = start; a < end; a += PG_SIZE) {
-			struct pmeta *pm = uhmm__pmeta(as, a, false);
-			if (pm && (pm->state != PS_SYSTEM || pm->locked))
-				continue;
-			int rc = uhmm__uffd_zeropage(as, a, PG_SIZE, true);
-			if (rc && rc != -EEXIST) {
-				pthread_mutex_unlock(&as->pt_lock);
-				return rc == -ENOENT ? -EFAULT : rc;
-			}
-		}
-		pthread_mutex_unlock(&as->pt_lock);
+	for (uint64_t a = start; a < end && !v->shared; a += PG_SIZE) {
+		int rc = fill_hole(as, a);
+		if (rc)
+			return rc;
 	}
 	int adv = write ? MADV_POPULATE_WRITE : 22 /* MADV_POPULATE_READ */;
 	if (syscall(SYS_madvise, start, end - start, adv) == 0)
@@ -527,18 +547,27 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			pthread_mutex_unlock(&as->pt_lock);
 			return rc;
 		}
-		pthread_mutex_unlock(&as->pt_lock);
 		if (state == PS_EXCLUSIVE) {
+			pthread_mutex_unlock(&as->pt_lock);
 			int rc = uhmm__exclusive_revoke(as, addr, from_service);
 			if (rc == -EAGAIN)
 				continue;
 			return rc;
 		}
-		/* PS_PRIVATE: the owner's migrate_to_ram brings it back. */
+		/*
+		 * PS_PRIVATE: the owner's migrate_to_ram brings it back, with the
+		 * page locked for it (LOCK_FAULT), so that no other operation
+		 * takes the page in between and the driver's migration needs to
+		 * wait for no lock (the service thread must never wait for one).
+		 */
 		struct frame *f = uhmm__frame(as, fr);
 		struct uhmm_devmem *pool = f ? f->pool : NULL;
-		if (!pool || !pool->ops || !pool->ops->migrate_to_ram)
+		if (!pool || !pool->ops || !pool->ops->migrate_to_ram) {
+			pthread_mutex_unlock(&as->pt_lock);
 			return -EFAULT;
+		}
+		pm->locked = LOCK_FAULT;
+		pthread_mutex_unlock(&as->pt_lock);
 		struct uhmm_fault vmf = { .addr = addr, .page = fr, .write = write };
 		if (from_service && tries == 0) {
 			/* Counted before the driver's migration wakes the thread. */
@@ -546,6 +575,10 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			STAT_ADD(cpu_faults, 1);
 		}
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
+		pthread_mutex_lock(&as->pt_lock);
+		pm = uhmm__pmeta(as, addr, false);
+		uhmm__page_unlock(as, addr, pm);
+		pthread_mutex_unlock(&as->pt_lock);
 		if (rc)
 			return rc;
 		/*
@@ -631,8 +664,17 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
 	uint32_t batch[256];
 	unsigned n = 0;
+	TR('G', start, 0, end - start, 0);
+	/*
+	 * Under reg_lock: a registration that passed its teardown check before
+	 * the range was marked must have recorded itself before we forget.
+	 */
+	pthread_mutex_lock(&as->reg_lock);
 	pthread_mutex_lock(&as->pt_lock);
 	reg_forget(as, start, end);
+	pthread_mutex_unlock(&as->pt_lock);
+	pthread_mutex_unlock(&as->reg_lock);
+	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t a = start; a < end;) {
 		uint64_t bend = (a & ~((1ULL << BLOCK_SHIFT) - 1)) + (1ULL << BLOCK_SHIFT);
 		if (!uhmm__has_block(as, a)) {

@@ -235,6 +235,12 @@ int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool
 {
 	uint64_t fa = uhmm__frame_addr(as, idx);
 	int rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
+	if (rc == -EEXIST) {
+		/* A frame is empty when it is handed out; one that is not was
+		 * touched unseen (a read maps the zero page): empty it. */
+		uhmm__frame_zap(as, idx);
+		rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
+	}
 	if (rc == -EBUSY) {
 		/* Shared after fork (COW): make it ours, then move it. */
 		syscall(SYS_madvise, addr, PG_SIZE, MADV_POPULATE_WRITE);

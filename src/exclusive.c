@@ -36,7 +36,8 @@ static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *ow
 {
 	pthread_mutex_lock(&as->pt_lock);
 	uhmm__page_lock_wait(as, addr);
-	struct pmeta *pm = uhmm__torn_down(as, addr) ? NULL : uhmm__pmeta(as, addr, true);
+	bool gone = uhmm__torn_down(as, addr) || !uhmm__reg_missing(as, addr);  /* see there */
+	struct pmeta *pm = gone ? NULL : uhmm__pmeta(as, addr, true);
 	int r = TAKE_OTHER;
 	if (pm && pm->state == PS_SYSTEM) {
 		TR('X', addr, 0, 4096, 0);

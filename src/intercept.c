@@ -165,8 +165,10 @@ __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
 	struct inflight_op *op = inflight_begin(as, s, e, true, true);
+	TR('N', s, 0, e - s, op ? op->expect : -1);
 	before_unmap(as, s, e, UHMM_NOTIFY_UNMAP);
 	int rc = (int)syscall(SYS_munmap, addr, len);
+	TR('n', s, 0, e - s, rc);
 	inflight_end(as, op, rc == 0);
 	return rc;
 }
@@ -313,8 +315,10 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
 	case UFFD_EVENT_UNMAP:
 	case UFFD_EVENT_REMOVE: {
 		uint64_t s = m->arg.remove.start, e = m->arg.remove.end;
+		TR('E', s, 0, e - s, m->event);
 		if (uhmm__inflight_consume(as, s, e))
 			return;
+		TR('e', s, 0, e - s, m->event);
 		if (getenv("UHMM_DEBUG"))
 			uhmm__log("unseen %s event %llx-%llx", m->event == UFFD_EVENT_UNMAP ? "UNMAP" : "REMOVE",
 				  (unsigned long long)s, (unsigned long long)e);

@@ -8,9 +8,12 @@
  *   1. as->fork_lock   (rwlock) readers: every operation that moves pages;
  *                      writer: fork() while it runs.
  *   2. driver locks    (e.g. a dmirror's mutex), taken by invalidate callbacks.
- *  2a. as->reg_lock    userfaultfd (un)registration: held across the ioctl
- *                      so that no registration splits a mapping that an
- *                      intercepted mremap has just unregistered.
+ *  2a. as->reg_lock    userfaultfd (un)registration and the list of
+ *                      registered ranges: held across the ioctl and the
+ *                      list update, so that no registration splits a
+ *                      mapping an intercepted mremap has just unregistered
+ *                      or records itself after its range was forgotten.
+ *                      Never held while waiting for a page lock.
  *   3. as->nt_lock     notifier tree, sequence, deferred lists.  Never held
  *                      while a callback runs.
  *   4. as->pt_lock     page metadata (blocks) and the page-lock bits.  Never
@@ -57,11 +60,20 @@ enum pstate {
 	PS_EXCLUSIVE,      /* data in a frame held exclusive by a device; CPU view empty */
 };
 
+/*
+ * The page lock a CPU fault holds on a device-private page while the owner's
+ * migrate_to_ram runs (the kernel's locked vmf->page): a migration whose
+ * fault_page names the page takes it without waiting, and leaves the unlock
+ * to the fault.  Other values are migrate.c's and exclusive.c's.
+ */
+#define LOCK_FAULT 4
+
 /* One per page that has ever left PS_SYSTEM.  Protected by as->pt_lock. */
 struct pmeta {
 	uint32_t frame;    /* PRIVATE/EXCLUSIVE: frame with the data; COHERENT: the device page */
 	uint8_t state;     /* enum pstate */
-	uint8_t locked;    /* page lock: a migration/exclusive/revoke owns the page */
+	uint8_t locked;    /* page lock: a migration/exclusive/revoke owns the page;
+			      LOCK_FAULT: a CPU fault, for its driver's migrate_to_ram */
 	uint8_t waiters;   /* someone sleeps on as->pt_cond for this page */
 	uint8_t pad;
 };
@@ -232,6 +244,7 @@ int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr);
+bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr);
 bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg);
 
@@ -292,10 +305,13 @@ bool uhmm__inject(enum inject_point p);
  */
 #ifdef UHMM_TRACE
 void uhmm__tr(char k, uint64_t a, uint64_t b, uint64_t len, int64_t c);
+void uhmm__tr_dump(uint64_t addr);
 #define TR(k, a, b, l, c) \
 	uhmm__tr(k, (uint64_t)(a), (uint64_t)(b), (uint64_t)(l), (int64_t)(c))
+#define TR_DUMP(addr) uhmm__tr_dump(addr)
 #else
 #define TR(k, a, b, l, c) ((void)0)
+#define TR_DUMP(addr) ((void)0)
 #endif
 
 #endif

@@ -82,15 +82,25 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t i = i0; i < i0 + n; i++) {
 		uint64_t addr = a->start + (i << PG_SHIFT);
+		origin[i] = OR_NONE;
 		/*
 		 * A page another operation holds is waited for, not skipped:
 		 * every operation locks pages in ascending address order, so
 		 * waiting cannot deadlock, and the CPU fault that just finished
-		 * on it must not make this migration miss it.
+		 * on it must not make this migration miss it.  A migration for
+		 * a CPU fault (fault_page) waits for nothing, like the kernel's
+		 * trylock: it may run on the fault-service thread.  Its fault
+		 * page is locked already, by the fault (LOCK_FAULT).
 		 */
-		uhmm__page_lock_wait(as, addr);
+		if (a->fault_page) {
+			struct pmeta *fp = uhmm__pmeta(as, addr, false);
+			if (fp && fp->locked &&
+			    !(fp->locked == LOCK_FAULT && fp->frame == a->fault_page))
+				continue;
+		} else {
+			uhmm__page_lock_wait(as, addr);
+		}
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
-		origin[i] = OR_NONE;
 		int st = pm ? pm->state : PS_SYSTEM;
 		bool torn = uhmm__torn_down(as, addr);  /* being unmapped: may only come back */
 		if (st == PS_PRIVATE && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) &&
@@ -99,7 +109,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 		} else if (st == PS_COHERENT && (a->flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT) &&
 			   owner_match(as, pm->frame, a->pgmap_owner, UHMM_DEVMEM_COHERENT)) {
 			origin[i] = OR_COHERENT;
-		} else if (st == PS_SYSTEM && sys_ok && !torn) {
+		} else if (st == PS_SYSTEM && sys_ok && !torn && uhmm__reg_missing(as, addr)) {
 			origin[i] = OR_SYSTEM;  /* or a hole: classify() decides */
 			pm = uhmm__pmeta(as, addr, true);
 			if (!pm) {
@@ -107,18 +117,19 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 				continue;
 			}
 		}
-		if (origin[i] != OR_NONE)
+		if (origin[i] != OR_NONE && pm->locked != LOCK_FAULT)
 			pm->locked = LOCK_DATA;
 		TR('L', addr, 0, 4096, origin[i] * 16 + st);
 	}
 	pthread_mutex_unlock(&as->pt_lock);
 }
 
+/* The fault page (LOCK_FAULT) stays locked: its fault unlocks it. */
 static void unlock_page(struct uhmm__as *as, uint64_t addr)
 {
 	pthread_mutex_lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
-	if (pm)
+	if (pm && pm->locked != LOCK_FAULT)
 		uhmm__page_unlock(as, addr, pm);
 	pthread_mutex_unlock(&as->pt_lock);
 }
@@ -187,7 +198,13 @@ static void zap_zero_holes(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t 
 			uhmm__frame_put(as, fr);
 		}
 		switch_lock(as, addr, LOCK_DATA, LOCK_HOLE);
-		if (rc && rc != -ENOENT)  /* read-only mapping: MOVE cannot take it */
+		/*
+		 * MOVE cannot take the page of a read-only mapping: zap it
+		 * there (the CPU cannot have written it).  A writable one is
+		 * left out: the CPU may have written it since the scan.
+		 */
+		struct vma v;
+		if (rc && rc != -ENOENT && uhmm__vma_find(as, addr, &v) == 0 && !v.write)
 			rc = uhmm__zap_app_range(as, addr, addr + PG_SIZE);
 		if (rc && rc != -ENOENT) {
 			origin[i] = OR_NONE;  /* the CPU still maps it: not taken */
@@ -488,6 +505,8 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 			if (s)
 				uhmm__frame_put(as, s);  /* staging frame or old device page */
 			int irc = dst_private(as, d) ? 0 : install(as, addr, d);
+			if (irc)
+				TR_DUMP(addr);
 			if (irc)
 				uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",
 					  (unsigned long long)addr, strerror(-irc), m->origin[i]);
