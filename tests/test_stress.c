@@ -32,6 +32,7 @@
  */
 #include "harness.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <uhmm.h>
@@ -102,8 +103,14 @@ static uint64_t g_remap_kinds = 7;	/* bits: unmap+mmap, mremap, MADV_DONTNEED */
  * (make TRACE=1): writes are recorded, and a failed check prints the
  * history of the page.
  */
-extern void uhmm__tr(char k, uint64_t a, uint64_t b, uint64_t len, int64_t c) __attribute__((weak));
-extern void uhmm__tr_dump(uint64_t addr) __attribute__((weak));
+static void (*uhmm__tr)(char k, uint64_t a, uint64_t b, uint64_t len, int64_t c);
+static void (*uhmm__tr_dump)(uint64_t addr);
+
+static void trace_hooks(void)
+{
+	*(void **)&uhmm__tr = dlsym(RTLD_DEFAULT, "uhmm__tr");
+	*(void **)&uhmm__tr_dump = dlsym(RTLD_DEFAULT, "uhmm__tr_dump");
+}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -862,6 +869,7 @@ TEST_TIMEOUT(stress, 700)
 		SKIP("userfaultfd not available (uhmm_init: %s)", strerror(-rc));
 	ASSERT_EQ(rc, 0);
 	g_seed = env_u64("UHMM_STRESS_SEED", DEFAULT_SEED);
+	trace_hooks();
 	printf("stress: %" PRIu64 " s, seed %" PRIu64 " (set UHMM_STRESS_SEED to repeat)\n",
 	       secs, g_seed);
 	setup_ranges();
