@@ -30,6 +30,7 @@ enum origin { OR_NONE = 0, OR_SYSTEM, OR_HOLE, OR_PRIVATE, OR_COHERENT };
 struct mig {
 	struct uhmm__as *as;
 	uint8_t *origin;   /* enum origin per page */
+	uint64_t fault_addr;  /* the fault page's address (locked by its fault), or 0 */
 };
 
 static bool owner_match(struct uhmm__as *as, uint32_t fr, const void *owner, int type)
@@ -75,7 +76,7 @@ static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, u
 
 /* Lock the pages of [start, end) that the selection takes; fills origin[]. */
 static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vma *v,
-		    uint64_t i0, uint64_t n, uint8_t *origin)
+		    uint64_t i0, uint64_t n, uint8_t *origin, struct mig *m)
 {
 	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
 		      v->read;
@@ -117,7 +118,9 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 				continue;
 			}
 		}
-		if (origin[i] != OR_NONE && pm->locked != LOCK_FAULT)
+		if (origin[i] != OR_NONE && pm->locked == LOCK_FAULT)
+			m->fault_addr = addr;
+		else if (origin[i] != OR_NONE)
 			pm->locked = LOCK_DATA;
 		TR('L', addr, 0, 4096, origin[i] * 16 + st);
 	}
@@ -317,7 +320,7 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	}
 	if (!sys && rc == 0) {
 		struct vma none = { .start = a->start, .end = a->end };
-		collect(as, a, &none, 0, n, origin);
+		collect(as, a, &none, 0, n, origin, m);
 	}
 	for (uint64_t at = a->start; sys && at < a->end && rc == 0;) {
 		struct vma v;
@@ -335,7 +338,7 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 			rc = uhmm__ensure_registered(as, &v, at, ce, true);
 		}
 		if (rc == 0)
-			collect(as, a, &v, i0, cn, origin);
+			collect(as, a, &v, i0, cn, origin, m);
 		if (rc == 0 && scan) {
 			rc = uhmm__page_scan(as, at, ce, cats + i0, cn);
 			if (rc == 0)
@@ -523,8 +526,19 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		a->dst[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		unlock_page(as, addr);
 	}
-	/* Wake after unlocking: a woken thread sees the page's final state. */
-	uhmm__uffd_wake(as, a->start, a->end - a->start);
+	/*
+	 * Wake after unlocking: a woken thread sees the page's final state.
+	 * The fault page is still locked: its fault wakes it after unlocking.
+	 */
+	uint64_t fa = m->fault_addr;
+	if (!fa) {
+		uhmm__uffd_wake(as, a->start, a->end - a->start);
+	} else {
+		if (fa > a->start)
+			uhmm__uffd_wake(as, a->start, fa - a->start);
+		if (fa + PG_SIZE < a->end)
+			uhmm__uffd_wake(as, fa + PG_SIZE, a->end - fa - PG_SIZE);
+	}
 	uhmm__fork_unlock(as);
 	if (n_dev)
 		uhmm__event(UHMM_EV_MIGRATE_TO_DEV, (uint32_t)n_dev, a->start, a->end - a->start, t0);
