@@ -23,6 +23,12 @@ static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct uhmm__as *g_as;
 static int g_init_err;
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+/*
+ * Set for good at the first fork() after uhmm started (in the parent, and
+ * so in the child): from then on private pages may be shared copy-on-write,
+ * and uhmm__page_scan() must read the kernel's "exclusively mapped" bit.
+ */
+static bool g_cow_possible;
 static __thread bool tls_fork_holder;
 static __thread bool tls_in_service;
 
@@ -376,13 +382,18 @@ bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr)
 /* ---- page scan ----------------------------------------------------------- */
 
 /*
- * Per-page PAGE_IS_* categories of [start, end) into cats[], plus bit 63 for
- * "mapped exclusively" (pagemap bit 56: a private page that is not COW
- * shared).  Returns 0 or -errno.
+ * Per-page PAGE_IS_* categories of [start, end) into cats[], plus, if excl,
+ * bit 63 for "mapped exclusively" (pagemap bit 56: a private page that is not
+ * COW shared).  Until the process forks, every present private page but the
+ * zero page is exclusive, and the pagemap is not read (it costs as much as
+ * the scan itself).  Pages shared with a child forked before uhmm started,
+ * or merged by KSM, are then reported exclusive: a device write to one still
+ * goes through the kernel's copy-on-write (uhmm_device_write writes by
+ * address), only the WRITE flag is optimistic.  Returns 0 or -errno.
  */
 #define CAT_EXCLUSIVE (1ULL << 63)
 int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
-		    uint64_t *cats, uint64_t npages)
+		    uint64_t *cats, uint64_t npages, bool excl)
 {
 	memset(cats, 0, npages * sizeof(*cats));
 	if (as->ufeat & UHMM_FEAT_PAGEMAP_SCAN) {
@@ -406,6 +417,13 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
 				break;
 			at = a.walk_end;
 		}
+	}
+	bool scanned = as->ufeat & UHMM_FEAT_PAGEMAP_SCAN;
+	if (scanned && (!excl || !__atomic_load_n(&g_cow_possible, __ATOMIC_RELAXED))) {
+		for (uint64_t i = 0; excl && i < npages; i++)
+			if ((cats[i] & PAGE_IS_PRESENT) && !(cats[i] & PAGE_IS_PFNZERO))
+				cats[i] |= CAT_EXCLUSIVE;
+		return 0;
 	}
 	/* Exclusivity (and presence without PAGEMAP_SCAN) from /proc/self/pagemap. */
 	uint64_t buf[512];
@@ -845,6 +863,7 @@ void uhmm__fork_unlock(struct uhmm__as *as)
  */
 static void atfork_prepare(void)
 {
+	__atomic_store_n(&g_cow_possible, true, __ATOMIC_RELAXED);
 	struct uhmm__as *as = uhmm__as_peek();
 	if (!as)
 		return;

@@ -233,7 +233,7 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end);
 int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
-		    uint64_t *cats, uint64_t npages);
+		    uint64_t *cats, uint64_t npages, bool excl);
 int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
 		   bool write);
 int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);

@@ -340,7 +340,7 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		if (rc == 0)
 			collect(as, a, &v, i0, cn, origin, m);
 		if (rc == 0 && scan) {
-			rc = uhmm__page_scan(as, at, ce, cats + i0, cn);
+			rc = uhmm__page_scan(as, at, ce, cats + i0, cn, false);
 			if (rc == 0)
 				classify(as, a, i0, cn, origin, cats);
 		}

@@ -38,6 +38,20 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 {
 	for (uint64_t a = s; a < e; a += PG_SIZE) {
 		uint64_t i = (a - r->start) >> PG_SHIFT;
+		if (!(a & ((1ULL << BLOCK_SHIFT) - 1)) || a == s) {
+			/* No metadata for the whole 2 MiB block: all plain system pages. */
+			pthread_mutex_lock(&as->pt_lock);
+			bool any = uhmm__has_block(as, a);
+			pthread_mutex_unlock(&as->pt_lock);
+			if (!any) {
+				uint64_t bend = (a | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+				uint64_t stop = bend < e ? bend : e;
+				memset(&handled[i - ((s - r->start) >> PG_SHIFT)], 0,
+				       (stop - a) >> PG_SHIFT);
+				a = stop - PG_SIZE;
+				continue;
+			}
+		}
 		pthread_mutex_lock(&as->pt_lock);
 		struct pmeta *pm = uhmm__pmeta(as, a, false);
 		int st = pm ? pm->state : PS_SYSTEM;
@@ -102,7 +116,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 	rc = device_pages(as, r, v, s, e, handled);
 	if (rc)
 		goto out;
-	rc = uhmm__page_scan(as, s, e, cats, n);
+	rc = uhmm__page_scan(as, s, e, cats, n, true);
 	if (rc)
 		goto out;
 	if (want_fault) {
@@ -126,7 +140,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 				goto out;
 			i = j;
 		}
-		rc = uhmm__page_scan(as, s, e, cats, n);
+		rc = uhmm__page_scan(as, s, e, cats, n, true);
 		if (rc)
 			goto out;
 	}
@@ -170,7 +184,13 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 	/* Coherent device pages are CPU mapped; name the device page instead. */
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t i = 0; i < n; i++) {
-		struct pmeta *pm = uhmm__pmeta(as, s + (i << PG_SHIFT), false);
+		uint64_t a = s + (i << PG_SHIFT);
+		if ((!(a & ((1ULL << BLOCK_SHIFT) - 1)) || i == 0) && !uhmm__has_block(as, a)) {
+			uint64_t bend = (a | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+			i = ((bend < e ? bend : e) - s - PG_SIZE) >> PG_SHIFT;
+			continue;
+		}
+		struct pmeta *pm = uhmm__pmeta(as, a, false);
 		if (pm && pm->state == PS_COHERENT && !pm->locked && !handled[i] &&
 		    (r->hmm_pfns[i0 + i] & UHMM_PFN_VALID))
 			r->hmm_pfns[i0 + i] = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
