@@ -622,6 +622,8 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 	return -EBUSY;
 }
 
+#define BRING_BACK_TRIES 1000
+
 /* Bring every device-private/exclusive page of [start, end) back to the CPU. */
 int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
@@ -642,10 +644,23 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 			struct pmeta *pm = uhmm__pmeta(as, a, false);
 			int st = pm ? pm->state : PS_SYSTEM;
 			pthread_mutex_unlock(&as->pt_lock);
-			if (st == PS_PRIVATE || st == PS_EXCLUSIVE) {
-				int rc = uhmm__cpu_fault(as, a, false, false);
-				if (rc)
-					return rc;
+			/*
+			 * A failure may be passing (an allocation, the driver's
+			 * copy): the callers (mremap, mprotect, fork) cannot fail
+			 * for it, and a page left behind would be lost, so retry.
+			 */
+			int rc = 0;
+			for (int t = 0; t < BRING_BACK_TRIES &&
+			     (st == PS_PRIVATE || st == PS_EXCLUSIVE); t++) {
+				rc = uhmm__cpu_fault(as, a, false, false);
+				if (rc == 0)
+					break;
+				sched_yield();
+			}
+			if (rc) {
+				uhmm__log("page 0x%llx could not be brought back: %s",
+					  (unsigned long long)a, strerror(-rc));
+				return rc;
 			}
 		}
 	}
