@@ -268,6 +268,12 @@ UHMM_API int uhmm_devmem_destroy(struct uhmm_devmem *mem);
  * (I5).  Returns 0, -ENOMEM (pool full or injected failure), -EINVAL.
  */
 UHMM_API int uhmm_devmem_alloc(struct uhmm_devmem *mem, uint64_t *page);
+/*
+ * Up to n device pages at once, in ascending order (consecutive pages let
+ * uhmm_page_copy_many move a run in one step).  Returns how many were
+ * allocated (fewer when the pool runs out), -ENOMEM if none, -EINVAL.
+ */
+UHMM_API long uhmm_devmem_alloc_many(struct uhmm_devmem *mem, uint64_t n, uint64_t *pages);
 /* Take / drop a reference to a device page; -EINVAL if not a live device page. */
 UHMM_API int uhmm_devmem_page_get(uint64_t page);
 UHMM_API int uhmm_devmem_page_put(uint64_t page);
@@ -297,6 +303,8 @@ UHMM_API int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem
  * consumes it.  Free an unused one with uhmm_devmem_page_put().
  */
 UHMM_API int uhmm_sys_page_alloc(uint64_t *page);
+/* Up to n system pages, ascending; as uhmm_devmem_alloc_many. */
+UHMM_API long uhmm_sys_page_alloc_many(uint64_t n, uint64_t *pages);
 
 /*
  * The driver's copy for migration: dst receives src's data.  Where both are
@@ -304,6 +312,15 @@ UHMM_API int uhmm_sys_page_alloc(uint64_t *page);
  * a src that holds no data leaves dst reading zeros.  Returns 0 or -errno.
  */
 UHMM_API int uhmm_page_copy(uint64_t dst, uint64_t src);
+/*
+ * uhmm_page_copy() for n pairs (dst[i], src[i]); pairs with a 0 are
+ * skipped.  Runs of consecutive pages on both sides move in one step: the
+ * cost of a migration is then per run, not per page.  Returns the number of
+ * pairs that failed (0: all copied), each one's errno in errs[] if not NULL,
+ * or -EINVAL.
+ */
+UHMM_API long uhmm_page_copy_many(const uint64_t *dst, const uint64_t *src, uint64_t n,
+				  int *errs);
 
 /* ------------------------------------------------------------------------ */
 /* Migration (migrate_vma_*, migrate_device_*)                               */

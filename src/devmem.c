@@ -197,6 +197,52 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *ou
 	return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Up to n frames of mem into out[], in ascending order, so that runs of
+ * them can be filled or emptied with one UFFDIO_MOVE.  Returns how many (a
+ * short count when the pool is full or an injected failure hits), or
+ * -ENOMEM if none.
+ */
+long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t n,
+			    uint64_t *out)
+{
+	bool sys = mem == as->syspool;
+	uint64_t got = 0;
+	pthread_mutex_lock(&mem->lock);
+	while (got < n && !mem->dead) {
+		if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC) ||
+		    (!mem->free_head && pool_grow(as, mem) != 0)) {
+			mem->alloc_failures++;
+			STAT_ADD(alloc_failures, 1);
+			break;
+		}
+		uint32_t idx = mem->free_head;
+		struct frame *f = &as->frames[idx];
+		mem->free_head = f->next_free;
+		f->next_free = 0;
+		f->ref = 1;
+		f->addr = 0;
+		f->zone_data = NULL;
+		f->xowner = NULL;
+		mem->allocated++;
+		out[got++] = idx;
+	}
+	pthread_mutex_unlock(&mem->lock);
+	qsort(out, got, sizeof(*out), cmp_u64);
+	return got ? (long)got : -ENOMEM;
+}
+
+void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v)
+{
+	set_populated(&as->frames[f], v);
+}
+
 /* Drop a reference; the last one frees the frame (page_free, zap, free list). */
 void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 {
@@ -392,6 +438,25 @@ int uhmm_devmem_alloc(struct uhmm_devmem *mem, uint64_t *page)
 	return uhmm__frame_alloc(as, mem, page);
 }
 
+long uhmm_devmem_alloc_many(struct uhmm_devmem *mem, uint64_t n, uint64_t *pages)
+{
+	struct uhmm__as *as = pool_as(mem);
+	if (!as || !pages || n == 0)
+		return -EINVAL;
+	return uhmm__frame_alloc_many(as, mem, n, pages);
+}
+
+long uhmm_sys_page_alloc_many(uint64_t n, uint64_t *pages)
+{
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	if (!pages || n == 0)
+		return -EINVAL;
+	return uhmm__frame_alloc_many(as, as->syspool, n, pages);
+}
+
 int uhmm_sys_page_alloc(uint64_t *page)
 {
 	int err = 0;
@@ -582,6 +647,99 @@ int uhmm_page_copy(uint64_t dst, uint64_t src)
 	memcpy((void *)(uintptr_t)da, (const void *)(uintptr_t)sa, PG_SIZE);
 	set_populated(fd, 1);
 	return 0;
+}
+
+/*
+ * How many pages from i on form a run that one UFFDIO_MOVE can copy: both
+ * dst and src frames consecutive and live, dst empty.  *inj: the page after
+ * the run had an injected copy failure (it ends the run).
+ */
+static uint64_t copy_run(const uint64_t *dst, const uint64_t *src, uint64_t i, uint64_t n,
+			 bool *inj)
+{
+	uint64_t j = i + 1;
+	*inj = false;
+	while (j < n && j - i < MOVE_RUN_MAX && dst[j] == dst[j - 1] + 1 &&
+	       src[j] == src[j - 1] + 1) {
+		struct frame *fd = live_frame(dst[j], NULL), *fs = live_frame(src[j], NULL);
+		if (!fd || !fs || is_populated(fd))
+			break;
+		if (uhmm__inject(INJ_COPY)) {
+			*inj = true;
+			break;
+		}
+		j++;
+	}
+	return j - i;
+}
+
+/*
+ * uhmm_page_copy() of n pages: pages whose frames are consecutive on both
+ * sides move in one UFFDIO_MOVE (src holes stay holes: dst reads zeros).
+ * An entry with dst or src 0 is skipped.  Returns the number of pages that
+ * failed, with each one's errno in errs[] if given (0 for the others).
+ */
+/* Move pages [i, i + len) of a copy run; the ones that failed go one by one. */
+static long copy_run_move(struct uhmm__as *as, const uint64_t *dst, const uint64_t *src,
+			  uint64_t i, uint64_t len, int *errs)
+{
+	uint64_t moved = 0;
+	int rc = uhmm__uffd_move_mode(as, uhmm__frame_addr(as, dst[i]), uhmm__frame_addr(as, src[i]),
+				      len << PG_SHIFT, UFFDIO_MOVE_MODE_DONTWAKE |
+				      UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, &moved);
+	uint64_t ok = rc ? moved >> PG_SHIFT : len;
+	long failed = 0;
+	for (uint64_t k = i; k < i + len; k++) {
+		int r = 0;
+		if (k < i + ok) {
+			set_populated(&as->frames[dst[k]], 1);
+			set_populated(&as->frames[src[k]], 0);
+		} else {
+			r = uhmm_page_copy(dst[k], src[k]);  /* the single-page rules */
+		}
+		failed += r != 0;
+		if (errs)
+			errs[k] = r;
+	}
+	return failed;
+}
+
+long uhmm_page_copy_many(const uint64_t *dst, const uint64_t *src, uint64_t n, int *errs)
+{
+	if (!dst || !src)
+		return -EINVAL;
+	long failed = 0;
+	for (uint64_t i = 0; i < n;) {
+		struct uhmm__as *as = NULL;
+		struct frame *fd = dst[i] && src[i] ? live_frame(dst[i], &as) : NULL;
+		struct frame *fs = fd ? live_frame(src[i], NULL) : NULL;
+		if (!dst[i] || !src[i] || !fd || !fs || is_populated(fd) || dst[i] == src[i]) {
+			int r = dst[i] && src[i] ? uhmm_page_copy(dst[i], src[i]) : 0;
+			failed += r != 0;
+			if (errs)
+				errs[i] = r;
+			i++;
+			continue;
+		}
+		if (uhmm__inject(INJ_COPY)) {
+			failed++;
+			if (errs)
+				errs[i] = -EIO;
+			i++;
+			continue;
+		}
+		bool inj;
+		uint64_t len = copy_run(dst, src, i, n, &inj);
+		failed += copy_run_move(as, dst, src, i, len, errs);
+		i += len;
+		if (inj) {  /* copy_run stopped at an injected failure of page i */
+			failed++;
+			if (errs)
+				errs[i] = -EIO;
+			i++;
+		}
+	}
+	return failed;
 }
 
 void *uhmm_pfn_to_virt(uint64_t hmm_pfn)

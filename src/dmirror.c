@@ -263,37 +263,45 @@ static const struct uhmm_devmem_ops dm_devmem_ops = {
 	.migrate_to_ram = dm_migrate_to_ram,
 };
 
-/* Allocate a device page, honouring FAIL_ALLOC (fails once). */
-static int dm_alloc_page(struct uhmm_dmirror *dm, uint64_t *page)
-{
-	pthread_mutex_lock(&dm->lock);
-	bool fail = dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC;
-	dm->flags &= ~UHMM_DMIRROR_FLAG_FAIL_ALLOC;
-	pthread_mutex_unlock(&dm->lock);
-	if (fail)
-		return -ENOMEM;
-	int rc = uhmm_devmem_alloc(dm->dev->pool, page);
-	if (rc == 0)
-		uhmm_page_set_zone_data(*page, dm);
-	return rc;
-}
-
-/* Copy or clear each collected page into a page from alloc(); fills dst. */
+/*
+ * Copy or clear each collected page into a new page; fills dst.  Pages are
+ * allocated and copied in batches (ascending pages, so that runs move in
+ * one step); a page that gets no new page or whose copy fails stays where
+ * it is.  FAIL_ALLOC makes the first device-page allocation fail.
+ */
 static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool to_device)
 {
-	for (uint64_t i = 0; i < m->npages; i++) {
-		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
-			continue;
-		uint64_t page = 0;
-		int rc = to_device ? dm_alloc_page(dm, &page) : uhmm_sys_page_alloc(&page);
-		if (rc)
-			continue;  /* this page stays where it is */
-		uint64_t src = uhmm_migrate_pfn_to_page(m->src[i]);
-		if (src && uhmm_page_copy(page, src) != 0) {
-			uhmm_devmem_page_put(page);
+	uint64_t idx[MIGRATE_CHUNK], pages[MIGRATE_CHUNK], srcs[MIGRATE_CHUNK];
+	int errs[MIGRATE_CHUNK];
+	uint64_t n = 0;
+	for (uint64_t i = 0; i < m->npages && n < MIGRATE_CHUNK; i++)
+		if (m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
+			idx[n++] = i;
+	uint64_t skip = 0;
+	if (to_device && n) {
+		pthread_mutex_lock(&dm->lock);
+		skip = (dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC) ? 1 : 0;
+		dm->flags &= ~UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+		pthread_mutex_unlock(&dm->lock);
+	}
+	if (n <= skip)
+		return;
+	long got = to_device ? uhmm_devmem_alloc_many(dm->dev->pool, n - skip, pages)
+			     : uhmm_sys_page_alloc_many(n - skip, pages);
+	if (got <= 0)
+		return;  /* these pages stay where they are */
+	for (long k = 0; k < got; k++) {
+		srcs[k] = uhmm_migrate_pfn_to_page(m->src[idx[skip + k]]);
+		if (to_device)
+			uhmm_page_set_zone_data(pages[k], dm);
+	}
+	uhmm_page_copy_many(pages, srcs, (uint64_t)got, errs);
+	for (long k = 0; k < got; k++) {
+		if (srcs[k] && errs[k]) {
+			uhmm_devmem_page_put(pages[k]);
 			continue;
 		}
-		m->dst[i] = uhmm_migrate_pfn(page);
+		m->dst[idx[skip + k]] = uhmm_migrate_pfn(pages[k]);
 	}
 }
 

@@ -215,6 +215,8 @@ int uhmm__uffd_open_arena(void);
 int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing);
 int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
 		    bool wake, uint64_t *moved);
+int uhmm__uffd_move_mode(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
+			 uint64_t mode, uint64_t *moved);
 int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wake);
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len);
 int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len);
@@ -261,6 +263,11 @@ static inline uint64_t uhmm__frame_addr(struct uhmm__as *as, uint64_t f)
 	return (uint64_t)(uintptr_t)as->arena + (f << PG_SHIFT);
 }
 int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f);
+long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t n,
+			    uint64_t *out);
+void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v);
+/* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */
+#define MOVE_RUN_MAX 512
 void uhmm__frame_put(struct uhmm__as *as, uint64_t f);
 bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f);
 int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wake);

@@ -24,6 +24,7 @@
 #define LOCK_DATA 1   /* locked, data in a frame or in place */
 #define LOCK_HOLE 2   /* locked hole: the CPU may still fill it */
 #define LOCK_LOST 3   /* a hole the CPU filled during the migration */
+#define CAT_VMA_START (1ULL << 62)  /* setup's scan array: a VMA begins at this page */
 
 enum origin { OR_NONE = 0, OR_SYSTEM, OR_HOLE, OR_PRIVATE, OR_COHERENT };
 
@@ -274,6 +275,43 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 	unlock_page(as, addr);
 }
 
+/*
+ * Take pages [i, j) (all OR_SYSTEM, one VMA) into staging frames: where the
+ * frames are consecutive, one UFFDIO_MOVE takes a whole run.  A page the
+ * move stops at (a hole, a shared page) goes through take_page().
+ */
+static void take_run(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origin, uint64_t i,
+		     uint64_t j)
+{
+	uint64_t fr[MOVE_RUN_MAX];
+	long got = j - i > 1 ? uhmm__frame_alloc_many(as, as->syspool, j - i, fr) : 0;
+	uint64_t k = i, used = 0;
+	while (got > 0 && k < j && used < (uint64_t)got) {
+		uint64_t len = 1;
+		while (k + len < j && used + len < (uint64_t)got &&
+		       fr[used + len] == fr[used + len - 1] + 1)
+			len++;
+		uint64_t moved = 0, addr = a->start + (k << PG_SHIFT);
+		int rc = uhmm__uffd_move(as, uhmm__frame_addr(as, fr[used]), addr, len << PG_SHIFT,
+					 false, &moved);
+		uint64_t ok = rc ? moved >> PG_SHIFT : len;
+		for (uint64_t q = 0; q < ok; q++, k++, used++) {
+			uhmm__frame_set_populated(as, fr[used], true);
+			uhmm__frame_set_owner(as, fr[used], a->start + (k << PG_SHIFT), NULL);
+			a->src[k] = uhmm_migrate_pfn(fr[used]) | UHMM_MIGRATE_PFN_MIGRATE |
+				    UHMM_MIGRATE_PFN_WRITE;
+		}
+		if (rc) {
+			uhmm__frame_put(as, fr[used++]);
+			take_page(as, a, origin, k++);
+		}
+	}
+	for (; used < (uint64_t)(got > 0 ? got : 0); used++)
+		uhmm__frame_put(as, fr[used]);
+	for (; k < j; k++)
+		take_page(as, a, origin, k);
+}
+
 int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 {
 	int rc = check_args(a);
@@ -343,6 +381,7 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 			rc = uhmm__page_scan(as, at, ce, cats + i0, cn, false);
 			if (rc == 0)
 				classify(as, a, i0, cn, origin, cats);
+			cats[i0] |= CAT_VMA_START;  /* one move cannot cross VMAs */
 		}
 		at = ce;
 	}
@@ -359,13 +398,18 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 	}
 	uhmm__invalidate(as, a->start, a->end, UHMM_NOTIFY_MIGRATE, a->pgmap_owner);
 	zap_zero_holes(as, a, origin, cats);
-	for (uint64_t i = 0; i < n; i++) {
-		if (origin[i] == OR_NONE)
-			continue;
-		if (!a->src[i])  /* zap_zero_holes may have taken it already */
-			take_page(as, a, origin, i);
-		if (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
-			a->cpages++;
+	for (uint64_t i = 0; i < n;) {
+		uint64_t j = i + 1;
+		if (origin[i] == OR_SYSTEM && !a->src[i]) {
+			while (j < n && j - i < MOVE_RUN_MAX && origin[j] == OR_SYSTEM && !a->src[j] &&
+			       !(cats[j] & CAT_VMA_START))
+				j++;
+			take_run(as, a, origin, i, j);
+		} else if (origin[i] != OR_NONE && !a->src[i]) {
+			take_page(as, a, origin, i);  /* zap_zero_holes may have taken it */
+		}
+		for (; i < j; i++)
+			a->cpages += (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) != 0;
 	}
 	uhmm__free(cats, n * sizeof(*cats));
 	a->uhmm__priv = m;
@@ -488,6 +532,61 @@ static void restore(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m, 
 	}
 }
 
+/* Page i migrated to a system frame: that frame, else 0. */
+static uint64_t sys_dst(struct uhmm__as *as, const struct uhmm_migrate *a, const struct mig *m,
+			uint64_t i)
+{
+	if (m->origin[i] == OR_NONE || !(a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
+	    !(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE))
+		return 0;
+	uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
+	return as->frames[d].pool == as->syspool ? d : 0;
+}
+
+enum { INST_NONE, INST_DONE, INST_SRC_FREED };
+
+/*
+ * finalize, first part: pages migrated to consecutive system frames go into
+ * the CPU view a run per UFFDIO_MOVE (their old frames are released first,
+ * as install() does page by page).  inst[i] says what was done for page i.
+ */
+static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m,
+			     uint8_t *inst)
+{
+	for (uint64_t i = 0; i < a->npages;) {
+		uint64_t d = sys_dst(as, a, m, i), j = i + 1;
+		while (d && j < a->npages && j - i < MOVE_RUN_MAX && sys_dst(as, a, m, j) == d + (j - i))
+			j++;
+		if (!d || j - i == 1) {
+			i = j;
+			continue;
+		}
+		for (uint64_t k = i; k < j; k++) {
+			uint64_t s = uhmm_migrate_pfn_to_page(a->src[k]);
+			if (s)
+				uhmm__frame_put(as, s);
+			inst[k] = INST_SRC_FREED;
+		}
+		uint64_t moved = 0;
+		int rc = uhmm__uffd_move(as, a->start + (i << PG_SHIFT), uhmm__frame_addr(as, d),
+					 (j - i) << PG_SHIFT, false, &moved);
+		uint64_t ok = rc ? moved >> PG_SHIFT : j - i;
+		pthread_mutex_lock(&as->pt_lock);
+		for (uint64_t k = i; k < i + ok; k++) {
+			struct pmeta *pm = uhmm__pmeta(as, a->start + (k << PG_SHIFT), false);
+			pm->state = PS_SYSTEM;
+			pm->frame = 0;
+		}
+		pthread_mutex_unlock(&as->pt_lock);
+		for (uint64_t k = i; k < i + ok; k++) {
+			uhmm__frame_set_populated(as, d + (k - i), false);
+			uhmm__frame_put(as, d + (k - i));  /* its page went to the CPU view */
+			inst[k] = INST_DONE;
+		}
+		i = j;
+	}
+}
+
 void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 {
 	struct mig *m = a ? a->uhmm__priv : NULL;
@@ -496,6 +595,9 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	struct uhmm__as *as = m->as;
 	uint64_t t0 = uhmm__now_ns();
 	uint64_t n_dev = 0, n_sys = 0;
+	uint8_t *inst = uhmm__zalloc(a->npages);
+	if (inst)
+		install_sys_runs(as, a, m, inst);
 	for (uint64_t i = 0; i < a->npages; i++) {
 		if (m->origin[i] == OR_NONE)
 			continue;
@@ -505,9 +607,10 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 				(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE);
 		if (migrated) {
 			uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
-			if (s)
+			uint8_t done = inst ? inst[i] : INST_NONE;
+			if (s && done == INST_NONE)
 				uhmm__frame_put(as, s);  /* staging frame or old device page */
-			int irc = dst_private(as, d) ? 0 : install(as, addr, d);
+			int irc = dst_private(as, d) || done == INST_DONE ? 0 : install(as, addr, d);
 			if (irc)
 				TR_DUMP(addr);
 			if (irc)
@@ -544,6 +647,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		uhmm__event(UHMM_EV_MIGRATE_TO_DEV, (uint32_t)n_dev, a->start, a->end - a->start, t0);
 	if (n_sys)
 		uhmm__event(UHMM_EV_MIGRATE_TO_SYS, (uint32_t)n_sys, a->start, a->end - a->start, t0);
+	uhmm__free(inst, a->npages);
 	uhmm__free(m->origin, a->npages);
 	uhmm__free(m, sizeof(*m));
 	a->uhmm__priv = NULL;

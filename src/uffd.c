@@ -165,13 +165,20 @@ int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool 
 int uhmm__uffd_move(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
 		    bool wake, uint64_t *moved)
 {
+	return uhmm__uffd_move_mode(as, dst, src, len, wake ? 0 : UFFDIO_MOVE_MODE_DONTWAKE,
+				    moved);
+}
+
+/* The same with the ioctl's mode bits (UFFDIO_MOVE_MODE_*). */
+int uhmm__uffd_move_mode(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64_t len,
+			 uint64_t mode, uint64_t *moved)
+{
 	uint64_t done = 0, t0 = 0;
 	int rc = 0;
 	int fd = fd_for(as, dst);
 	while (done < len) {
 		struct uffdio_move mv = {
-			.dst = dst + done, .src = src + done, .len = len - done,
-			.mode = wake ? 0 : UFFDIO_MOVE_MODE_DONTWAKE,
+			.dst = dst + done, .src = src + done, .len = len - done, .mode = mode,
 		};
 		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL))) {
 			mv.move = -EAGAIN;
