@@ -115,12 +115,32 @@ static size_t ub_check_tags(const char *buf, size_t npages)
 enum ub_lat_kind { UB_LAT_FAULT, UB_LAT_EXCL };
 
 /* Time one CPU access per page of [first, first + n); returns data mismatches. */
+static size_t ub_gcd(size_t a, size_t b)
+{
+	while (b) {
+		size_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+/*
+ * One access per page of [first, first + n), in a strided order (each
+ * page once, never the page after the last one), so that each access is
+ * one fault: a driver that prefetches after sequential faults (the
+ * reference device does) would otherwise turn most accesses into hits.
+ */
 static size_t ub_lat_access(enum ub_lat_kind kind, char *buf, size_t first, size_t n,
 			    double *samples)
 {
-	size_t i, bad = 0;
+	size_t k, bad = 0, stride = 101;
 
-	for (i = first; i < first + n; i++) {
+	while (n > 2 && ub_gcd(stride, n) != 1)
+		stride += 2;
+	for (k = 0; k < n; k++) {
+		size_t i = first + (k * stride) % n;
 		volatile char *p = buf + i * BENCH_PAGE;
 		uint64_t t0, t1;
 
@@ -137,8 +157,8 @@ static size_t ub_lat_access(enum ub_lat_kind kind, char *buf, size_t first, size
 			t1 = bench_now_ns();
 			bad += *(volatile uint64_t *)p != bench_tag(i);
 		}
-		if (i >= BENCH_LAT_WARMUP)
-			samples[i - BENCH_LAT_WARMUP] = (double)(t1 - t0) / 1000.0;
+		if (first + k >= BENCH_LAT_WARMUP)
+			samples[first + k - BENCH_LAT_WARMUP] = (double)(t1 - t0) / 1000.0;
 	}
 	return bad;
 }
@@ -261,7 +281,8 @@ static int ub_migrate_measure(struct uhmm_dmirror *dm, size_t bytes, int reps, b
 	for (i = warm ? -1 : 0; i < reps; i++) {
 		uint64_t tdev, tsys;
 
-		r = ub_cmd(uhmm_dmirror_migrate_to_dev, "migrate_to_dev", dm, buf, bounce, npages,
+		/* No read-back buffer: the migration alone (the data is checked below). */
+		r = ub_cmd(uhmm_dmirror_migrate_to_dev, "migrate_to_dev", dm, buf, NULL, npages,
 			   &tdev);
 		if (!r)
 			r = ub_cmd(uhmm_dmirror_migrate_to_sys, "migrate_to_sys", dm, buf, bounce,
@@ -394,7 +415,7 @@ static void group_coherent(void)
 	for (rep = -1; rep < BENCH_MIG_REPS; rep++) {
 		uint64_t t;
 
-		if (ub_cmd(uhmm_dmirror_migrate_to_dev, "coherent migrate_to_dev", dm, buf, bounce,
+		if (ub_cmd(uhmm_dmirror_migrate_to_dev, "coherent migrate_to_dev", dm, buf, NULL,
 			   npages, &t) ||
 		    ub_cmd(uhmm_dmirror_migrate_to_sys, "coherent migrate_to_sys", dm, buf, bounce,
 			   npages, NULL))

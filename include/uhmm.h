@@ -503,7 +503,9 @@ UHMM_API long uhmm_inject_fired(const char *point);
 struct uhmm_dmirror;
 struct uhmm_dmirror_cmd {
 	uint64_t addr;    /* in: page-aligned virtual address in this process */
-	uint64_t ptr;     /* in: caller buffer: data, or one byte per page for snapshot */
+	uint64_t ptr;     /* in: caller buffer: data, or one byte per page for snapshot;
+			     migrate_to_dev and exclusive copy what the device now
+			     holds into it (0: no read-back) */
 	uint64_t npages;  /* in: number of pages */
 	uint64_t cpages;  /* out: pages copied / migrated / made exclusive */
 	uint64_t faults;  /* out: device faults taken */

@@ -55,6 +55,8 @@ struct dmirror_device {
 	struct uhmm_devmem *pool;
 	int nopen;
 	unsigned int idx;
+	uint64_t next_fault;           /* atomic: where a sequential CPU stream faults next */
+	uint64_t window;               /* atomic: pages migrate_to_ram takes back, 1..64 */
 };
 
 struct uhmm_dmirror {
@@ -305,25 +307,67 @@ static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool
 	}
 }
 
+/*
+ * How many pages a CPU fault at addr takes back: 1, unless the faults of
+ * this device form a forward stream (each one where the last window ended),
+ * then a window that doubles up to PREFETCH_MAX, within the 2 MiB block.
+ */
+#define PREFETCH_MAX 64
+static uint64_t fault_window(struct dmirror_device *d, uint64_t addr)
+{
+	uint64_t w = 1;
+	if (__atomic_load_n(&d->next_fault, __ATOMIC_RELAXED) == addr) {
+		w = __atomic_load_n(&d->window, __ATOMIC_RELAXED) * 2;
+		w = w > PREFETCH_MAX ? PREFETCH_MAX : w ? w : 1;
+	}
+	uint64_t block_left = (((addr >> 21) + 1) << 21) - addr;
+	if (w * PAGE > block_left)
+		w = block_left / PAGE;
+	__atomic_store_n(&d->window, w, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->next_fault, addr + w * PAGE, __ATOMIC_RELAXED);
+	return w;
+}
+
+/*
+ * A CPU access hit one of our pages: migrate it back (fault_page), with the
+ * pages after it when the faults stream (fault_window).  A page that gets
+ * no system page stays on the device.
+ */
 static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
 {
-	uint64_t src = 0, dst = 0;
+	struct dmirror_device *d = uhmm_devmem_driver_data(mem);
+	uint64_t src[PREFETCH_MAX], dst[PREFETCH_MAX], pages[PREFETCH_MAX], from[PREFETCH_MAX];
+	uint64_t idx[PREFETCH_MAX], w = fault_window(d, vmf->addr);
+	int errs[PREFETCH_MAX];
 	struct uhmm_migrate m = {
-		.start = vmf->addr, .end = vmf->addr + PAGE, .src = &src, .dst = &dst,
+		.start = vmf->addr, .end = vmf->addr + w * PAGE, .src = src, .dst = dst,
 		.pgmap_owner = uhmm_devmem_owner(mem),
 		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page,
 	};
 	int rc = uhmm_migrate_vma_setup(&m);
 	if (rc)
 		return rc;
-	if (m.cpages) {
-		uint64_t page;
-		rc = uhmm_sys_page_alloc(&page);
-		if (rc == 0 && uhmm_page_copy(page, uhmm_migrate_pfn_to_page(src)) == 0)
-			dst = uhmm_migrate_pfn(page);
-		else if (rc == 0)
-			uhmm_devmem_page_put(page);
+	uint64_t n = 0;
+	for (uint64_t i = 0; i < m.npages; i++)
+		if (src[i] & UHMM_MIGRATE_PFN_MIGRATE)
+			idx[n++] = i;
+	long got = n ? uhmm_sys_page_alloc_many(n, pages) : 0;
+	for (long k = 0; k < got; k++)
+		from[k] = uhmm_migrate_pfn_to_page(src[idx[k]]);
+	if (got > 0)
+		uhmm_page_copy_many(pages, from, (uint64_t)got, errs);
+	for (long k = 0; k < got; k++) {
+		if (errs[k])
+			uhmm_devmem_page_put(pages[k]);
+		else
+			dst[idx[k]] = uhmm_migrate_pfn(pages[k]);
 	}
+	/*
+	 * No system page for the fault page: an error (SIGBUS).  A failed
+	 * copy leaves it on the device and the thread faults again.
+	 */
+	if (n && idx[0] == 0 && got <= 0)
+		rc = got < 0 ? (int)got : -ENOMEM;
 	uhmm_migrate_vma_pages(&m);
 	uhmm_migrate_vma_finalize(&m);
 	return rc;
@@ -714,6 +758,25 @@ static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 	return 0;
 }
 
+/*
+ * migrate_to_dev without a buffer for the read-back: the same answer
+ * (-ENOENT at the first page the device does not map), no copy.
+ */
+static int mapped_count(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, uint64_t *n)
+{
+	int rc = 0;
+	*n = 0;
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t a = start; a < end && rc == 0; a += PAGE) {
+		if (pt_get(dm, a) & E_VALID)
+			(*n)++;
+		else
+			rc = -ENOENT;
+	}
+	pthread_mutex_unlock(&dm->lock);
+	return rc;
+}
+
 int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 {
 	int rc = check_cmd(dm, cmd);
@@ -729,6 +792,8 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 		rc = map_own_pages(dm, start, end);
 	if (rc)
 		return rc;
+	if (!cmd->ptr)
+		return mapped_count(dm, start, end, &cmd->cpages);
 	/*
 	 * Like the kernel driver: read back what is now in device memory, a
 	 * window at a time (no bounce buffer the size of the range).

@@ -532,7 +532,7 @@ static void restore(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m, 
 	}
 }
 
-/* Page i migrated to a system frame: that frame, else 0. */
+/* Page i migrated to a frame the CPU maps (system or coherent): that frame, else 0. */
 static uint64_t sys_dst(struct uhmm__as *as, const struct uhmm_migrate *a, const struct mig *m,
 			uint64_t i)
 {
@@ -540,22 +540,24 @@ static uint64_t sys_dst(struct uhmm__as *as, const struct uhmm_migrate *a, const
 	    !(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE))
 		return 0;
 	uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
-	return as->frames[d].pool == as->syspool ? d : 0;
+	return dst_private(as, d) ? 0 : d;
 }
 
 enum { INST_NONE, INST_DONE, INST_SRC_FREED };
 
 /*
- * finalize, first part: pages migrated to consecutive system frames go into
- * the CPU view a run per UFFDIO_MOVE (their old frames are released first,
- * as install() does page by page).  inst[i] says what was done for page i.
+ * finalize, first part: pages migrated to consecutive frames of one pool
+ * that the CPU maps (system or coherent) go into the CPU view a run per
+ * UFFDIO_MOVE (their old frames are released first, as install() does page
+ * by page).  inst[i] says what was done for page i.
  */
 static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m,
 			     uint8_t *inst)
 {
 	for (uint64_t i = 0; i < a->npages;) {
 		uint64_t d = sys_dst(as, a, m, i), j = i + 1;
-		while (d && j < a->npages && j - i < MOVE_RUN_MAX && sys_dst(as, a, m, j) == d + (j - i))
+		while (d && j < a->npages && j - i < MOVE_RUN_MAX && sys_dst(as, a, m, j) == d + (j - i) &&
+		       as->frames[d + (j - i)].pool == as->frames[d].pool)
 			j++;
 		if (!d || j - i == 1) {
 			i = j;
@@ -571,16 +573,20 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 		int rc = uhmm__uffd_move(as, a->start + (i << PG_SHIFT), uhmm__frame_addr(as, d),
 					 (j - i) << PG_SHIFT, false, &moved);
 		uint64_t ok = rc ? moved >> PG_SHIFT : j - i;
+		bool sys = as->frames[d].pool == as->syspool;
 		pthread_mutex_lock(&as->pt_lock);
 		for (uint64_t k = i; k < i + ok; k++) {
 			struct pmeta *pm = uhmm__pmeta(as, a->start + (k << PG_SHIFT), false);
-			pm->state = PS_SYSTEM;
-			pm->frame = 0;
+			pm->state = sys ? PS_SYSTEM : PS_COHERENT;
+			pm->frame = sys ? 0 : (uint32_t)(d + (k - i));
 		}
 		pthread_mutex_unlock(&as->pt_lock);
 		for (uint64_t k = i; k < i + ok; k++) {
 			uhmm__frame_set_populated(as, d + (k - i), false);
-			uhmm__frame_put(as, d + (k - i));  /* its page went to the CPU view */
+			if (sys)
+				uhmm__frame_put(as, d + (k - i));  /* its page went to the CPU view */
+			else
+				uhmm__frame_set_owner(as, d + (k - i), a->start + (k << PG_SHIFT), NULL);
 			inst[k] = INST_DONE;
 		}
 		i = j;
