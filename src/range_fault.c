@@ -121,6 +121,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		goto out;
 	if (want_fault) {
 		/* Populate the runs of requested pages that are not good enough yet. */
+		bool populated = false;
 		for (uint64_t i = 0; i < n;) {
 			uint64_t req = req_of(r, i0 + i);
 			bool w = req & UHMM_PFN_REQ_WRITE;
@@ -138,9 +139,10 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 			rc = uhmm__populate(as, v, s + (i << PG_SHIFT), s + (j << PG_SHIFT), w);
 			if (rc)
 				goto out;
+			populated = true;
 			i = j;
 		}
-		rc = uhmm__page_scan(as, s, e, cats, n, true);
+		rc = populated ? uhmm__page_scan(as, s, e, cats, n, true) : 0;  /* what it made */
 		if (rc)
 			goto out;
 	}
