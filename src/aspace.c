@@ -607,8 +607,13 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		 * again right after the thread went on.
 		 */
 		if (from_service) {
-			/* finalize left the fault page to us: it is unlocked now */
-			uhmm__uffd_wake(as, addr, PG_SIZE);
+			/* finalize woke the range; a driver that did nothing did not */
+			pthread_mutex_lock(&as->pt_lock);
+			pm = uhmm__pmeta(as, addr, false);
+			bool still = pm && pm->state == PS_PRIVATE;
+			pthread_mutex_unlock(&as->pt_lock);
+			if (still)
+				uhmm__uffd_wake(as, addr, PG_SIZE);
 			uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
 			return 0;
 		}

@@ -31,7 +31,7 @@ enum origin { OR_NONE = 0, OR_SYSTEM, OR_HOLE, OR_PRIVATE, OR_COHERENT };
 struct mig {
 	struct uhmm__as *as;
 	uint8_t *origin;   /* enum origin per page */
-	uint64_t fault_addr;  /* the fault page's address (locked by its fault), or 0 */
+	uint64_t fault_addr;  /* the fault page (LOCK_FAULT, taken by collect), or 0 */
 };
 
 static bool owner_match(struct uhmm__as *as, uint32_t fr, const void *owner, int type)
@@ -434,8 +434,8 @@ static bool dst_private(struct uhmm__as *as, uint64_t d)
 	return f->pool != as->syspool && f->pool->type == UHMM_DEVMEM_PRIVATE;
 }
 
-/* Install dst frame d for the page at addr (page locked by us). */
-static int install(struct uhmm__as *as, uint64_t addr, uint64_t d)
+/* Install dst frame d for the page at addr (page locked by us); wake: its faulting thread. */
+static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 {
 	struct frame *f = &as->frames[d];
 	int type = f->pool == as->syspool ? 0 : f->pool->type;
@@ -443,7 +443,7 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d)
 	if (type == UHMM_DEVMEM_COHERENT)
 		rc = uhmm__move_into_cpu_writable(as, addr, d);
 	else if (type == 0)
-		rc = uhmm__move_into_cpu(as, addr, d, false);
+		rc = uhmm__move_into_cpu(as, addr, d, wake);
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&as->pt_lock);
@@ -496,7 +496,7 @@ void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 		 * finalize, after the old page is released, so that whoever
 		 * sees the new page also sees the counters settled.
 		 */
-		if (dst_private(as, d) && install(as, addr, d)) {
+		if (dst_private(as, d) && install(as, addr, d, false)) {
 			a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 			continue;
 		}
@@ -616,7 +616,9 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 			uint8_t done = inst ? inst[i] : INST_NONE;
 			if (s && done == INST_NONE)
 				uhmm__frame_put(as, s);  /* staging frame or old device page */
-			int irc = dst_private(as, d) || done == INST_DONE ? 0 : install(as, addr, d);
+			/* The fault page's thread may go on at once (see LOCK_FAULT). */
+			int irc = dst_private(as, d) || done == INST_DONE ? 0 :
+				  install(as, addr, d, addr == m->fault_addr);
 			if (irc)
 				TR_DUMP(addr);
 			if (irc)
@@ -637,17 +639,12 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	}
 	/*
 	 * Wake after unlocking: a woken thread sees the page's final state.
-	 * The fault page is still locked: its fault wakes it after unlocking.
+	 * The fault page is still locked (its fault unlocks it), but it is in
+	 * the CPU view already, and a range fault reports it as such: its move
+	 * woke its thread (one ioctl less on the fault path).
 	 */
-	uint64_t fa = m->fault_addr;
-	if (!fa) {
+	if (!(m->fault_addr == a->start && a->end - a->start == PG_SIZE))
 		uhmm__uffd_wake(as, a->start, a->end - a->start);
-	} else {
-		if (fa > a->start)
-			uhmm__uffd_wake(as, a->start, fa - a->start);
-		if (fa + PG_SIZE < a->end)
-			uhmm__uffd_wake(as, fa + PG_SIZE, a->end - fa - PG_SIZE);
-	}
 	uhmm__fork_unlock(as);
 	if (n_dev)
 		uhmm__event(UHMM_EV_MIGRATE_TO_DEV, (uint32_t)n_dev, a->start, a->end - a->start, t0);
@@ -750,7 +747,7 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 		pthread_mutex_unlock(&as->pt_lock);
 		if (migrated) {
 			uhmm__frame_put(as, s);
-			if (install(as, addr, uhmm_migrate_pfn_to_page(dst_pfns[i])))
+			if (install(as, addr, uhmm_migrate_pfn_to_page(dst_pfns[i]), false))
 				uhmm__log("eviction: page 0x%llx could not be mapped back",
 					  (unsigned long long)addr);
 		} else {

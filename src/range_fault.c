@@ -55,7 +55,8 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 		pthread_mutex_lock(&as->pt_lock);
 		struct pmeta *pm = uhmm__pmeta(as, a, false);
 		int st = pm ? pm->state : PS_SYSTEM;
-		bool locked = pm && pm->locked;
+		/* A fault page already back in the CPU view is not busy (LOCK_FAULT). */
+		bool locked = pm && pm->locked && !(pm->locked == LOCK_FAULT && st == PS_SYSTEM);
 		uint32_t fr = pm ? pm->frame : 0;
 		pthread_mutex_unlock(&as->pt_lock);
 		uint64_t req = req_of(r, i);
