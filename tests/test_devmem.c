@@ -424,6 +424,70 @@ TEST(alloc_zeroed)
 	drv_destroy();
 }
 
+/*
+ * The batch calls: alloc_many hands out ascending pages (up to the pool's
+ * size), page_copy_many moves data (a run, a hole, a single page) and
+ * reports each failure; bad arguments get -EINVAL.
+ */
+TEST(batch_alloc_copy)
+{
+	enum { N = 64 };
+	uint64_t dev[N], sys[N], dst[N], extra[N];
+	int errs[N];
+
+	drv_create(UHMM_DEVMEM_PRIVATE, N + 8);
+	ASSERT_EQ(uhmm_devmem_alloc_many(NULL, N, dev), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_alloc_many(drv.mem, 0, dev), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_alloc_many(drv.mem, N, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_sys_page_alloc_many(0, sys), -EINVAL);
+	ASSERT_EQ(uhmm_sys_page_alloc_many(N, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_page_copy_many(NULL, sys, N, errs), -EINVAL);
+	ASSERT_EQ(uhmm_page_copy_many(dev, NULL, N, errs), -EINVAL);
+
+	ASSERT_EQ(uhmm_devmem_alloc_many(drv.mem, N, dev), N);
+	ASSERT_EQ(drv_stats().in_use, N);
+	for (int i = 1; i < N; i++)
+		ASSERT_GT(dev[i], dev[i - 1]);
+	/* Only 8 left: a short count, then -ENOMEM. */
+	ASSERT_EQ(uhmm_devmem_alloc_many(drv.mem, N, extra), 8);
+	ASSERT_EQ(uhmm_devmem_alloc_many(drv.mem, 1, extra + 8), -ENOMEM);
+	for (int i = 0; i < 8; i++)
+		ASSERT_EQ(uhmm_devmem_page_put(extra[i]), 0);
+
+	/* Device pages with data, every 5th left empty (a hole: reads zeros). */
+	for (int i = 0; i < N; i++)
+		if (i % 5)
+			memset(uhmm_pfn_to_virt(dev[i]), 0x40 + i, PS);
+	ASSERT_EQ(uhmm_sys_page_alloc_many(N, sys), N);
+	for (int i = 1; i < N; i++)
+		ASSERT_GT(sys[i], sys[i - 1]);
+	memcpy(dst, sys, sizeof(dst));
+	dst[7] = 0;				/* skipped */
+	ASSERT_EQ(uhmm_page_copy_many(dst, dev, N, errs), 0);
+	for (int i = 0; i < N; i++) {
+		char *v = uhmm_pfn_to_virt(sys[i]);
+
+		ASSERT_EQ(errs[i], 0);
+		if (i == 7 || i % 5 == 0) {
+			EXPECT_ZERO(v, PS);
+		} else {
+			ASSERT_EQ(v[0], 0x40 + i);
+			ASSERT_EQ(v[PS - 1], 0x40 + i);
+		}
+	}
+	/* A bogus pair fails alone; the others are copied. */
+	dst[0] = 1ULL << 40;
+	ASSERT_EQ(uhmm_page_copy_many(dst, dev, 2, errs), 1);
+	ASSERT_EQ(errs[0], -EINVAL);
+	ASSERT_EQ(errs[1], 0);
+	for (int i = 0; i < N; i++) {
+		ASSERT_EQ(uhmm_devmem_page_put(dev[i]), 0);
+		ASSERT_EQ(uhmm_devmem_page_put(sys[i]), 0);
+	}
+	ASSERT_EQ(drv_stats().in_use, 0);
+	drv_destroy();
+}
+
 /* destroy refuses a pool with pages in use. */
 TEST(destroy_busy)
 {
