@@ -277,16 +277,32 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
  * if the mapping is read-only (so the CPU cannot write the page meanwhile)
  * and may_copy, it is copied and zapped instead.
  */
+/*
+ * UFFDIO_MOVE said the frame is populated.  Measured (stress test, page
+ * trace): when it races with the CPU's copy-on-write of the zero page, the
+ * page can have moved all the same; the source is then empty.  So: source
+ * empty -> it moved (0); source still there -> the frame was touched unseen
+ * (a read maps the zero page): empty the frame and move again.
+ */
+static int move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx)
+{
+	uint64_t cat = 0;
+	if (uhmm__page_scan(as, addr, addr + PG_SIZE, &cat, 1, false) == 0 &&
+	    !(cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED))) {
+		TR('Y', addr, uhmm__frame_addr(as, idx), PG_SIZE, 0);
+		return 0;
+	}
+	TR('y', addr, uhmm__frame_addr(as, idx), PG_SIZE, 0);
+	uhmm__frame_zap(as, idx);
+	return uhmm__uffd_move(as, uhmm__frame_addr(as, idx), addr, PG_SIZE, false, NULL);
+}
+
 int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool may_copy)
 {
 	uint64_t fa = uhmm__frame_addr(as, idx);
 	int rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
-	if (rc == -EEXIST) {
-		/* A frame is empty when it is handed out; one that is not was
-		 * touched unseen (a read maps the zero page): empty it. */
-		uhmm__frame_zap(as, idx);
-		rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
-	}
+	if (rc == -EEXIST)
+		rc = move_out_exists(as, addr, idx);
 	if (rc == -EBUSY) {
 		/* Shared after fork (COW): make it ours, then move it. */
 		syscall(SYS_madvise, addr, PG_SIZE, MADV_POPULATE_WRITE);
