@@ -164,6 +164,21 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 	return 0;
 }
 
+/* pool->lock held, free list not empty: take its head, one reference. */
+static uint32_t pop_free(struct uhmm__as *as, struct uhmm_devmem *mem)
+{
+	uint32_t idx = mem->free_head;
+	struct frame *f = &as->frames[idx];
+	mem->free_head = f->next_free;
+	f->next_free = 0;
+	f->ref = 1;
+	f->addr = 0;
+	f->zone_data = NULL;
+	f->xowner = NULL;
+	mem->allocated++;
+	return idx;
+}
+
 int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *out)
 {
 	bool sys = mem == as->syspool;
@@ -183,17 +198,8 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *ou
 		STAT_ADD(alloc_failures, 1);
 		return -ENOMEM;
 	}
-	uint32_t idx = mem->free_head;
-	struct frame *f = &as->frames[idx];
-	mem->free_head = f->next_free;
-	f->next_free = 0;
-	f->ref = 1;
-	f->addr = 0;
-	f->zone_data = NULL;
-	f->xowner = NULL;
-	mem->allocated++;
+	*out = pop_free(as, mem);
 	pthread_mutex_unlock(&mem->lock);
-	*out = idx;
 	return 0;
 }
 
@@ -222,16 +228,7 @@ long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64
 			STAT_ADD(alloc_failures, 1);
 			break;
 		}
-		uint32_t idx = mem->free_head;
-		struct frame *f = &as->frames[idx];
-		mem->free_head = f->next_free;
-		f->next_free = 0;
-		f->ref = 1;
-		f->addr = 0;
-		f->zone_data = NULL;
-		f->xowner = NULL;
-		mem->allocated++;
-		out[got++] = idx;
+		out[got++] = pop_free(as, mem);
 	}
 	pthread_mutex_unlock(&mem->lock);
 	qsort(out, got, sizeof(*out), cmp_u64);
