@@ -281,7 +281,7 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
  * empty -> it moved (0); source still there -> the frame was touched unseen
  * (a read maps the zero page): empty the frame and move again.
  */
-static int move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx)
+int uhmm__move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx)
 {
 	uint64_t cat = 0;
 	if (uhmm__page_scan(as, addr, addr + PG_SIZE, &cat, 1, false) == 0 &&
@@ -299,7 +299,7 @@ int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t idx, bool
 	uint64_t fa = uhmm__frame_addr(as, idx);
 	int rc = uhmm__uffd_move(as, fa, addr, PG_SIZE, false, NULL);
 	if (rc == -EEXIST)
-		rc = move_out_exists(as, addr, idx);
+		rc = uhmm__move_out_exists(as, addr, idx);
 	if (rc == -EBUSY) {
 		/* Shared after fork (COW): make it ours, then move it. */
 		syscall(SYS_madvise, addr, PG_SIZE, MADV_POPULATE_WRITE);

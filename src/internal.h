@@ -266,6 +266,7 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f
 long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t n,
 			    uint64_t *out);
 void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v);
+int uhmm__move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx);
 /* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */
 #define MOVE_RUN_MAX 512
 void uhmm__frame_put(struct uhmm__as *as, uint64_t f);

@@ -295,6 +295,12 @@ static void take_run(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origi
 		int rc = uhmm__uffd_move(as, uhmm__frame_addr(as, fr[used]), addr, len << PG_SHIFT,
 					 false, &moved);
 		uint64_t ok = rc ? moved >> PG_SHIFT : len;
+		/* EEXIST: the page may have moved all the same (see move_out_exists). */
+		if (rc == -EEXIST &&
+		    uhmm__move_out_exists(as, addr + (ok << PG_SHIFT), fr[used + ok]) == 0) {
+			ok++;
+			rc = 0;
+		}
 		for (uint64_t q = 0; q < ok; q++, k++, used++) {
 			uhmm__frame_set_populated(as, fr[used], true);
 			uhmm__frame_set_owner(as, fr[used], a->start + (k << PG_SHIFT), NULL);
