@@ -444,12 +444,6 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
 }
 
 /*
- * Make [start, end) of v present (and writable if write) in the CPU view.
- * Holes in a MISSING-registered range are filled here with zero pages so the
- * caller does not wait for the service thread; the rest is the kernel's own
- * fault path (MADV_POPULATE_*).  -EFAULT/-EPERM/-ENOMEM on failure.
- */
-/*
  * Fill page a with the zero page if it is a hole of a MISSING-registered
  * range.  The page lock is held across the ioctl, not pt_lock: the ioctl
  * retries while an unmap event waits to be read, and the service thread
@@ -472,6 +466,12 @@ static int fill_hole(struct uhmm__as *as, uint64_t a)
 	return rc == -EEXIST ? 0 : rc == -ENOENT ? -EFAULT : rc;
 }
 
+/*
+ * Make [start, end) of v present (and writable if write) in the CPU view.
+ * Holes in a MISSING-registered range are filled here with zero pages so the
+ * caller does not wait for the service thread; the rest is the kernel's own
+ * fault path (MADV_POPULATE_*).  -EFAULT/-EPERM/-ENOMEM on failure.
+ */
 int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
 		   bool write)
 {
@@ -595,7 +595,8 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
 		pthread_mutex_lock(&as->pt_lock);
 		pm = uhmm__pmeta(as, addr, false);
-		uhmm__page_unlock(as, addr, pm);
+		if (pm)  /* kept while locked: it cannot have gone */
+			uhmm__page_unlock(as, addr, pm);
 		pthread_mutex_unlock(&as->pt_lock);
 		if (rc)
 			return rc;

@@ -33,6 +33,7 @@
 #define PT_SHIFT 21
 #define PT_PER_BLOCK 512
 #define FAULT_WINDOW 64                    /* pages per uhmm_range_fault call */
+#define DM_FAULT_TRIES 1000                /* device faults in a row without progress */
 #define POOL_PAGES (1ULL << 21)            /* 8 GiB of device memory per device */
 #define MIGRATE_CHUNK 512                  /* pages per migration call */
 #define ADDR_LIMIT (1ULL << 47)
@@ -599,8 +600,18 @@ static int dm_access(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, char
 			pthread_mutex_unlock(&dm->lock);
 			rc = write ? uhmm_device_write(va, buf, PAGE) : uhmm_device_read(buf, va, PAGE);
 			pthread_mutex_lock(&dm->lock);
-			if (rc)
+			if (rc) {
+				/*
+				 * The kernel could not reach the page (unmapped
+				 * meanwhile, or a fault it gave up waiting for):
+				 * drop the entry and let the device fault again,
+				 * which gives the real answer.
+				 */
+				if (pt_get(dm, a) == ent)
+					pt_set(dm, a, 0);
+				rc = -ENOENT;
 				break;
+			}
 		}
 		(*done)++;
 	}
@@ -625,11 +636,17 @@ static int dm_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, bool wri
 		return -EFAULT;
 	}
 	uint64_t done = 0;
-	for (;;) {
-		uint64_t s = start + done * PAGE;
+	for (unsigned int tries = 0;; tries++) {
+		uint64_t s = start + done * PAGE, before = done;
 		rc = dm_access(dm, s, end, bounce + done * PAGE, write, &done);
 		if (rc != -ENOENT)
 			break;
+		if (done > before)
+			tries = 0;
+		if (tries == DM_FAULT_TRIES) {
+			rc = -EFAULT;  /* faulted in and lost again, over and over */
+			break;
+		}
 		rc = dm_fault(dm, start + done * PAGE, end, write);
 		if (rc)
 			break;
