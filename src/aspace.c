@@ -773,13 +773,27 @@ static void serve_deferred(struct uhmm__as *as)
 	}
 }
 
+/* Read uffd messages, counting them under read_lock (see as->ev_read). */
+ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len)
+{
+	pthread_mutex_lock(&as->read_lock);
+	ssize_t n = read(as->uffd, buf, len);
+	if (n > 0)
+		as->ev_read += (uint64_t)n / sizeof(struct uffd_msg);
+	pthread_mutex_unlock(&as->read_lock);
+	return n;
+}
+
 static void serve_msg(struct uhmm__as *as, const struct uffd_msg *m)
 {
+	uint64_t seq = __atomic_load_n(&as->ev_handled, __ATOMIC_RELAXED) + 1;
 	if (m->event != UFFD_EVENT_PAGEFAULT) {
 		STAT_ADD(uffd_events, 1);
-		uhmm__handle_uffd_event(as, m);
+		uhmm__handle_uffd_event(as, m, seq);
+		__atomic_store_n(&as->ev_handled, seq, __ATOMIC_RELEASE);
 		return;
 	}
+	__atomic_store_n(&as->ev_handled, seq, __ATOMIC_RELEASE);
 	uint64_t addr = m->arg.pagefault.address & PG_MASK;
 	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	int rc = uhmm__cpu_fault(as, addr, write, true);
@@ -800,7 +814,8 @@ bool uhmm__service_drain(struct uhmm__as *as)
 	unsigned room = 256 - as->npending;
 	if (!room)
 		return false;
-	ssize_t n = read(as->uffd, as->pending + as->npending, room * sizeof(struct uffd_msg));
+	ssize_t n = uhmm__uffd_read_msgs(as, as->pending + as->npending,
+					 room * sizeof(struct uffd_msg));
 	if (n <= 0)
 		return false;
 	as->npending += (unsigned)(n / (ssize_t)sizeof(struct uffd_msg));
@@ -844,7 +859,7 @@ static void *service_main(void *arg)
 			break;
 		if (!(pfd[0].revents & POLLIN))
 			continue;
-		ssize_t n = read(as->uffd, msgs, sizeof(msgs));
+		ssize_t n = uhmm__uffd_read_msgs(as, msgs, sizeof(msgs));
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				continue;
@@ -1045,6 +1060,7 @@ static int as_create(struct uhmm__as **out)
 	as->ufeat = probe_ufeat(as);
 	pthread_rwlock_init(&as->fork_lock, NULL);
 	pthread_mutex_init(&as->reg_lock, NULL);
+	pthread_mutex_init(&as->read_lock, NULL);
 	pthread_mutex_init(&as->nt_lock, NULL);
 	pthread_cond_init(&as->nt_cond, NULL);
 	pthread_mutex_init(&as->pt_lock, NULL);

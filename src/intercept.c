@@ -40,15 +40,21 @@ static void range_of(uint64_t addr, uint64_t len, uint64_t *s, uint64_t *e)
 }
 
 /*
- * An intercepted call is recorded before it runs.  If it touches a range
- * registered with userfaultfd, the kernel will also send an event for it,
- * which the service thread may read after the call has returned: the record
- * stays until both the call and the event are done with it, so that the
- * event is recognised as already handled (and cannot hit a new mapping
- * placed at the same address in between).
+ * An intercepted call is recorded before it runs.  Where it touches ranges
+ * registered with userfaultfd the kernel also sends events for it: one per
+ * VMA for MADV_DONTNEED (REMOVE), one for the whole range for munmap
+ * (UNMAP), and measured: an UNMAP can be read after munmap returned.  The
+ * service thread may handle them later still.  An event is the call's if it
+ * falls in its range and the call is running, or ended less than
+ * INFLIGHT_GRACE_NS ago, or the event was read before it ended (number <=
+ * end_seq).  Until then the record stays, so that its events are recognised
+ * as already handled and cannot hit a new mapping placed at the same
+ * address in between; a raw-syscall event for the same range within that
+ * time is taken for the call's (harmless: the call forgot the range).
  */
+#define INFLIGHT_GRACE_NS 2000000000ULL
 static struct inflight_op *inflight_begin(struct uhmm__as *as, uint64_t s, uint64_t e,
-					  bool may_event, bool teardown)
+					  bool teardown)
 {
 	struct inflight_op *op = uhmm__zalloc(sizeof(*op));
 	if (!op)
@@ -57,22 +63,32 @@ static struct inflight_op *inflight_begin(struct uhmm__as *as, uint64_t s, uint6
 	op->end = e;
 	op->teardown = teardown;
 	pthread_mutex_lock(&as->pt_lock);
-	op->expect = may_event && uhmm__reg_overlaps(as, s, e);
+	op->expect = uhmm__reg_overlaps(as, s, e);
 	op->next = as->inflight;
 	as->inflight = op;
 	pthread_mutex_unlock(&as->pt_lock);
 	return op;
 }
 
-/* pt_lock held. */
-static void inflight_unlink(struct uhmm__as *as, struct inflight_op *op)
+/* An ended call whose events can still be handled (see above)? */
+static bool inflight_recent(const struct inflight_op *op, uint64_t seq, uint64_t now)
 {
-	for (struct inflight_op **pp = &as->inflight; *pp; pp = &(*pp)->next) {
-		if (*pp == op) {
+	return op->expect && (seq <= op->end_seq || now - op->end_ns < INFLIGHT_GRACE_NS);
+}
+
+/* pt_lock held: drop the ended calls no event can still belong to. */
+static void inflight_reap(struct uhmm__as *as)
+{
+	uint64_t handled = __atomic_load_n(&as->ev_handled, __ATOMIC_ACQUIRE);
+	uint64_t now = uhmm__now_ns();
+	for (struct inflight_op **pp = &as->inflight; *pp;) {
+		struct inflight_op *op = *pp;
+		if (op->done && !inflight_recent(op, handled + 1, now)) {
 			*pp = op->next;
 			uhmm__free(op, sizeof(*op));
-			return;
+			continue;
 		}
+		pp = &op->next;
 	}
 }
 
@@ -80,11 +96,16 @@ static void inflight_end(struct uhmm__as *as, struct inflight_op *op, bool ok)
 {
 	if (!op)
 		return;
+	(void)ok;
+	pthread_mutex_lock(&as->read_lock);
+	uint64_t seq = as->ev_read;  /* its events, if any, are read by now */
+	pthread_mutex_unlock(&as->read_lock);
 	pthread_mutex_lock(&as->pt_lock);
 	op->done = true;
+	op->end_seq = seq;
+	op->end_ns = uhmm__now_ns();
 	op->teardown = false;
-	if (!op->expect || !ok || op->seen)
-		inflight_unlink(as, op);
+	inflight_reap(as);
 	pthread_mutex_unlock(&as->pt_lock);
 }
 
@@ -106,22 +127,16 @@ bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
 	return false;
 }
 
-/* The service thread read an event for [start, end): was it ours? */
-bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end)
+/* The service thread handles event number seq, for [start, end): was it ours? */
+bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end, uint64_t seq)
 {
 	bool ours = false;
+	uint64_t now = uhmm__now_ns();
 	pthread_mutex_lock(&as->pt_lock);
-	for (struct inflight_op *op = as->inflight; op; op = op->next) {
-		if (op->start <= start && end <= op->end && (!op->expect || !op->seen)) {
-			ours = true;
-			if (op->expect) {
-				op->seen = true;
-				if (op->done)
-					inflight_unlink(as, op);
-			}
-			break;
-		}
-	}
+	for (struct inflight_op *op = as->inflight; op && !ours; op = op->next)
+		ours = op->start <= start && end <= op->end &&
+		       (!op->done || inflight_recent(op, seq, now));
+	inflight_reap(as);
 	pthread_mutex_unlock(&as->pt_lock);
 	return ours;
 }
@@ -136,7 +151,7 @@ int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
 	if (uhmm__in_service_thread())
 		return -EDEADLK;
-	struct inflight_op *op = inflight_begin(as, start, end, true, false);
+	struct inflight_op *op = inflight_begin(as, start, end, false);
 	int rc = (int)syscall(SYS_madvise, start, end - start, MADV_DONTNEED);
 	inflight_end(as, op, rc == 0);
 	return rc ? -errno : 0;
@@ -164,7 +179,7 @@ __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 		return (int)syscall(SYS_munmap, addr, len);
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
-	struct inflight_op *op = inflight_begin(as, s, e, true, true);
+	struct inflight_op *op = inflight_begin(as, s, e, true);
 	TR('N', s, 0, e - s, op ? op->expect : -1);
 	before_unmap(as, s, e, UHMM_NOTIFY_UNMAP);
 	int rc = (int)syscall(SYS_munmap, addr, len);
@@ -189,7 +204,7 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	uint64_t os, oe;
 	range_of((uintptr_t)old, old_size ? old_size : PG_SIZE, &os, &oe);
 	/* Whether the kernel sends REMAP or UNMAP here depends on the move: not counted on. */
-	struct inflight_op *op = inflight_begin(as, os, oe, false, true);
+	struct inflight_op *op = inflight_begin(as, os, oe, true);
 	/*
 	 * Device pages come back to the CPU first, so the kernel moves the data
 	 * with the mapping; the old range's mirrors go away before the move.
@@ -248,7 +263,7 @@ __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int a
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
 	bool discard = advice_discards(advice);
-	struct inflight_op *op = inflight_begin(as, s, e, discard, discard);
+	struct inflight_op *op = inflight_begin(as, s, e, discard);
 	/* Discarded data: device pages of the range are freed and read zero. */
 	if (discard)
 		before_unmap(as, s, e, UHMM_NOTIFY_CLEAR);
@@ -268,7 +283,7 @@ __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int pr
 	/* MAP_FIXED replaces whatever was there: that is an unmap first. */
 	uint64_t s, e;
 	range_of((uintptr_t)addr, len, &s, &e);
-	struct inflight_op *op = inflight_begin(as, s, e, true, true);
+	struct inflight_op *op = inflight_begin(as, s, e, true);
 	before_unmap(as, s, e, UHMM_NOTIFY_UNMAP);
 	void *rc = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	inflight_end(as, op, rc != MAP_FAILED);
@@ -308,7 +323,7 @@ static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64
 }
 
 /* An UNMAP/REMOVE/REMAP event read by the service thread. */
-void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
+void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp, uint64_t seq)
 {
 	const struct uffd_msg *m = msgp;
 	switch (m->event) {
@@ -316,7 +331,7 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
 	case UFFD_EVENT_REMOVE: {
 		uint64_t s = m->arg.remove.start, e = m->arg.remove.end;
 		TR('E', s, 0, e - s, m->event);
-		if (uhmm__inflight_consume(as, s, e))
+		if (uhmm__inflight_consume(as, s, e, seq))
 			return;
 		TR('e', s, 0, e - s, m->event);
 		if (getenv("UHMM_DEBUG"))
@@ -328,7 +343,8 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp)
 		return;
 	}
 	case UFFD_EVENT_REMAP:
-		if (uhmm__inflight_consume(as, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
+		if (uhmm__inflight_consume(as, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len,
+					   seq))
 			return;
 		remap_unseen(as, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		return;

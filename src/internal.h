@@ -126,9 +126,10 @@ struct vma {
 
 struct inflight_op {               /* an intercepted call (under pt_lock) */
 	uint64_t start, end;
-	bool expect;               /* it touches a registered range: an event will come */
 	bool done;                 /* the call returned */
-	bool seen;                 /* the service thread consumed its event */
+	bool expect;               /* it touched a registered range: events may come */
+	uint64_t end_seq;          /* done: uffd messages read by then (as->ev_read) */
+	uint64_t end_ns;           /* done: when */
 	bool teardown;             /* the range's pages are going away: no new
 				      migration, exclusivity or device mapping */
 	struct inflight_op *next;
@@ -196,6 +197,16 @@ struct uhmm__as {
 	/* messages the service thread read early (service thread only) */
 	struct uffd_msg *pending;
 	unsigned npending;
+	/*
+	 * uffd messages read and handled, counted by the service thread (the
+	 * k-th read is the k-th handled).  ev_read changes under read_lock,
+	 * with the read(): the kernel lets an munmap/mremap/madvise return
+	 * only once its event is read, so an intercepted call that ends and
+	 * then takes read_lock sees its events counted (intercept.c).
+	 */
+	pthread_mutex_t read_lock;  /* leaf lock */
+	uint64_t ev_read;           /* under read_lock */
+	uint64_t ev_handled;        /* atomic; written by the service thread */
 };
 
 /* The runtime, or NULL with *err set.  Creates it on first use. */
@@ -243,12 +254,13 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 /* intercept.c */
 void uhmm__intercept_link(void);
 int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
-bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end);
-bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
+bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end, uint64_t seq);
+ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len);
 bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr);
+bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr);
 bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
-void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg);
+void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg, uint64_t seq);
 
 /* notifier.c */
 void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
