@@ -193,7 +193,7 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *ou
 		return -EINVAL;
 	}
 	if (!mem->free_head && pool_grow(as, mem) != 0) {
-		mem->alloc_failures++;
+		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&mem->lock);
 		STAT_ADD(alloc_failures, 1);
 		return -ENOMEM;
@@ -224,7 +224,7 @@ long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64
 	while (got < n && !mem->dead) {
 		if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC) ||
 		    (!mem->free_head && pool_grow(as, mem) != 0)) {
-			mem->alloc_failures++;
+			__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
 			STAT_ADD(alloc_failures, 1);
 			break;
 		}
@@ -605,7 +605,7 @@ int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem_stats *s
 		.allocated = m->allocated,
 		.freed = m->freed,
 		.in_use = m->allocated - m->freed,
-		.alloc_failures = m->alloc_failures,
+		.alloc_failures = __atomic_load_n(&m->alloc_failures, __ATOMIC_RELAXED),
 	};
 	pthread_mutex_unlock(&m->lock);
 	if (st->reserved > st->capacity)

@@ -109,7 +109,8 @@ struct uhmm_devmem {
 	uint32_t nchunks;
 	uint32_t *chunks;          /* first frame of each chunk */
 	uint32_t chunks_cap;
-	uint64_t allocated, freed, alloc_failures;
+	uint64_t allocated, freed;
+	uint64_t alloc_failures;    /* atomic: also counted outside the lock */
 	bool dead;
 	struct uhmm_devmem *next;  /* as->pools list (under as->arena_lock) */
 };
