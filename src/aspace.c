@@ -634,7 +634,7 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
 	for (uint64_t a = start; a < end;) {
-		uint64_t bend = (a | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+		uint64_t bend = uhmm__block_end(a);
 		if (bend > end)
 			bend = end;
 		pthread_mutex_lock(&as->pt_lock);
@@ -678,7 +678,7 @@ void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end
 {
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t a = start; a < end;) {
-		uint64_t bend = (a & ~((1ULL << BLOCK_SHIFT) - 1)) + (1ULL << BLOCK_SHIFT);
+		uint64_t bend = uhmm__block_end(a);
 		if (!uhmm__has_block(as, a)) {
 			a = bend;
 			continue;
@@ -710,7 +710,7 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	pthread_mutex_unlock(&as->reg_lock);
 	pthread_mutex_lock(&as->pt_lock);
 	for (uint64_t a = start; a < end;) {
-		uint64_t bend = (a & ~((1ULL << BLOCK_SHIFT) - 1)) + (1ULL << BLOCK_SHIFT);
+		uint64_t bend = uhmm__block_end(a);
 		if (!uhmm__has_block(as, a)) {
 			a = bend;
 			continue;

@@ -272,7 +272,7 @@ static void revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, cons
 			 bool any)
 {
 	for (uint64_t a = start; a < end;) {
-		uint64_t bend = (a & ~((1ULL << BLOCK_SHIFT) - 1)) + (1ULL << BLOCK_SHIFT);
+		uint64_t bend = uhmm__block_end(a);
 		pthread_mutex_lock(&as->pt_lock);
 		bool has = uhmm__has_block(as, a);
 		pthread_mutex_unlock(&as->pt_lock);

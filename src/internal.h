@@ -240,6 +240,11 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t s
 			    uint64_t end, bool missing);
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
 bool uhmm__has_block(struct uhmm__as *as, uint64_t addr);
+/* The end of the metadata block (2 MiB) that holds addr. */
+static inline uint64_t uhmm__block_end(uint64_t addr)
+{
+	return (addr | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+}
 void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);

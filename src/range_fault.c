@@ -44,7 +44,7 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 			bool any = uhmm__has_block(as, a);
 			pthread_mutex_unlock(&as->pt_lock);
 			if (!any) {
-				uint64_t bend = (a | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+				uint64_t bend = uhmm__block_end(a);
 				uint64_t stop = bend < e ? bend : e;
 				memset(&handled[i - ((s - r->start) >> PG_SHIFT)], 0,
 				       (stop - a) >> PG_SHIFT);
@@ -189,7 +189,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t a = s + (i << PG_SHIFT);
 		if ((!(a & ((1ULL << BLOCK_SHIFT) - 1)) || i == 0) && !uhmm__has_block(as, a)) {
-			uint64_t bend = (a | ((1ULL << BLOCK_SHIFT) - 1)) + 1;
+			uint64_t bend = uhmm__block_end(a);
 			i = ((bend < e ? bend : e) - s - PG_SIZE) >> PG_SHIFT;
 			continue;
 		}
