@@ -257,6 +257,40 @@ static int span_begin(struct dm_span *sp, struct uhmm_dmirror *dm, uint64_t star
 	return uhmm_interval_notifier_insert(&sp->n, start, end - start, &span_ops);
 }
 
+/* The end of the window of at most FAULT_WINDOW pages that starts at a. */
+static uint64_t window_end(uint64_t a, uint64_t end)
+{
+	return end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+}
+
+/*
+ * Range-fault r (its flags say whether to fault or only look) under a span
+ * notifier over it, until the result holds under dm->lock.  0: dm->lock is
+ * held and the span inserted (the caller maps, unlocks, span_end()s);
+ * otherwise the error, with neither.
+ */
+static int span_fault_locked(struct uhmm_dmirror *dm, struct dm_span *sp, struct uhmm_range *r)
+{
+	int rc = span_begin(sp, dm, r->start, r->end);
+	if (rc)
+		return rc;
+	r->notifier = &sp->n;
+	for (;;) {
+		r->notifier_seq = uhmm_interval_read_begin(&sp->n);
+		rc = uhmm_range_fault(r);
+		if (rc == -EBUSY)
+			continue;
+		if (rc) {
+			uhmm_interval_notifier_remove(&sp->n);
+			return rc;
+		}
+		pthread_mutex_lock(&dm->lock);
+		if (!uhmm_interval_read_retry(&sp->n, r->notifier_seq))
+			return 0;
+		pthread_mutex_unlock(&dm->lock);
+	}
+}
+
 /* ---- device memory ops -------------------------------------------------- */
 
 static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf);
@@ -519,32 +553,16 @@ static int dm_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool 
 {
 	uint64_t pfns[FAULT_WINDOW];
 	for (uint64_t a = start; a < end;) {
-		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		uint64_t e = window_end(a, end);
 		struct dm_span sp;
-		int rc = span_begin(&sp, dm, a, e);
-		if (rc)
-			return rc;
 		struct uhmm_range r = {
-			.notifier = &sp.n, .start = a, .end = e, .hmm_pfns = pfns,
+			.start = a, .end = e, .hmm_pfns = pfns,
 			.default_flags = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
 			.dev_private_owner = dev_owner(dm->dev),
 		};
-		for (;;) {
-			r.notifier_seq = uhmm_interval_read_begin(&sp.n);
-			rc = uhmm_range_fault(&r);
-			if (rc == -EBUSY)
-				continue;
-			if (rc) {
-				uhmm_interval_notifier_remove(&sp.n);
-				return rc;
-			}
-			pthread_mutex_lock(&dm->lock);
-			if (uhmm_interval_read_retry(&sp.n, r.notifier_seq)) {
-				pthread_mutex_unlock(&dm->lock);
-				continue;
-			}
-			break;
-		}
+		int rc = span_fault_locked(dm, &sp, &r);
+		if (rc)
+			return rc;
 		for (uint64_t i = 0; i < (e - a) / PAGE; i++) {
 			uint64_t p = pfns[i], ent = 0;
 			if (!(p & UHMM_PFN_VALID))
@@ -675,7 +693,7 @@ static int check_mapped(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
 	uint64_t pfns[FAULT_WINDOW];
 	for (uint64_t a = start; a < end;) {
-		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		uint64_t e = window_end(a, end);
 		struct uhmm_range r = {
 			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
 		};
@@ -703,40 +721,26 @@ static int map_own_pages(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
 	uint64_t pfns[FAULT_WINDOW];
 	for (uint64_t a = start; a < end;) {
-		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		uint64_t e = window_end(a, end);
 		struct dm_span sp;
-		int rc = span_begin(&sp, dm, a, e);
-		if (rc)
-			return rc;
 		struct uhmm_range r = {
-			.notifier = &sp.n, .start = a, .end = e, .hmm_pfns = pfns,
+			.start = a, .end = e, .hmm_pfns = pfns,
 			.dev_private_owner = dev_owner(dm->dev),
 		};
-		r.notifier_seq = uhmm_interval_read_begin(&sp.n);
-		rc = uhmm_range_fault(&r);
-		if (rc == 0) {
-			pthread_mutex_lock(&dm->lock);
-			if (uhmm_interval_read_retry(&sp.n, r.notifier_seq)) {
-				rc = -EBUSY;
-			} else {
-				for (uint64_t i = 0; i < (e - a) / PAGE; i++) {
-					uint64_t p = pfns[i];
-					if (!(p & UHMM_PFN_DEVICE) || !(p & UHMM_PFN_VALID) ||
-					    uhmm_page_devmem(p & UHMM_PFN_PFN_MASK) != dm->dev->pool)
-						continue;
-					uint64_t ent = is_private(dm->dev) ? (p & UHMM_PFN_PFN_MASK) | E_DEVICE
-									   : a / PAGE + i;
-					pt_set(dm, a + i * PAGE, ent | E_VALID |
-						   ((p & UHMM_PFN_WRITE) ? E_WRITE : 0));
-				}
-			}
-			pthread_mutex_unlock(&dm->lock);
-		}
-		uhmm_interval_notifier_remove(&sp.n);
-		if (rc == -EBUSY)
-			continue;
+		int rc = span_fault_locked(dm, &sp, &r);
 		if (rc)
 			return rc;
+		for (uint64_t i = 0; i < (e - a) / PAGE; i++) {
+			uint64_t p = pfns[i];
+			if (!(p & UHMM_PFN_DEVICE) || !(p & UHMM_PFN_VALID) ||
+			    uhmm_page_devmem(p & UHMM_PFN_PFN_MASK) != dm->dev->pool)
+				continue;
+			uint64_t ent = is_private(dm->dev) ? (p & UHMM_PFN_PFN_MASK) | E_DEVICE
+							   : a / PAGE + i;
+			pt_set(dm, a + i * PAGE, ent | E_VALID | ((p & UHMM_PFN_WRITE) ? E_WRITE : 0));
+		}
+		pthread_mutex_unlock(&dm->lock);
+		uhmm_interval_notifier_remove(&sp.n);
 		a = e;
 	}
 	return 0;
@@ -893,7 +897,7 @@ int uhmm_dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 	uint64_t pfns[FAULT_WINDOW];
 	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
 	for (uint64_t a = start; a < end;) {
-		uint64_t e = end - a > FAULT_WINDOW * PAGE ? a + FAULT_WINDOW * PAGE : end;
+		uint64_t e = window_end(a, end);
 		struct uhmm_range r = {
 			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
 			.dev_private_owner = dev_owner(dm->dev),
