@@ -14,6 +14,7 @@
  *                      mapping an intercepted mremap has just unregistered
  *                      or records itself after its range was forgotten.
  *                      Never held while waiting for a page lock.
+ *   leaf: as->read_lock (uffd messages read and counted; see ev_read).
  *   3. as->nt_lock     notifier tree, sequence, deferred lists.  Never held
  *                      while a callback runs.
  *   4. as->pt_lock     page metadata (blocks) and the page-lock bits.  Never
