@@ -35,8 +35,10 @@ ALLCFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -pthread -Iinclude -MMD -M
 LIBCFLAGS := $(ALLCFLAGS) -fPIC -fvisibility=hidden -Isrc
 LDLIBS   := -pthread
 
-SRCS     := $(wildcard src/*.c)
-LIBOBJS  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+# src/: the library; dmirror/: the reference device, built into libuhmm but
+# written only against the installed headers (it includes no src/ header).
+SRCS     := $(wildcard src/*.c) $(wildcard dmirror/*.c)
+LIBOBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(notdir $(SRCS)))
 STATIC   := $(BUILD)/libuhmm.a
 SHARED   := $(BUILD)/libuhmm.so.0
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -46,14 +48,27 @@ BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 # munmap/mremap/mprotect/madvise interposers are exercised the real way.
 PROGLINK := -L$(BUILD) -luhmm -Wl,-rpath,$(abspath $(BUILD)) $(LDLIBS)
 
-.PHONY: all lib test demo bench bench-plot install clean examples check-deps stress fuzz model
+# Parts of the build with their own job (far memory, tools, man pages) live in
+# mk/*.mk.  A fragment may add programs to EXTRA_TESTS (run by make test after
+# TESTS), CHECKS (targets run by make check), EXTRA_PROGS (built by make) and
+# INSTALL_EXTRA (targets run by make install).
+EXTRA_TESTS   :=
+CHECKS        :=
+EXTRA_PROGS   :=
+INSTALL_EXTRA :=
+include $(sort $(wildcard mk/*.mk))
 
-all: lib examples
+.PHONY: all lib test demo bench bench-plot install clean examples check-deps stress fuzz model check
+
+all: lib examples $(EXTRA_PROGS)
 
 lib: $(STATIC) $(SHARED)
 
 $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
 	$(CC) $(LIBCFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/%.o: dmirror/%.c | $(BUILD)/obj
+	$(CC) $(ALLCFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
 
 $(STATIC): $(LIBOBJS)
 	rm -f $@
@@ -86,8 +101,11 @@ check-deps:
 TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)",) \
 	   $(if $(SAN),UHMM_TEST_QUICK=1,)
 
-test: check-deps lib $(TESTS)
-	@$(TESTENV) bash tests/run.sh $(TESTS)
+test: check-deps lib $(TESTS) $(EXTRA_TESTS)
+	@$(TESTENV) bash tests/run.sh $(TESTS) $(EXTRA_TESTS)
+
+# Static checks of the tree and the built library (layers, man pages, ABI).
+check: lib $(CHECKS)
 
 demo: check-deps lib $(EXAMPLES)
 	$(BUILD)/examples/demo
@@ -111,7 +129,7 @@ fuzz: lib
 	@command -v clang >/dev/null || { echo "make fuzz needs clang: apt-get install clang"; exit 1; }
 	mkdir -p build/fuzz/corpus
 	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
-		-o build/fuzz/fuzz_uhmm fuzz/fuzz_uhmm.c $(patsubst %,src/%,$(notdir $(SRCS))) -pthread
+		-o build/fuzz/fuzz_uhmm fuzz/fuzz_uhmm.c $(SRCS) -pthread
 	set -o pipefail; build/fuzz/fuzz_uhmm -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
 		build/fuzz/corpus 2>&1 | tail -n 20
 
@@ -119,9 +137,10 @@ fuzz: lib
 model:
 	@bash model/run.sh
 
-install: lib
+install: lib $(INSTALL_EXTRA)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/uhmm.h $(DESTDIR)$(PREFIX)/include/uhmm.h
+	install -m 644 include/uhmm_dmirror.h $(DESTDIR)$(PREFIX)/include/uhmm_dmirror.h
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/libuhmm.a
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/libuhmm.so.0
 	ln -sf libuhmm.so.0 $(DESTDIR)$(PREFIX)/lib/libuhmm.so

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 typedef int (*ub_cmd_fn)(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd);
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define NPAGES 64
 

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define NCOUNTERS	64
 #define NPAGES		8

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define PS UHMM_PAGE_SIZE
 #define NR 4                    /* ranges */

@@ -6,6 +6,7 @@
  * point counts how often it fired, so tests can prove it was reached.
  */
 #include "internal.h"
+#include "uhmm_dmirror.h"
 
 static int g_rate[INJ_NPOINTS];      /* percent; read-only after init */
 static uint64_t g_fired[INJ_NPOINTS];

@@ -14,6 +14,7 @@
  */
 #include "harness.h"
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define PS UHMM_PAGE_SIZE
 

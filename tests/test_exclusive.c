@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define PAGE		UHMM_PAGE_SIZE
 #define NPAGES		1024UL			/* 4 MiB, as the kernel selftest */

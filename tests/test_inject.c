@@ -16,6 +16,7 @@
 
 #include <pthread.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define PAGE		UHMM_PAGE_SIZE
 #define WPP		(PAGE / 8)

@@ -16,6 +16,7 @@
 #include "harness.h"
 #include <fcntl.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE	25

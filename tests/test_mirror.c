@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define PS		UHMM_PAGE_SIZE
 #define NPAGES		256UL			/* 1 MiB buffers, as hmm-tests */

@@ -43,6 +43,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <uhmm.h>
+#include <uhmm_dmirror.h>
 
 #define PAGE		UHMM_PAGE_SIZE
 #define WPP		(PAGE / 8)		/* words per page */

@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 
 #include "uhmm.h"
+#include "uhmm_dmirror.h"
 
 #define PAGE UHMM_PAGE_SIZE
 #define PT_SHIFT 21
