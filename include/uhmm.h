@@ -323,6 +323,98 @@ UHMM_API long uhmm_page_copy_many(const uint64_t *dst, const uint64_t *src, uint
 				  int *errs);
 
 /* ------------------------------------------------------------------------ */
+/* Driver-owned device memory (memory the CPU cannot address)               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A pool created with uhmm_devmem_create_owned() holds no host memory: its
+ * pages are names.  Each page has a dense index inside the pool
+ * (uhmm_devmem_page_index(); device address = the driver's base + index *
+ * UHMM_PAGE_SIZE), and uhmm never maps, reads, zeroes or zaps it:
+ * uhmm_pfn_to_virt() gives NULL for it and uhmm_page_copy() into or out of
+ * it fails with -EOPNOTSUPP.  Every copy goes through the driver's copy
+ * callback, one call per run of consecutive pages, and the driver zeroes a
+ * page it reuses for another address (I5 is the driver's duty here).
+ */
+
+/* One run of a copy: npages consecutive pages on both sides. */
+struct uhmm_copy_run {
+	uint64_t host;       /* host address of the run's system side, contiguous */
+	uint64_t dev_index;  /* pool index of the run's first device page */
+	uint64_t page;       /* the first device page (consecutive after it) */
+	uint64_t npages;
+	uint32_t flags;      /* UHMM_COPY_RUN_* */
+	uint32_t pad;
+};
+/* TO_DEV: the source held no data (a hole or the zero page): clear the
+ * device pages instead of copying (host is 0). */
+#define UHMM_COPY_RUN_CLEAR (1U << 0)
+
+enum uhmm_copy_dir {
+	UHMM_COPY_TO_DEV = 1,  /* host -> device pages */
+	UHMM_COPY_TO_RAM = 2,  /* device pages -> host */
+};
+
+struct uhmm_devmem_copy_ops {
+	/*
+	 * Start copying nruns runs in direction dir.  May return before the
+	 * data has moved: set *fence to a nonzero value that wait() accepts;
+	 * fences of one pool complete in order.  Leave *fence 0 when the copy
+	 * is done on return.  Returns 0 or a negative errno: the pages of a
+	 * failed call stay where they were (nothing is lost).  Called with no
+	 * uhmm lock held, on any thread (the fault-service threads included):
+	 * it must not touch process memory that may be on a device, and may
+	 * call only uhmm_devmem_page_index() and uhmm_devmem_driver_data().
+	 */
+	int (*copy)(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
+		    const struct uhmm_copy_run *runs, uint64_t nruns, uint64_t *fence);
+	/* Wait until the copies up to fence are done: 0 or a negative errno
+	 * (then every run since the previous wait counts as failed).
+	 * Optional: NULL means copy() is synchronous. */
+	int (*wait)(struct uhmm_devmem *mem, uint64_t fence);
+	/* A device-exclusive grant on one of this driver's pages is about to be
+	 * revoked (the page moves back to the CPU): unpin or write back.
+	 * Optional; called before the move, with no uhmm lock held. */
+	void (*exclusive_revoke)(struct uhmm_devmem *mem, uint64_t addr);
+};
+
+/* uhmm_devmem_create_owned() flags */
+/* CPU faults on this pool's pages are served off the fault-service thread,
+ * so that a slow copy (a DMA, a network round trip) does not hold up faults
+ * on other pages; each faulting thread wakes when its own page is in. */
+#define UHMM_DEVMEM_DEFER_FAULTS (1U << 0)
+
+/*
+ * A PRIVATE pool whose memory the driver owns (see above).  copy_ops->copy
+ * is required; ops as for uhmm_devmem_create() (migrate_to_ram required).
+ * Returns 0, -EINVAL (bad arguments, a COHERENT type: coherent memory is
+ * CPU-mapped, so it is host memory), -ENOMEM.
+ */
+UHMM_API int uhmm_devmem_create_owned(enum uhmm_devmem_type type, const void *owner,
+				      const struct uhmm_devmem_ops *ops,
+				      const struct uhmm_devmem_copy_ops *copy_ops,
+				      unsigned int flags, void *driver_data,
+				      uint64_t max_pages, struct uhmm_devmem **out);
+/* Whether mem's memory is the driver's (1), uhmm's host memory (0), -EINVAL. */
+UHMM_API int uhmm_devmem_is_owned(const struct uhmm_devmem *mem);
+/* The dense index of a live device page inside its pool, or -EINVAL. */
+UHMM_API int64_t uhmm_devmem_page_index(uint64_t page);
+
+/*
+ * The middle phase done for the driver: for each src[i] with MIGRATE,
+ * allocate a destination page, copy through mem's copy callback one run at
+ * a time, wait for the fence, and set dst[i] (0 where it failed; the page
+ * then stays where it was).  The direction follows src: system pages (a
+ * migrate_vma_setup() to the device) go to new pages of mem; pages of mem
+ * (migrate_to_ram, uhmm_migrate_device_range()) go to new system pages.
+ * Host-memory pools are accepted too (copies by uhmm_page_copy_many()).
+ * Returns the number of pages copied, or -EINVAL / the copy's -errno when
+ * none was.  Doing the middle phase by hand stays possible.
+ */
+UHMM_API long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src,
+				uint64_t *dst, uint64_t npages);
+
+/* ------------------------------------------------------------------------ */
 /* Migration (migrate_vma_*, migrate_device_*)                               */
 /* ------------------------------------------------------------------------ */
 

@@ -61,6 +61,15 @@ UHMM_API int  uhmm_dmirror_set_flags(struct uhmm_dmirror *dm, uint64_t flags);
 UHMM_API int  uhmm_dmirror_atomic_add(struct uhmm_dmirror *dm, uint64_t addr, uint64_t val,
 				      uint64_t *old);                   /* device atomic on a u64 */
 #define UHMM_DMIRROR_FLAG_FAIL_ALLOC (1ULL << 0)  /* next device-page allocation fails once */
+/* Every copy call of the device's memory waits 50 us more, asleep, as for a
+ * DMA completion (driver-owned memory only; see UHMM_DMIRROR_MEMORY). */
+#define UHMM_DMIRROR_FLAG_SLOW_COPY  (1ULL << 1)
+/*
+ * Devices 0 and 1 keep their private memory in a buffer of their own
+ * (a driver-owned pool: copies by memcpy, like the kernel's test driver).
+ * The environment variable UHMM_DMIRROR_MEMORY=host, read when a device is
+ * first opened, selects the zero-copy host-frame pool instead.
+ */
 
 /* Pool counters of a device (shared by every mirror opened on it). */
 UHMM_API int uhmm_dmirror_devmem_stats(unsigned int dev, struct uhmm_devmem_stats *st);
