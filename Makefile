@@ -37,7 +37,7 @@ LDLIBS   := -pthread
 
 # src/: the library; dmirror/: the reference device, built into libuhmm but
 # written only against the installed headers (it includes no src/ header).
-SRCS     := $(wildcard src/*.c) $(wildcard dmirror/*.c)
+SRCS     := $(filter-out $(SRCS_EXCLUDE),$(wildcard src/*.c) $(wildcard dmirror/*.c))
 LIBOBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(notdir $(SRCS)))
 STATIC   := $(BUILD)/libuhmm.a
 SHARED   := $(BUILD)/libuhmm.so.0
@@ -56,7 +56,8 @@ EXTRA_TESTS   :=
 CHECKS        :=
 EXTRA_PROGS   :=
 INSTALL_EXTRA :=
-include $(sort $(wildcard mk/*.mk))
+SHLIB_LDFLAGS :=
+include $(filter-out $(MK_EXCLUDE),$(sort $(wildcard mk/*.mk)))
 
 .PHONY: all lib test demo bench bench-plot install clean examples check-deps stress fuzz model check
 
@@ -75,7 +76,7 @@ $(STATIC): $(LIBOBJS)
 	ar rcs $@ $^
 
 $(SHARED): $(LIBOBJS)
-	$(CC) $(ALLCFLAGS) -shared -Wl,-soname,libuhmm.so.0 -o $@ $^ $(LDLIBS)
+	$(CC) $(ALLCFLAGS) -shared -Wl,-soname,libuhmm.so.0 $(SHLIB_LDFLAGS) -o $@ $(LIBOBJS) $(LDLIBS)
 	ln -sf libuhmm.so.0 $(BUILD)/libuhmm.so
 
 $(BUILD)/tests/%: tests/%.c tests/harness.h $(SHARED) | $(BUILD)/tests
@@ -98,7 +99,11 @@ check-deps:
 # TSan: the fork tests start threads in a child of a threaded process, which
 # uhmm supports (the child makes its own runtime).
 # Sanitizer builds run the long loops with fewer iterations (UHMM_TEST_QUICK).
-TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)",) \
+# Reports are symbolized after the fact by tests/run.sh (symbolize=0): the
+# in-process symbolizer calls munmap inside a report, which re-enters uhmm.
+TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 symbolize=0 $(TSAN_OPTIONS)",) \
+	   $(if $(filter address,$(SAN)),ASAN_OPTIONS="symbolize=0 $(ASAN_OPTIONS)" \
+	   UBSAN_OPTIONS="symbolize=0 print_stacktrace=1 $(UBSAN_OPTIONS)",) \
 	   $(if $(SAN),UHMM_TEST_QUICK=1,)
 
 test: check-deps lib $(TESTS) $(EXTRA_TESTS)
@@ -121,7 +126,7 @@ bench-plot:
 # 20 s, make stress for 10 minutes (STRESS_SECONDS, UHMM_STRESS_SEED).
 STRESS_SECONDS ?= 600
 stress: check-deps lib $(BUILD)/tests/test_stress
-	UHMM_STRESS_SECONDS=$(STRESS_SECONDS) UHMM_TEST_TIMEOUT_SCALE=20 $(BUILD)/tests/test_stress
+	UHMM_STRESS_SECONDS=$(STRESS_SECONDS) UHMM_TEST_EXTRA_SECONDS=$(STRESS_SECONDS) $(BUILD)/tests/test_stress
 
 # libFuzzer (clang) over random sequences of public calls, bounded in time.
 FUZZ_SECONDS ?= 60

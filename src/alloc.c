@@ -28,6 +28,8 @@ struct free_obj {
 	struct free_obj *next;
 };
 
+__thread unsigned uhmm__tls_locks __attribute__((tls_model("initial-exec")));
+
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct free_obj *g_free[NCLASSES];
 static char *g_slab_cur, *g_slab_end;
@@ -58,7 +60,7 @@ void *uhmm__zalloc(size_t size)
 	if (c > MAX_SHIFT)
 		return raw_map((size + PG_SIZE - 1) & PG_MASK);
 	size_t sz = 1UL << c;
-	pthread_mutex_lock(&g_lock);
+	uhmm__lock(&g_lock);
 	struct free_obj *o = g_free[c - MIN_SHIFT];
 	if (o) {
 		g_free[c - MIN_SHIFT] = o->next;
@@ -66,7 +68,7 @@ void *uhmm__zalloc(size_t size)
 		if ((size_t)(g_slab_end - g_slab_cur) < sz) {
 			char *s = raw_map(SLAB);
 			if (!s) {
-				pthread_mutex_unlock(&g_lock);
+				uhmm__unlock(&g_lock);
 				return NULL;
 			}
 			g_slab_cur = s;
@@ -75,7 +77,7 @@ void *uhmm__zalloc(size_t size)
 		o = (struct free_obj *)g_slab_cur;
 		g_slab_cur += sz;
 	}
-	pthread_mutex_unlock(&g_lock);
+	uhmm__unlock(&g_lock);
 	memset(o, 0, sz);
 	return o;
 }
@@ -92,8 +94,8 @@ void uhmm__free(void *p, size_t size)
 		return;
 	}
 	struct free_obj *o = p;
-	pthread_mutex_lock(&g_lock);
+	uhmm__lock(&g_lock);
 	o->next = g_free[c - MIN_SHIFT];
 	g_free[c - MIN_SHIFT] = o;
-	pthread_mutex_unlock(&g_lock);
+	uhmm__unlock(&g_lock);
 }

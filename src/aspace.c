@@ -309,10 +309,10 @@ static int register_locked(struct uhmm__as *as, uint64_t s, uint64_t e, bool mis
 {
 	for (uint64_t at = s; at < e;) {
 		uint64_t gs = at, ge = e;
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		if (!missing)
 			reg_gap(as, at, e, &gs, &ge);
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (gs >= e)
 			return 0;
 		struct reg_range *r = uhmm__zalloc(sizeof(*r));
@@ -323,9 +323,9 @@ static int register_locked(struct uhmm__as *as, uint64_t s, uint64_t e, bool mis
 			uhmm__free(r, sizeof(*r));
 			return rc;
 		}
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		reg_add(as, r, gs, ge, missing);
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		at = ge;
 	}
 	return 0;
@@ -342,17 +342,17 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t s
 	}
 	if (s >= e)
 		return 0;
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	bool done = reg_covers(as, s, e, missing);
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	if (done)
 		return 0;
-	pthread_mutex_lock(&as->reg_lock);
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->reg_lock);
+	uhmm__lock(&as->pt_lock);
 	bool torn = uhmm__torn_overlaps(as, s, e);
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	int rc = torn ? -EFAULT : register_locked(as, s, e, missing);
-	pthread_mutex_unlock(&as->reg_lock);
+	uhmm__unlock(&as->reg_lock);
 	return rc;
 }
 
@@ -451,18 +451,18 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
  */
 static int fill_hole(struct uhmm__as *as, uint64_t a)
 {
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__reg_missing(as, a) ? uhmm__pmeta(as, a, true) : NULL;
 	bool mine = pm && pm->state == PS_SYSTEM && !pm->locked && !uhmm__torn_down(as, a);
 	if (mine)
 		pm->locked = 1;
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	if (!mine)
 		return 0;
 	int rc = uhmm__uffd_zeropage(as, a, PG_SIZE, true);
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	uhmm__page_unlock(as, a, uhmm__pmeta(as, a, false));
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	return rc == -EEXIST ? 0 : rc == -ENOENT ? -EFAULT : rc;
 }
 
@@ -535,23 +535,23 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 	uint64_t t0 = uhmm__now_ns();
 	TR('F', addr, 0, 4096, write | from_service << 1);
 	for (int tries = 0; tries < 64; tries++) {
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		if (pm && uhmm__hole_fault(as, pm)) {
 			/* A hole being migrated: the CPU wins, the migration loses it. */
 			int rc = from_service ? fault_missing(as, addr) : 0;
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			return rc;
 		}
 		if (pm && pm->locked) {
 			if (from_service) {
 				int rc = add_deferred(as, addr, write);
 				pm->waiters = 1;
-				pthread_mutex_unlock(&as->pt_lock);
+				uhmm__unlock(&as->pt_lock);
 				return rc ? rc : -EAGAIN;
 			}
 			uhmm__page_lock_wait(as, addr);
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			continue;
 		}
 		int state = pm ? pm->state : PS_SYSTEM;
@@ -562,11 +562,11 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 				rc = fault_missing(as, addr);
 				uhmm__event(UHMM_EV_CPU_FAULT, 3, addr, PG_SIZE, t0);
 			}
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			return rc;
 		}
 		if (state == PS_EXCLUSIVE) {
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			int rc = uhmm__exclusive_revoke(as, addr, from_service);
 			if (rc == -EAGAIN)
 				continue;
@@ -579,13 +579,13 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		 * wait for no lock (the service thread must never wait for one).
 		 */
 		struct frame *f = uhmm__frame(as, fr);
-		struct uhmm_devmem *pool = f ? f->pool : NULL;
+		struct uhmm_devmem *pool = f ? frame_pool(f) : NULL;
 		if (!pool || !pool->ops || !pool->ops->migrate_to_ram) {
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			return -EFAULT;
 		}
 		pm->locked = LOCK_FAULT;
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		struct uhmm_fault vmf = { .addr = addr, .page = fr, .write = write };
 		if (from_service && tries == 0) {
 			/* Counted before the driver's migration wakes the thread. */
@@ -593,11 +593,11 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			STAT_ADD(cpu_faults, 1);
 		}
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		pm = uhmm__pmeta(as, addr, false);
 		if (pm)  /* kept while locked: it cannot have gone */
 			uhmm__page_unlock(as, addr, pm);
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (rc)
 			return rc;
 		/*
@@ -609,19 +609,19 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		 */
 		if (from_service) {
 			/* finalize woke the range; a driver that did nothing did not */
-			pthread_mutex_lock(&as->pt_lock);
+			uhmm__lock(&as->pt_lock);
 			pm = uhmm__pmeta(as, addr, false);
 			bool still = pm && pm->state == PS_PRIVATE;
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			if (still)
 				uhmm__uffd_wake(as, addr, PG_SIZE);
 			uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
 			return 0;
 		}
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		pm = uhmm__pmeta(as, addr, false);
 		bool back = !pm || (pm->state != PS_PRIVATE && !pm->locked);
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (back)
 			return 0;
 	}
@@ -637,19 +637,19 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 		uint64_t bend = uhmm__block_end(a);
 		if (bend > end)
 			bend = end;
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		bool any = uhmm__has_block(as, a);  /* none: nothing device-side here */
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (!any) {
 			a = bend;
 			continue;
 		}
 		for (; a < bend; a += PG_SIZE) {
-			pthread_mutex_lock(&as->pt_lock);
+			uhmm__lock(&as->pt_lock);
 			uhmm__page_lock_wait(as, a);
 			struct pmeta *pm = uhmm__pmeta(as, a, false);
 			int st = pm ? pm->state : PS_SYSTEM;
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			/*
 			 * A failure may be passing (an allocation, the driver's
 			 * copy): the callers (mremap, mprotect, fork) cannot fail
@@ -676,7 +676,7 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 /* Wait until no page of [start, end) is locked by an operation. */
 void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	for (uint64_t a = start; a < end;) {
 		uint64_t bend = uhmm__block_end(a);
 		if (!uhmm__has_block(as, a)) {
@@ -686,7 +686,7 @@ void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end
 		for (; a < end && a < bend; a += PG_SIZE)
 			uhmm__page_lock_wait(as, a);
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 }
 
 /*
@@ -703,12 +703,12 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	 * Under reg_lock: a registration that passed its teardown check before
 	 * the range was marked must have recorded itself before we forget.
 	 */
-	pthread_mutex_lock(&as->reg_lock);
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->reg_lock);
+	uhmm__lock(&as->pt_lock);
 	reg_forget(as, start, end);
-	pthread_mutex_unlock(&as->pt_lock);
-	pthread_mutex_unlock(&as->reg_lock);
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
+	uhmm__unlock(&as->reg_lock);
+	uhmm__lock(&as->pt_lock);
 	for (uint64_t a = start; a < end;) {
 		uint64_t bend = uhmm__block_end(a);
 		if (!uhmm__has_block(as, a)) {
@@ -726,15 +726,15 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 			pm->frame = 0;
 			uhmm__pmeta_changed(as, a, pm);
 			if (n == ARRAY_SIZE(batch)) {
-				pthread_mutex_unlock(&as->pt_lock);
+				uhmm__unlock(&as->pt_lock);
 				for (unsigned i = 0; i < n; i++)
 					uhmm__frame_put(as, batch[i]);
 				n = 0;
-				pthread_mutex_lock(&as->pt_lock);
+				uhmm__lock(&as->pt_lock);
 			}
 		}
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	for (unsigned i = 0; i < n; i++)
 		uhmm__frame_put(as, batch[i]);
 }
@@ -756,10 +756,10 @@ static void sigbus_thread(struct uhmm__as *as, const struct uffd_msg *m, int err
 
 static void serve_deferred(struct uhmm__as *as)
 {
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	struct deferred_fault *d = as->deferred_faults;
 	as->deferred_faults = NULL;
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	while (d) {
 		struct deferred_fault *next = d->next;
 		int rc = uhmm__cpu_fault(as, d->addr, d->write, true);
@@ -776,11 +776,11 @@ static void serve_deferred(struct uhmm__as *as)
 /* Read uffd messages, counting them under read_lock (see as->ev_read). */
 ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len)
 {
-	pthread_mutex_lock(&as->read_lock);
+	uhmm__lock(&as->read_lock);
 	ssize_t n = read(as->uffd, buf, len);
 	if (n > 0)
 		as->ev_read += (uint64_t)n / sizeof(struct uffd_msg);
-	pthread_mutex_unlock(&as->read_lock);
+	uhmm__unlock(&as->read_lock);
 	return n;
 }
 
@@ -907,7 +907,7 @@ static void atfork_prepare(void)
 	tls_fork_holder = true;
 	for (;;) {
 		uint64_t addr = 0;
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		for (uint64_t h = 0; h < as->hash_size && !addr; h++)
 			for (struct block *b = as->hash[h]; b && !addr; b = b->hnext)
 				for (unsigned i = 0; i < BLOCK_PAGES; i++)
@@ -916,17 +916,17 @@ static void atfork_prepare(void)
 						addr = b->base + ((uint64_t)i << PG_SHIFT);
 						break;
 					}
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (!addr)
 			break;
 		if (uhmm__cpu_fault(as, addr, false, false)) {
 			uhmm__log("fork: page 0x%llx could not be brought back; the child "
 				  "will read zeros there", (unsigned long long)addr);
-			pthread_mutex_lock(&as->pt_lock);
+			uhmm__lock(&as->pt_lock);
 			struct pmeta *pm = uhmm__pmeta(as, addr, false);
 			if (pm && !pm->locked)
 				pm->state = PS_SYSTEM;  /* give up on it rather than loop */
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 		}
 	}
 	/*
@@ -935,7 +935,7 @@ static void atfork_prepare(void)
 	 * a system page of its own.
 	 */
 	for (uint64_t h = 0; h < as->hash_size; h++) {
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		uint32_t frames[BLOCK_PAGES];
 		unsigned n = 0;
 		for (struct block *b = as->hash[h]; b && !n; b = b->hnext) {
@@ -950,7 +950,7 @@ static void atfork_prepare(void)
 			if (n)
 				uhmm__pmeta_changed(as, b->base, &b->pg[0]);
 		}
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		for (unsigned i = 0; i < n; i++)
 			uhmm__frame_put(as, frames[i]);
 		if (n)
@@ -1102,7 +1102,7 @@ struct uhmm__as *uhmm__as_get(int *err)
 		return as;
 	pthread_once(&g_atfork_once, install_atfork);
 	uhmm__intercept_link();
-	pthread_mutex_lock(&g_init_lock);
+	uhmm__lock(&g_init_lock);
 	if (!g_as && !g_init_err) {
 		int rc = as_create(&as);
 		if (rc)
@@ -1113,7 +1113,7 @@ struct uhmm__as *uhmm__as_get(int *err)
 	as = g_as;
 	if (!as && err)
 		*err = g_init_err;
-	pthread_mutex_unlock(&g_init_lock);
+	uhmm__unlock(&g_init_lock);
 	return as;
 }
 

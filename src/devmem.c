@@ -102,24 +102,24 @@ void uhmm__frame_zap(struct uhmm__as *as, uint64_t f)
 static uint32_t arena_chunk_get(struct uhmm__as *as)
 {
 	uint32_t first = 0;
-	pthread_mutex_lock(&as->arena_lock);
+	uhmm__lock(&as->arena_lock);
 	if (as->nfree_chunks) {
 		first = as->free_chunks[--as->nfree_chunks];
 	} else if ((uint64_t)(as->arena_next_chunk + 1) * CHUNK_FRAMES <= as->arena_frames) {
 		first = as->arena_next_chunk++ * CHUNK_FRAMES;
 	}
-	pthread_mutex_unlock(&as->arena_lock);
+	uhmm__unlock(&as->arena_lock);
 	return first;
 }
 
 static void arena_chunk_put(struct uhmm__as *as, uint32_t first)
 {
-	pthread_mutex_lock(&as->arena_lock);
+	uhmm__lock(&as->arena_lock);
 	if (as->nfree_chunks == as->free_chunks_cap) {
 		uint32_t cap = as->free_chunks_cap ? as->free_chunks_cap * 2 : 64;
 		uint32_t *n = uhmm__zalloc(cap * sizeof(*n));
 		if (!n) {
-			pthread_mutex_unlock(&as->arena_lock);
+			uhmm__unlock(&as->arena_lock);
 			return;  /* the chunk's address space is lost, nothing else */
 		}
 		if (as->free_chunks)
@@ -129,7 +129,7 @@ static void arena_chunk_put(struct uhmm__as *as, uint32_t first)
 		as->free_chunks_cap = cap;
 	}
 	as->free_chunks[as->nfree_chunks++] = first;
-	pthread_mutex_unlock(&as->arena_lock);
+	uhmm__unlock(&as->arena_lock);
 }
 
 /* pool->lock held: add one chunk to the free list. */
@@ -156,8 +156,12 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 	uint32_t n = usable < CHUNK_FRAMES ? (uint32_t)usable : CHUNK_FRAMES;
 	for (uint32_t i = n; i-- > 0;) {
 		struct frame *f = &as->frames[first + i];
-		memset(f, 0, sizeof(*f));
-		f->pool = mem;
+		f->zone_data = NULL;
+		__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
+		__atomic_store_n(&f->ref, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&f->populated, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&f->pool, mem, __ATOMIC_RELEASE);
 		f->next_free = mem->free_head;
 		mem->free_head = first + i;
 	}
@@ -171,10 +175,10 @@ static uint32_t pop_free(struct uhmm__as *as, struct uhmm_devmem *mem)
 	struct frame *f = &as->frames[idx];
 	mem->free_head = f->next_free;
 	f->next_free = 0;
-	f->ref = 1;
-	f->addr = 0;
+	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
 	f->zone_data = NULL;
-	f->xowner = NULL;
+	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&f->ref, 1, __ATOMIC_RELEASE);
 	mem->allocated++;
 	return idx;
 }
@@ -187,19 +191,19 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *ou
 		STAT_ADD(alloc_failures, 1);
 		return -ENOMEM;
 	}
-	pthread_mutex_lock(&mem->lock);
+	uhmm__lock(&mem->lock);
 	if (mem->dead) {
-		pthread_mutex_unlock(&mem->lock);
+		uhmm__unlock(&mem->lock);
 		return -EINVAL;
 	}
 	if (!mem->free_head && pool_grow(as, mem) != 0) {
 		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
-		pthread_mutex_unlock(&mem->lock);
+		uhmm__unlock(&mem->lock);
 		STAT_ADD(alloc_failures, 1);
 		return -ENOMEM;
 	}
 	*out = pop_free(as, mem);
-	pthread_mutex_unlock(&mem->lock);
+	uhmm__unlock(&mem->lock);
 	return 0;
 }
 
@@ -220,7 +224,7 @@ long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64
 {
 	bool sys = mem == as->syspool;
 	uint64_t got = 0;
-	pthread_mutex_lock(&mem->lock);
+	uhmm__lock(&mem->lock);
 	while (got < n && !mem->dead) {
 		if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC) ||
 		    (!mem->free_head && pool_grow(as, mem) != 0)) {
@@ -230,7 +234,7 @@ long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64
 		}
 		out[got++] = pop_free(as, mem);
 	}
-	pthread_mutex_unlock(&mem->lock);
+	uhmm__unlock(&mem->lock);
 	qsort(out, got, sizeof(*out), cmp_u64);
 	return got ? (long)got : -ENOMEM;
 }
@@ -244,27 +248,27 @@ void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v)
 void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 {
 	struct frame *f = uhmm__frame(as, idx);
-	if (!f || !f->pool)
+	struct uhmm_devmem *mem = f ? frame_pool(f) : NULL;
+	if (!mem)
 		return;
-	struct uhmm_devmem *mem = f->pool;
-	pthread_mutex_lock(&mem->lock);
-	if (f->ref == 0 || --f->ref > 0) {
-		pthread_mutex_unlock(&mem->lock);
+	uhmm__lock(&mem->lock);
+	if (f->ref == 0 || __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) > 0) {
+		uhmm__unlock(&mem->lock);
 		return;
 	}
-	pthread_mutex_unlock(&mem->lock);
+	uhmm__unlock(&mem->lock);
 	if (mem->ops && mem->ops->page_free)
 		mem->ops->page_free(mem, idx);
 	if (is_populated(f))
 		uhmm__frame_zap(as, idx);
-	pthread_mutex_lock(&mem->lock);
-	f->addr = 0;
-	f->xowner = NULL;
+	uhmm__lock(&mem->lock);
+	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
 	f->zone_data = NULL;
 	f->next_free = mem->free_head;
 	mem->free_head = (uint32_t)idx;
 	mem->freed++;
-	pthread_mutex_unlock(&mem->lock);
+	uhmm__unlock(&mem->lock);
 }
 
 /*
@@ -362,11 +366,11 @@ int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t id
 
 static bool pool_listed(struct uhmm__as *as, const struct uhmm_devmem *mem)
 {
-	pthread_mutex_lock(&as->arena_lock);
+	uhmm__lock(&as->arena_lock);
 	struct uhmm_devmem *p = as->pools;
 	while (p && p != mem)
 		p = p->next;
-	pthread_mutex_unlock(&as->arena_lock);
+	uhmm__unlock(&as->arena_lock);
 	return p != NULL;
 }
 
@@ -402,10 +406,10 @@ int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
 	mem->ops = ops;
 	mem->driver_data = driver_data;
 	mem->max_pages = max_pages;
-	pthread_mutex_lock(&as->arena_lock);
+	uhmm__lock(&as->arena_lock);
 	mem->next = as->pools;
 	as->pools = mem;
-	pthread_mutex_unlock(&as->arena_lock);
+	uhmm__unlock(&as->arena_lock);
 	*out = mem;
 	return 0;
 }
@@ -416,25 +420,25 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 	if (!as)
 		return -EINVAL;
 	/* Lock order: pool->lock before arena_lock, never both here. */
-	pthread_mutex_lock(&mem->lock);
+	uhmm__lock(&mem->lock);
 	if (mem->allocated != mem->freed || mem->dead) {
 		int rc = mem->dead ? -EINVAL : -EBUSY;
-		pthread_mutex_unlock(&mem->lock);
+		uhmm__unlock(&mem->lock);
 		return rc;
 	}
 	mem->dead = true;
-	pthread_mutex_unlock(&mem->lock);
-	pthread_mutex_lock(&as->arena_lock);
+	uhmm__unlock(&mem->lock);
+	uhmm__lock(&as->arena_lock);
 	for (struct uhmm_devmem **pp = &as->pools; *pp; pp = &(*pp)->next) {
 		if (*pp == mem) {
 			*pp = mem->next;
 			break;
 		}
 	}
-	pthread_mutex_unlock(&as->arena_lock);
+	uhmm__unlock(&as->arena_lock);
 	for (uint32_t i = 0; i < mem->nchunks; i++) {
 		for (uint32_t j = 0; j < CHUNK_FRAMES; j++)
-			as->frames[mem->chunks[i] + j].pool = NULL;
+			__atomic_store_n(&as->frames[mem->chunks[i] + j].pool, NULL, __ATOMIC_RELEASE);
 		arena_chunk_put(as, mem->chunks[i]);
 	}
 	uhmm__free(mem->chunks, mem->chunks_cap * sizeof(*mem->chunks));
@@ -486,10 +490,10 @@ int uhmm_sys_page_alloc(uint64_t *page)
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t idx, uint64_t addr, const void *xowner)
 {
 	struct frame *f = &as->frames[idx];
-	pthread_mutex_lock(&f->pool->lock);
-	f->addr = addr;
-	f->xowner = xowner;
-	pthread_mutex_unlock(&f->pool->lock);
+	uhmm__lock(&frame_pool(f)->lock);
+	__atomic_store_n(&f->addr, addr, __ATOMIC_RELAXED);
+	__atomic_store_n(&f->xowner, xowner, __ATOMIC_RELAXED);
+	uhmm__unlock(&frame_pool(f)->lock);
 }
 
 /*
@@ -503,9 +507,9 @@ static struct frame *lock_live_frame(uint64_t page, struct uhmm__as **asp)
 	struct uhmm_devmem *pool = f ? __atomic_load_n(&f->pool, __ATOMIC_ACQUIRE) : NULL;
 	if (!pool)
 		return NULL;
-	pthread_mutex_lock(&pool->lock);
-	if (f->pool != pool || f->ref == 0) {
-		pthread_mutex_unlock(&pool->lock);
+	uhmm__lock(&pool->lock);
+	if (frame_pool(f) != pool || f->ref == 0) {
+		uhmm__unlock(&pool->lock);
 		return NULL;
 	}
 	if (asp)
@@ -517,7 +521,7 @@ static struct frame *live_frame(uint64_t page, struct uhmm__as **asp)
 {
 	struct frame *f = lock_live_frame(page, asp);
 	if (f)
-		pthread_mutex_unlock(&f->pool->lock);
+		uhmm__unlock(&frame_pool(f)->lock);
 	return f;
 }
 
@@ -526,8 +530,8 @@ int uhmm_devmem_page_get(uint64_t page)
 	struct frame *f = lock_live_frame(page, NULL);
 	if (!f)
 		return -EINVAL;
-	f->ref++;
-	pthread_mutex_unlock(&f->pool->lock);
+	__atomic_add_fetch(&f->ref, 1, __ATOMIC_ACQ_REL);
+	uhmm__unlock(&frame_pool(f)->lock);
 	return 0;
 }
 
@@ -545,7 +549,8 @@ struct uhmm_devmem *uhmm_page_devmem(uint64_t page)
 {
 	struct uhmm__as *as;
 	struct frame *f = live_frame(page, &as);
-	return f && f->pool != as->syspool ? f->pool : NULL;
+	struct uhmm_devmem *p = f ? frame_pool(f) : NULL;
+	return p && p != as->syspool ? p : NULL;
 }
 
 enum uhmm_devmem_type uhmm_devmem_type(const struct uhmm_devmem *mem)
@@ -569,7 +574,7 @@ void *uhmm_page_zone_data(uint64_t page)
 	if (!f)
 		return NULL;
 	void *d = f->zone_data;
-	pthread_mutex_unlock(&f->pool->lock);
+	uhmm__unlock(&frame_pool(f)->lock);
 	return d;
 }
 
@@ -579,7 +584,7 @@ int uhmm_page_set_zone_data(uint64_t page, void *data)
 	if (!f)
 		return -EINVAL;
 	f->zone_data = data;
-	pthread_mutex_unlock(&f->pool->lock);
+	uhmm__unlock(&frame_pool(f)->lock);
 	return 0;
 }
 
@@ -589,7 +594,7 @@ uint64_t uhmm_page_addr(uint64_t page)
 	if (!f)
 		return 0;
 	uint64_t a = f->addr;
-	pthread_mutex_unlock(&f->pool->lock);
+	uhmm__unlock(&frame_pool(f)->lock);
 	return a;
 }
 
@@ -598,7 +603,7 @@ int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem_stats *s
 	if (!pool_as(mem) || !st)
 		return -EINVAL;
 	struct uhmm_devmem *m = (struct uhmm_devmem *)mem;
-	pthread_mutex_lock(&m->lock);
+	uhmm__lock(&m->lock);
 	*st = (struct uhmm_devmem_stats){
 		.capacity = m->max_pages,
 		.reserved = (uint64_t)m->nchunks * CHUNK_FRAMES,
@@ -607,7 +612,7 @@ int uhmm_devmem_stats(const struct uhmm_devmem *mem, struct uhmm_devmem_stats *s
 		.in_use = m->allocated - m->freed,
 		.alloc_failures = __atomic_load_n(&m->alloc_failures, __ATOMIC_RELAXED),
 	};
-	pthread_mutex_unlock(&m->lock);
+	uhmm__unlock(&m->lock);
 	if (st->reserved > st->capacity)
 		st->reserved = st->capacity;
 	return 0;
@@ -619,7 +624,7 @@ int uhmm_devmem_chunk(const struct uhmm_devmem *mem, uint64_t idx, uint64_t *fir
 	if (!pool_as(mem) || !first || !count)
 		return -EINVAL;
 	struct uhmm_devmem *m = (struct uhmm_devmem *)mem;
-	pthread_mutex_lock(&m->lock);
+	uhmm__lock(&m->lock);
 	int rc = -ENOENT;
 	if (idx < m->nchunks) {
 		*first = m->chunks[idx];
@@ -627,7 +632,7 @@ int uhmm_devmem_chunk(const struct uhmm_devmem *mem, uint64_t idx, uint64_t *fir
 		*count = left < CHUNK_FRAMES ? left : CHUNK_FRAMES;
 		rc = 0;
 	}
-	pthread_mutex_unlock(&m->lock);
+	uhmm__unlock(&m->lock);
 	return rc;
 }
 

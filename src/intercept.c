@@ -25,8 +25,18 @@ void uhmm__intercept_link(void)
 	/* Referenced by the runtime so that static links keep this object. */
 }
 
+/*
+ * The runtime an interposed call must go through, or NULL: straight to the
+ * kernel.  Also NULL while this thread holds a uhmm lock (see uhmm__lock):
+ * such a call comes from inside uhmm (a sanitizer report, a signal
+ * handler), and taking uhmm's locks again would deadlock.  It then gets
+ * what a raw syscall() gets: the userfaultfd events after the fact
+ * (docs/design.md section 4).
+ */
 static struct uhmm__as *live_as(void)
 {
+	if (uhmm__holds_lock())
+		return NULL;
 	struct uhmm__as *as = uhmm__as_peek();
 	return as && as->pid == getpid() ? as : NULL;
 }
@@ -62,11 +72,11 @@ static struct inflight_op *inflight_begin(struct uhmm__as *as, uint64_t s, uint6
 	op->start = s;
 	op->end = e;
 	op->teardown = teardown;
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	op->expect = uhmm__reg_overlaps(as, s, e);
 	op->next = as->inflight;
 	as->inflight = op;
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	return op;
 }
 
@@ -97,16 +107,16 @@ static void inflight_end(struct uhmm__as *as, struct inflight_op *op, bool ok)
 	if (!op)
 		return;
 	(void)ok;
-	pthread_mutex_lock(&as->read_lock);
+	uhmm__lock(&as->read_lock);
 	uint64_t seq = as->ev_read;  /* its events, if any, are read by now */
-	pthread_mutex_unlock(&as->read_lock);
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__unlock(&as->read_lock);
+	uhmm__lock(&as->pt_lock);
 	op->done = true;
 	op->end_seq = seq;
 	op->end_ns = uhmm__now_ns();
 	op->teardown = false;
 	inflight_reap(as);
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 }
 
 /* pt_lock held: is addr in a range an intercepted call is tearing down? */
@@ -132,12 +142,12 @@ bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end, u
 {
 	bool ours = false;
 	uint64_t now = uhmm__now_ns();
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	for (struct inflight_op *op = as->inflight; op && !ours; op = op->next)
 		ours = op->start <= start && end <= op->end &&
 		       (!op->done || inflight_recent(op, seq, now));
 	inflight_reap(as);
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	return ours;
 }
 
@@ -217,9 +227,9 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	 * (its pages are all back in the CPU view) so that they merge again.
 	 */
 	struct uffdio_range ur = { .start = os, .len = oe - os };
-	pthread_mutex_lock(&as->reg_lock);
+	uhmm__lock(&as->reg_lock);
 	ioctl(as->uffd, UFFDIO_UNREGISTER, &ur);
-	pthread_mutex_unlock(&as->reg_lock);
+	uhmm__unlock(&as->reg_lock);
 	if ((flags & MREMAP_FIXED) && new_addr) {
 		uint64_t s, e;
 		range_of((uintptr_t)new_addr, new_size, &s, &e);
@@ -300,7 +310,7 @@ __attribute__((visibility("default"))) void *mmap64(void *addr, size_t len, int 
 static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64_t len)
 {
 	uhmm__invalidate(as, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	for (uint64_t o = 0; o < len; o += PG_SIZE) {
 		uhmm__page_lock_wait(as, from + o);
 		struct pmeta *pm = uhmm__pmeta(as, from + o, false);
@@ -319,7 +329,7 @@ static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64
 		pm->frame = 0;
 		uhmm__pmeta_changed(as, from + o, pm);
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 }
 
 /* An UNMAP/REMOVE/REMAP event read by the service thread. */

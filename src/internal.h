@@ -98,6 +98,30 @@ struct frame {
 	uint8_t populated;         /* the frame may hold a page (zap before reuse) */
 };
 
+/*
+ * pool, addr, xowner and ref change under the pool's lock, but are read
+ * without it as hints (eviction scans frames by number; migration checks a
+ * driver-supplied destination) and re-checked under pt_lock or the pool
+ * lock before anything depends on them.  So every access is atomic: these
+ * accessors for reads, __atomic stores for writes (devmem.c).
+ */
+static inline struct uhmm_devmem *frame_pool(const struct frame *f)
+{
+	return __atomic_load_n(&f->pool, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t frame_ref(const struct frame *f)
+{
+	return __atomic_load_n(&f->ref, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t frame_addr_hint(const struct frame *f)
+{
+	return __atomic_load_n(&f->addr, __ATOMIC_RELAXED);
+}
+static inline const void *frame_xowner(const struct frame *f)
+{
+	return __atomic_load_n(&f->xowner, __ATOMIC_RELAXED);
+}
+
 struct uhmm_devmem {
 	struct uhmm__as *as;       /* runtime it belongs to (stale in a fork child) */
 	pthread_mutex_t lock;      /* protects free list, chunks, counters, frame refs */
@@ -217,6 +241,29 @@ struct uhmm__as *uhmm__as_get(int *err);
 struct uhmm__as *uhmm__as_peek(void);
 
 void uhmm__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * uhmm's mutexes are taken through these, which count the locks this
+ * thread holds.  An interposed munmap/mmap/mremap/madvise/mprotect that
+ * reaches uhmm while the thread holds one (from a sanitizer's runtime
+ * reporting inside uhmm, a signal handler, a callback) goes straight to the
+ * kernel instead of taking uhmm's locks again (intercept.c).
+ */
+extern __thread unsigned uhmm__tls_locks __attribute__((tls_model("initial-exec")));
+static inline void uhmm__lock(pthread_mutex_t *m)
+{
+	uhmm__tls_locks++;
+	pthread_mutex_lock(m);
+}
+static inline void uhmm__unlock(pthread_mutex_t *m)
+{
+	pthread_mutex_unlock(m);
+	uhmm__tls_locks--;
+}
+static inline bool uhmm__holds_lock(void)
+{
+	return uhmm__tls_locks != 0;
+}
 
 /* alloc.c: fault-path-safe memory (never the libc heap); zeroed */
 void *uhmm__zalloc(size_t size);

@@ -37,7 +37,8 @@ struct mig {
 static bool owner_match(struct uhmm__as *as, uint32_t fr, const void *owner, int type)
 {
 	struct frame *f = uhmm__frame(as, fr);
-	return f && f->pool && f->pool->type == type && f->pool->owner == owner;
+	struct uhmm_devmem *p = f ? frame_pool(f) : NULL;
+	return p && p->type == type && p->owner == owner;
 }
 
 static int check_args(struct uhmm_migrate *a)
@@ -57,7 +58,7 @@ static int check_args(struct uhmm_migrate *a)
 static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, uint64_t n,
 		     uint8_t *origin, const uint64_t *cats)
 {
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	for (uint64_t i = i0; i < i0 + n; i++) {
 		if (origin[i] != OR_SYSTEM)
 			continue;
@@ -72,7 +73,7 @@ static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, u
 			TR('H', addr, 0, 4096, cats[i]);
 		}
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 }
 
 /* Lock the pages of [start, end) that the selection takes; fills origin[]. */
@@ -81,7 +82,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 {
 	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
 		      v->read;
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	for (uint64_t i = i0; i < i0 + n; i++) {
 		uint64_t addr = a->start + (i << PG_SHIFT);
 		origin[i] = OR_NONE;
@@ -125,28 +126,28 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 			pm->locked = LOCK_DATA;
 		TR('L', addr, 0, 4096, origin[i] * 16 + st);
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 }
 
 /* The fault page (LOCK_FAULT) stays locked: its fault unlocks it. */
 static void unlock_page(struct uhmm__as *as, uint64_t addr)
 {
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (pm && pm->locked != LOCK_FAULT)
 		uhmm__page_unlock(as, addr, pm);
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 }
 
 /* Switch page addr's lock from one kind to another; false if it was not "from". */
 static bool switch_lock(struct uhmm__as *as, uint64_t addr, uint8_t from, uint8_t to)
 {
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	bool ok = pm->locked == from;
 	if (ok)
 		pm->locked = to;
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	return ok;
 }
 
@@ -223,10 +224,10 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 	uint64_t addr = a->start + (i << PG_SHIFT);
 	uint64_t fr = 0;
 	int rc = 0;
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	uint32_t dev_frame = pm ? pm->frame : 0;
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	switch (origin[i]) {
 	case OR_HOLE:
 		a->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
@@ -257,11 +258,11 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 		}
 		uhmm__frame_put(as, fr);
 		if (rc == -ENOENT) {   /* went away meanwhile: a hole after all */
-			pthread_mutex_lock(&as->pt_lock);
+			uhmm__lock(&as->pt_lock);
 			pm = uhmm__pmeta(as, addr, false);
 			if (pm)
 				pm->locked = LOCK_HOLE;
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			origin[i] = OR_HOLE;
 			a->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
 			return;
@@ -427,9 +428,10 @@ static uint64_t dst_frame(struct uhmm__as *as, const struct uhmm_migrate *a, uin
 {
 	uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
 	struct frame *f = uhmm__frame(as, d);
-	if (!f || !f->pool || f->ref == 0)
+	struct uhmm_devmem *p = f ? frame_pool(f) : NULL;
+	if (!p || frame_ref(f) == 0)
 		return 0;
-	if (f->pool != as->syspool && f->pool->type == 0)
+	if (p != as->syspool && p->type == 0)
 		return 0;
 	return d;
 }
@@ -437,14 +439,16 @@ static uint64_t dst_frame(struct uhmm__as *as, const struct uhmm_migrate *a, uin
 static bool dst_private(struct uhmm__as *as, uint64_t d)
 {
 	struct frame *f = &as->frames[d];
-	return f->pool != as->syspool && f->pool->type == UHMM_DEVMEM_PRIVATE;
+	struct uhmm_devmem *p = frame_pool(f);
+	return p != as->syspool && p->type == UHMM_DEVMEM_PRIVATE;
 }
 
 /* Install dst frame d for the page at addr (page locked by us); wake: its faulting thread. */
 static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 {
 	struct frame *f = &as->frames[d];
-	int type = f->pool == as->syspool ? 0 : f->pool->type;
+	struct uhmm_devmem *p = frame_pool(f);
+	int type = p == as->syspool ? 0 : p->type;
 	int rc = 0;
 	if (type == UHMM_DEVMEM_COHERENT)
 		rc = uhmm__move_into_cpu_writable(as, addr, d);
@@ -452,7 +456,7 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 		rc = uhmm__move_into_cpu(as, addr, d, wake);
 	if (rc)
 		return rc;
-	pthread_mutex_lock(&as->pt_lock);
+	uhmm__lock(&as->pt_lock);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (type == 0) {
 		pm->state = PS_SYSTEM;
@@ -462,7 +466,7 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 		pm->frame = (uint32_t)d;
 		uhmm__frame_set_owner(as, d, addr, NULL);
 	}
-	pthread_mutex_unlock(&as->pt_lock);
+	uhmm__unlock(&as->pt_lock);
 	if (type == 0)
 		uhmm__frame_put(as, d);   /* its page went to the CPU view */
 	return 0;
@@ -485,12 +489,12 @@ void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 			continue;
 		}
 		if (m->origin[i] == OR_HOLE) {
-			pthread_mutex_lock(&as->pt_lock);
+			uhmm__lock(&as->pt_lock);
 			struct pmeta *pm = uhmm__pmeta(as, addr, false);
 			bool lost = pm && pm->locked == LOCK_LOST;
 			if (pm && !lost)
 				pm->locked = LOCK_DATA;  /* from here on the CPU waits */
-			pthread_mutex_unlock(&as->pt_lock);
+			uhmm__unlock(&as->pt_lock);
 			if (lost) {
 				a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 				continue;
@@ -507,7 +511,7 @@ void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 			continue;
 		}
 		a->dst[i] |= UHMM_MIGRATE_PFN_MIGRATE;  /* consumed */
-		if (as->frames[d].pool == as->syspool)
+		if (frame_pool(&as->frames[d]) == as->syspool)
 			to_sys++;
 		else
 			to_dev++;
@@ -563,7 +567,7 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 	for (uint64_t i = 0; i < a->npages;) {
 		uint64_t d = sys_dst(as, a, m, i), j = i + 1;
 		while (d && j < a->npages && j - i < MOVE_RUN_MAX && sys_dst(as, a, m, j) == d + (j - i) &&
-		       as->frames[d + (j - i)].pool == as->frames[d].pool)
+		       frame_pool(&as->frames[d + (j - i)]) == frame_pool(&as->frames[d]))
 			j++;
 		if (!d || j - i == 1) {
 			i = j;
@@ -579,14 +583,14 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 		int rc = uhmm__uffd_move(as, a->start + (i << PG_SHIFT), uhmm__frame_addr(as, d),
 					 (j - i) << PG_SHIFT, false, &moved);
 		uint64_t ok = rc ? moved >> PG_SHIFT : j - i;
-		bool sys = as->frames[d].pool == as->syspool;
-		pthread_mutex_lock(&as->pt_lock);
+		bool sys = frame_pool(&as->frames[d]) == as->syspool;
+		uhmm__lock(&as->pt_lock);
 		for (uint64_t k = i; k < i + ok; k++) {
 			struct pmeta *pm = uhmm__pmeta(as, a->start + (k << PG_SHIFT), false);
 			pm->state = sys ? PS_SYSTEM : PS_COHERENT;
 			pm->frame = sys ? 0 : (uint32_t)(d + (k - i));
 		}
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		for (uint64_t k = i; k < i + ok; k++) {
 			uhmm__frame_set_populated(as, d + (k - i), false);
 			if (sys)
@@ -630,7 +634,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 			if (irc)
 				uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",
 					  (unsigned long long)addr, strerror(-irc), m->origin[i]);
-			if (as->frames[d].pool == as->syspool)
+			if (frame_pool(&as->frames[d]) == as->syspool)
 				n_sys++;
 			else
 				n_dev++;
@@ -684,10 +688,12 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 		uint64_t fr = start + i;
 		struct frame *f = uhmm__frame(as, fr);
 		src_pfns[i] = 0;
-		if (!f || !f->pool || f->pool == as->syspool || !f->ref || !f->addr)
+		/* Unlocked hints, checked against the page's metadata below. */
+		struct uhmm_devmem *fpool = f ? frame_pool(f) : NULL;
+		uint64_t addr = f ? frame_addr_hint(f) : 0;
+		if (!fpool || fpool == as->syspool || !frame_ref(f) || !addr)
 			continue;
-		uint64_t addr = f->addr;
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		uhmm__page_lock_wait(as, addr);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		bool mine = pm && pm->frame == fr &&
@@ -695,10 +701,10 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 		if (mine)
 			pm->locked = LOCK_DATA;
 		int st = mine ? pm->state : 0;
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (!mine)
 			continue;
-		uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_MIGRATE, f->pool->owner);
+		uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_MIGRATE, fpool->owner);
 		if (st == PS_COHERENT) {
 			int rc = uhmm__move_out_of_cpu(as, addr, fr, true);
 			if (rc && rc != -ENOENT) {
@@ -723,7 +729,7 @@ void uhmm_migrate_device_pages(uint64_t *src_pfns, uint64_t *dst_pfns, uint64_t 
 			continue;
 		uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
 		struct frame *fd = uhmm__frame(as, d);
-		if (!fd || fd->pool != as->syspool || !fd->ref) {
+		if (!fd || frame_pool(fd) != as->syspool || !frame_ref(fd)) {
 			src_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 			continue;
 		}
@@ -744,13 +750,13 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 		uint64_t s = uhmm_migrate_pfn_to_page(src_pfns[i]);
 		if (!s)
 			continue;
-		uint64_t addr = as->frames[s].addr;
+		uint64_t addr = frame_addr_hint(&as->frames[s]);  /* ours: page locked */
 		bool migrated = (src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 				(dst_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE);
-		pthread_mutex_lock(&as->pt_lock);
+		uhmm__lock(&as->pt_lock);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		bool coherent = pm && pm->state == PS_COHERENT;
-		pthread_mutex_unlock(&as->pt_lock);
+		uhmm__unlock(&as->pt_lock);
 		if (migrated) {
 			uhmm__frame_put(as, s);
 			if (install(as, addr, uhmm_migrate_pfn_to_page(dst_pfns[i]), false))
@@ -760,7 +766,7 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 			if (coherent)
 				uhmm__move_into_cpu(as, addr, s, false);
 			uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
-			if (d && uhmm__frame(as, d) && as->frames[d].ref)
+			if (d && uhmm__frame(as, d) && frame_ref(&as->frames[d]))
 				uhmm__frame_put(as, d);
 		}
 		dst_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;

@@ -54,9 +54,9 @@ int uhmm_interval_notifier_insert(struct uhmm_interval_notifier *n, uint64_t sta
 	struct uhmm__as *as = uhmm__as_get(&err);
 	if (!as)
 		return err;
-	pthread_mutex_lock(&as->nt_lock);
+	uhmm__lock(&as->nt_lock);
 	if (n->uhmm__state != NS_DETACHED) {
-		pthread_mutex_unlock(&as->nt_lock);
+		uhmm__unlock(&as->nt_lock);
 		return -EINVAL;
 	}
 	n->uhmm__ops = ops;
@@ -72,7 +72,7 @@ int uhmm_interval_notifier_insert(struct uhmm_interval_notifier *n, uint64_t sta
 		n->uhmm__state = NS_INSERTED;
 		uhmm__itree_insert(&as->itree, &n->uhmm__node);
 	}
-	pthread_mutex_unlock(&as->nt_lock);
+	uhmm__unlock(&as->nt_lock);
 	return 0;
 }
 
@@ -81,10 +81,10 @@ int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *n)
 	struct uhmm__as *as = uhmm__as_peek();
 	if (!n || !as)
 		return -EINVAL;
-	pthread_mutex_lock(&as->nt_lock);
+	uhmm__lock(&as->nt_lock);
 	if (n->uhmm__state == NS_DETACHED ||
 	    (n->uhmm__state == NS_DEFERRED && n->uhmm__deferred_op == DEF_REMOVE)) {
-		pthread_mutex_unlock(&as->nt_lock);
+		uhmm__unlock(&as->nt_lock);
 		return -EINVAL;
 	}
 	if (n->uhmm__state == NS_DEFERRED && n->uhmm__deferred_op == DEF_ADD) {
@@ -97,7 +97,7 @@ int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *n)
 			*pp = n->uhmm__deferred_next;
 		n->uhmm__deferred_next = NULL;
 		n->uhmm__state = NS_DETACHED;
-		pthread_mutex_unlock(&as->nt_lock);
+		uhmm__unlock(&as->nt_lock);
 		return 0;
 	}
 	if (as->active_invalidates && invalidating(as)) {
@@ -111,7 +111,7 @@ int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *n)
 		uhmm__itree_remove(&as->itree, &n->uhmm__node);
 		n->uhmm__state = NS_DETACHED;
 	}
-	pthread_mutex_unlock(&as->nt_lock);
+	uhmm__unlock(&as->nt_lock);
 	return 0;
 }
 
@@ -120,7 +120,7 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *n)
 	struct uhmm__as *as = uhmm__as_peek();
 	if (!n || !as)
 		return 0;
-	pthread_mutex_lock(&as->nt_lock);
+	uhmm__lock(&as->nt_lock);
 	unsigned long seq = __atomic_load_n(&n->uhmm__seq, __ATOMIC_ACQUIRE);
 	/* n's seq equal to the odd global one: an invalidation of n is running. */
 	while (seq == as->invalidate_seq && (seq & 1)) {
@@ -131,7 +131,7 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *n)
 			pthread_cond_wait(&as->nt_cond, &as->nt_lock);
 	}
 	seq = __atomic_load_n(&n->uhmm__seq, __ATOMIC_ACQUIRE);
-	pthread_mutex_unlock(&as->nt_lock);
+	uhmm__unlock(&as->nt_lock);
 	return seq;
 }
 
@@ -162,17 +162,17 @@ void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
 	if (start >= end)
 		return;
 	STAT_ADD(invalidations[ev & 7], 1);
-	pthread_mutex_lock(&as->nt_lock);
+	uhmm__lock(&as->nt_lock);
 	struct uhmm__itree_node *node = uhmm__itree_first(&as->itree, start, end - 1);
 	if (!node) {
-		pthread_mutex_unlock(&as->nt_lock);
+		uhmm__unlock(&as->nt_lock);
 		return;
 	}
 	uint64_t t0 = uhmm__now_ns();
 	as->active_invalidates++;
 	as->invalidate_seq |= 1;
 	unsigned long cur_seq = as->invalidate_seq;
-	pthread_mutex_unlock(&as->nt_lock);
+	uhmm__unlock(&as->nt_lock);
 
 	struct uhmm_notifier_range r = { .start = start, .end = end, .event = ev, .owner = owner };
 	for (; node; node = uhmm__itree_next(node, start, end - 1)) {
@@ -181,13 +181,13 @@ void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
 		n->uhmm__ops->invalidate(n, &r, cur_seq);
 	}
 
-	pthread_mutex_lock(&as->nt_lock);
+	uhmm__lock(&as->nt_lock);
 	if (--as->active_invalidates == 0) {
 		as->invalidate_seq++;  /* even again: no invalidation running */
 		apply_deferred(as);
 		pthread_cond_broadcast(&as->nt_cond);
 	}
-	pthread_mutex_unlock(&as->nt_lock);
+	uhmm__unlock(&as->nt_lock);
 	uhmm__event(UHMM_EV_INVALIDATE, ev, start, end - start, t0);
 }
 

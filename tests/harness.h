@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -117,6 +118,29 @@ static inline uint64_t th_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * A hung case: print every thread's stack of the child before it is killed,
+ * so that the log says why.  gdb when present (bounded in time), else the
+ * kernel's view: /proc/PID/task/TID/{comm,wchan,stack}.
+ */
+static inline void th_dump_stacks(pid_t pid)
+{
+	char cmd[512];
+	fflush(stdout);
+	snprintf(cmd, sizeof(cmd),
+		 "if command -v gdb >/dev/null 2>&1; then "
+		 "timeout 120 gdb -nx -batch -p %d -ex 'set pagination off' "
+		 "-ex 'thread apply all bt' 2>&1 | grep -v '^\\[New LWP\\|^warning:' "
+		 "| sed 's/^/    stack| /'; "
+		 "else for t in /proc/%d/task/*; do "
+		 "echo \"    stack| thread ${t##*/} $(cat $t/comm) wchan=$(cat $t/wchan)\"; "
+		 "sed 's/^/    stack|   /' $t/stack 2>/dev/null; done; fi",
+		 (int)pid, (int)pid);
+	if (system(cmd) != 0)
+		printf("    stack| (stack dump incomplete)\n");
+	fflush(stdout);
+}
+
 /* Run one case in a child; returns its verdict. */
 static inline int th_run_case(const struct th_case *c)
 {
@@ -124,6 +148,10 @@ static inline int th_run_case(const struct th_case *c)
 	const char *scale = getenv("UHMM_TEST_TIMEOUT_SCALE");
 	if (scale && atoi(scale) > 1)
 		limit *= (unsigned)atoi(scale);
+	/* Cases that run for a chosen time (make stress) add it here. */
+	const char *extra = getenv("UHMM_TEST_EXTRA_SECONDS");
+	if (extra && atoi(extra) > 0)
+		limit += (unsigned)atoi(extra);
 	fflush(stdout);
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -144,9 +172,11 @@ static inline int th_run_case(const struct th_case *c)
 		if (r == pid)
 			break;
 		if (th_now_ns() > deadline) {
+			printf("FAIL %s.%s: timed out after %us; stacks of pid %d:\n", th_prog,
+			       c->name, limit, (int)pid);
+			th_dump_stacks(pid);
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
-			printf("FAIL %s.%s: timed out after %us\n", th_prog, c->name, limit);
 			return TH_EXIT_FAIL;
 		}
 		usleep(2000);

@@ -3,16 +3,70 @@
 # PASS/FAIL/SKIP line, then the summary as the last line:
 #   N passed, N failed, N skipped
 # Exits non-zero if anything failed or no test ran.
+#
+# Each program is also bounded as a whole (UHMM_PROG_TIMEOUT seconds, default
+# 600, times UHMM_TEST_TIMEOUT_SCALE): the harness kills a hung case itself,
+# this catches a hung harness.  Either way every thread's stack is printed
+# before the kill.  Sanitizer reports are symbolized here, after the fact
+# (the runtime symbolizing in-process re-enters the program, see
+# docs/design.md): tools/symbolize.sh turns module+offset into lines.
 set -u
+here=$(cd "$(dirname "$0")" && pwd)
 progs=("$@")
 if [ ${#progs[@]} -eq 0 ]; then
 	progs=(build/tests/test_*)
 fi
+scale=${UHMM_TEST_TIMEOUT_SCALE:-1}
+[ "$scale" -ge 1 ] 2>/dev/null || scale=1
+prog_limit=$(( ${UHMM_PROG_TIMEOUT:-600} * scale ))
+
+dump_tree() {
+	# every process of the tree rooted at $1, deepest first
+	local p kids
+	kids=$(cat /proc/"$1"/task/*/children 2>/dev/null)
+	for p in $kids; do dump_tree "$p"; done
+	echo "    stack| === process $1 ($(tr '\0' ' ' < /proc/"$1"/cmdline 2>/dev/null))"
+	if command -v gdb >/dev/null 2>&1; then
+		timeout 120 gdb -nx -batch -p "$1" -ex 'set pagination off' \
+			-ex 'thread apply all bt' 2>&1 | grep -v '^\[New LWP' | sed 's/^/    stack| /'
+	else
+		for t in /proc/"$1"/task/*; do
+			echo "    stack| thread ${t##*/} $(cat "$t"/comm) wchan=$(cat "$t"/wchan)"
+			sed 's/^/    stack|   /' "$t"/stack 2>/dev/null
+		done
+	fi
+}
+
+run_bounded() {
+	local out=$1; shift
+	"$@" >"$out" 2>&1 &
+	local pid=$! waited=0
+	while kill -0 "$pid" 2>/dev/null; do
+		if [ "$waited" -ge $((prog_limit * 5)) ]; then
+			echo "FAIL $(basename "$1"): whole program timed out after ${prog_limit}s" >>"$out"
+			dump_tree "$pid" >>"$out" 2>&1
+			pkill -KILL -P "$pid" 2>/dev/null
+			kill -KILL "$pid" 2>/dev/null
+			wait "$pid" 2>/dev/null
+			return 124
+		fi
+		sleep 0.2
+		waited=$((waited + 1))
+	done
+	wait "$pid"
+}
+
 pass=0 fail=0 skip=0
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
 for p in "${progs[@]}"; do
 	[ -x "$p" ] || continue
-	out=$("$p" 2>&1)
+	run_bounded "$tmp" "$p"
 	rc=$?
+	if grep -q -E '^(WARNING|ERROR): (ThreadSanitizer|AddressSanitizer)|runtime error:' "$tmp"; then
+		bash "$here/../tools/symbolize.sh" "$(dirname "$p")" "$(dirname "$(dirname "$p")")" <"$tmp" >"$tmp.sym" && mv "$tmp.sym" "$tmp"
+	fi
+	out=$(cat "$tmp")
 	printf '%s\n' "$out" | grep -E '^(PASS|FAIL|SKIP) ' || true
 	np=$(printf '%s\n' "$out" | grep -c '^PASS ')
 	nf=$(printf '%s\n' "$out" | grep -c '^FAIL ')
@@ -23,7 +77,10 @@ for p in "${progs[@]}"; do
 		nf=1
 	fi
 	if [ "$nf" -gt 0 ]; then
-		printf '%s\n' "$out" | grep -v -E '^(PASS|SKIP) ' | grep -v '^FAIL ' | tail -n 40 | sed 's/^/    | /'
+		# the stacks of a hung case in full, then the rest of the output's tail
+		printf '%s\n' "$out" | grep '^    stack|' || true
+		printf '%s\n' "$out" | grep -v -E '^(PASS|SKIP) |^    stack\|' | grep -v '^FAIL ' |
+			tail -n 60 | sed 's/^/    | /'
 	fi
 	pass=$((pass + np)); fail=$((fail + nf)); skip=$((skip + ns))
 done
