@@ -23,6 +23,13 @@ SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 $(error SAN must be empty, address or thread)
 endif
+# DEBUG=1: invariant checks (uhmm__assert: pt_lock holders, page metadata,
+# frame references) in build/debug.
+ifeq ($(DEBUG),1)
+BUILD    := $(BUILD)/debug
+SANFLAGS += -DUHMM_DEBUG
+CFLAGS   ?= -O1 -g
+endif
 # TRACE=1: the library records page events for debugging (src/trace.c).
 ifeq ($(TRACE),1)
 BUILD    := $(BUILD)/trace

@@ -32,6 +32,26 @@ static bool g_cow_possible;
 static __thread bool tls_fork_holder;
 static __thread bool tls_in_service;
 
+#ifdef UHMM_DEBUG
+void uhmm__assert_fail(const char *cond, const char *file, int line)
+{
+	uhmm__log("assertion failed: %s (%s:%d)", cond, file, line);
+	abort();
+}
+#endif
+
+/* A page's metadata is consistent (the debug build checks it on changes). */
+bool uhmm__pmeta_valid(struct uhmm__as *as, const struct pmeta *pm)
+{
+	if (pm->state > PS_EXCLUSIVE || pm->locked > LOCK_FAULT)
+		return false;
+	if (pm->state == PS_SYSTEM)
+		return true;
+	/* a page off the CPU has a live frame of this runtime behind it */
+	const struct frame *f = uhmm__frame(as, pm->frame);
+	return f && frame_pool(f) && frame_ref(f) > 0;
+}
+
 void uhmm__log(const char *fmt, ...)
 {
 	va_list ap;
@@ -53,6 +73,7 @@ static uint64_t hash_idx(struct uhmm__as *as, uint64_t base)
 /* Caller holds pt_lock.  NULL if the page never left SYSTEM and !create. */
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create)
 {
+	uhmm__assert_pt_held(as);
 	uint64_t base = addr & ~((1ULL << BLOCK_SHIFT) - 1);
 	uint64_t h = hash_idx(as, base);
 	struct block *b;
@@ -73,6 +94,7 @@ struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create)
 /* Caller holds pt_lock: does addr's 2 MiB block hold any metadata? */
 bool uhmm__has_block(struct uhmm__as *as, uint64_t addr)
 {
+	uhmm__assert_pt_held(as);
 	return uhmm__pmeta(as, addr, false) != NULL;
 }
 
@@ -84,7 +106,8 @@ static bool pmeta_idle(const struct pmeta *pm)
 /* Caller holds pt_lock; frees the block when its last page went idle. */
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 {
-	(void)pm;
+	uhmm__assert_pt_held(as);
+	uhmm__assert(!pm || uhmm__pmeta_valid(as, pm));
 	uint64_t base = addr & ~((1ULL << BLOCK_SHIFT) - 1);
 	uint64_t h = hash_idx(as, base);
 	struct block **pp, *b;
@@ -103,13 +126,14 @@ void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 /* Caller holds pt_lock: wait until addr's page is unlocked.  Returns with it held. */
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr)
 {
+	uhmm__assert_pt_held(as);
 	bool waited = false;
 	for (;;) {
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		if (!pm || !pm->locked)
 			return waited;
 		pm->waiters = 1;
-		pthread_cond_wait(&as->pt_cond, &as->pt_lock);
+		uhmm__pt_wait(as);
 		waited = true;
 	}
 }
@@ -117,8 +141,9 @@ bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr)
 /* Caller holds pt_lock: release a page lock and wake whoever waits on it. */
 void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 {
+	uhmm__assert_pt_held(as);
 	TR('U', addr, 0, 4096, pm->state);
-	pm->locked = 0;
+	pm->locked = LOCK_NONE;
 	if (pm->waiters) {
 		pm->waiters = 0;
 		pthread_cond_broadcast(&as->pt_cond);
@@ -210,6 +235,7 @@ static bool reg_covers(struct uhmm__as *as, uint64_t s, uint64_t e, bool missing
 /* Caller holds pt_lock.  Drop [s, e) from the registration list. */
 static void reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e)
 {
+	uhmm__assert_pt_held(as);
 	struct reg_range **pp = &as->regs, *r;
 	while ((r = *pp)) {
 		if (r->end <= s || r->start >= e) {
@@ -262,6 +288,7 @@ static void reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e)
 static void reg_add(struct uhmm__as *as, struct reg_range *r, uint64_t s, uint64_t e,
 		    bool missing)
 {
+	uhmm__assert_pt_held(as);
 	reg_forget(as, s, e);
 	*r = (struct reg_range){ s, e, missing, as->regs };
 	as->regs = r;
@@ -289,6 +316,7 @@ static void reg_add(struct uhmm__as *as, struct reg_range *r, uint64_t s, uint64
  */
 static void reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, uint64_t *gs, uint64_t *ge)
 {
+	uhmm__assert_pt_held(as);
 	for (bool moved = true; moved && at < e;) {
 		moved = false;
 		for (struct reg_range *r = as->regs; r; r = r->next)
@@ -309,10 +337,10 @@ static int register_locked(struct uhmm__as *as, uint64_t s, uint64_t e, bool mis
 {
 	for (uint64_t at = s; at < e;) {
 		uint64_t gs = at, ge = e;
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		if (!missing)
 			reg_gap(as, at, e, &gs, &ge);
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (gs >= e)
 			return 0;
 		struct reg_range *r = uhmm__zalloc(sizeof(*r));
@@ -323,9 +351,9 @@ static int register_locked(struct uhmm__as *as, uint64_t s, uint64_t e, bool mis
 			uhmm__free(r, sizeof(*r));
 			return rc;
 		}
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		reg_add(as, r, gs, ge, missing);
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		at = ge;
 	}
 	return 0;
@@ -342,15 +370,15 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t s
 	}
 	if (s >= e)
 		return 0;
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	bool done = reg_covers(as, s, e, missing);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	if (done)
 		return 0;
 	uhmm__lock(&as->reg_lock);
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	bool torn = uhmm__torn_overlaps(as, s, e);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	int rc = torn ? -EFAULT : register_locked(as, s, e, missing);
 	uhmm__unlock(&as->reg_lock);
 	return rc;
@@ -359,6 +387,7 @@ int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t s
 /* Caller holds pt_lock: does [start, end) touch a registered range? */
 bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
+	uhmm__assert_pt_held(as);
 	for (struct reg_range *r = as->regs; r; r = r->next)
 		if (r->start < end && start < r->end)
 			return true;
@@ -373,6 +402,7 @@ bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
  */
 bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr)
 {
+	uhmm__assert_pt_held(as);
 	for (struct reg_range *r = as->regs; r; r = r->next)
 		if (r->start <= addr && addr < r->end)
 			return r->missing;
@@ -451,18 +481,18 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
  */
 static int fill_hole(struct uhmm__as *as, uint64_t a)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__reg_missing(as, a) ? uhmm__pmeta(as, a, true) : NULL;
 	bool mine = pm && pm->state == PS_SYSTEM && !pm->locked && !uhmm__torn_down(as, a);
 	if (mine)
-		pm->locked = 1;
-	uhmm__unlock(&as->pt_lock);
+		pm->locked = LOCK_DATA;
+	uhmm__pt_unlock(as);
 	if (!mine)
 		return 0;
 	int rc = uhmm__uffd_zeropage(as, a, PG_SIZE, true);
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	uhmm__page_unlock(as, a, uhmm__pmeta(as, a, false));
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	return rc == -EEXIST ? 0 : rc == -ENOENT ? -EFAULT : rc;
 }
 
@@ -535,23 +565,23 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 	uint64_t t0 = uhmm__now_ns();
 	TR('F', addr, 0, 4096, write | from_service << 1);
 	for (int tries = 0; tries < 64; tries++) {
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		if (pm && uhmm__hole_fault(as, pm)) {
 			/* A hole being migrated: the CPU wins, the migration loses it. */
 			int rc = from_service ? fault_missing(as, addr) : 0;
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			return rc;
 		}
 		if (pm && pm->locked) {
 			if (from_service) {
 				int rc = add_deferred(as, addr, write);
 				pm->waiters = 1;
-				uhmm__unlock(&as->pt_lock);
+				uhmm__pt_unlock(as);
 				return rc ? rc : -EAGAIN;
 			}
 			uhmm__page_lock_wait(as, addr);
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			continue;
 		}
 		int state = pm ? pm->state : PS_SYSTEM;
@@ -562,11 +592,11 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 				rc = fault_missing(as, addr);
 				uhmm__event(UHMM_EV_CPU_FAULT, 3, addr, PG_SIZE, t0);
 			}
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			return rc;
 		}
 		if (state == PS_EXCLUSIVE) {
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			int rc = uhmm__exclusive_revoke(as, addr, from_service);
 			if (rc == -EAGAIN)
 				continue;
@@ -581,11 +611,11 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		struct frame *f = uhmm__frame(as, fr);
 		struct uhmm_devmem *pool = f ? frame_pool(f) : NULL;
 		if (!pool || !pool->ops || !pool->ops->migrate_to_ram) {
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			return -EFAULT;
 		}
 		pm->locked = LOCK_FAULT;
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		struct uhmm_fault vmf = { .addr = addr, .page = fr, .write = write };
 		if (from_service && tries == 0) {
 			/* Counted before the driver's migration wakes the thread. */
@@ -593,11 +623,11 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			STAT_ADD(cpu_faults, 1);
 		}
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		pm = uhmm__pmeta(as, addr, false);
 		if (pm)  /* kept while locked: it cannot have gone */
 			uhmm__page_unlock(as, addr, pm);
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (rc)
 			return rc;
 		/*
@@ -609,19 +639,19 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		 */
 		if (from_service) {
 			/* finalize woke the range; a driver that did nothing did not */
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			pm = uhmm__pmeta(as, addr, false);
 			bool still = pm && pm->state == PS_PRIVATE;
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			if (still)
 				uhmm__uffd_wake(as, addr, PG_SIZE);
 			uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
 			return 0;
 		}
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		pm = uhmm__pmeta(as, addr, false);
 		bool back = !pm || (pm->state != PS_PRIVATE && !pm->locked);
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (back)
 			return 0;
 	}
@@ -637,19 +667,19 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 		uint64_t bend = uhmm__block_end(a);
 		if (bend > end)
 			bend = end;
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		bool any = uhmm__has_block(as, a);  /* none: nothing device-side here */
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (!any) {
 			a = bend;
 			continue;
 		}
 		for (; a < bend; a += PG_SIZE) {
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			uhmm__page_lock_wait(as, a);
 			struct pmeta *pm = uhmm__pmeta(as, a, false);
 			int st = pm ? pm->state : PS_SYSTEM;
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			/*
 			 * A failure may be passing (an allocation, the driver's
 			 * copy): the callers (mremap, mprotect, fork) cannot fail
@@ -676,7 +706,7 @@ int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 /* Wait until no page of [start, end) is locked by an operation. */
 void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t a = start; a < end;) {
 		uint64_t bend = uhmm__block_end(a);
 		if (!uhmm__has_block(as, a)) {
@@ -686,7 +716,7 @@ void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end
 		for (; a < end && a < bend; a += PG_SIZE)
 			uhmm__page_lock_wait(as, a);
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /*
@@ -704,11 +734,11 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	 * the range was marked must have recorded itself before we forget.
 	 */
 	uhmm__lock(&as->reg_lock);
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	reg_forget(as, start, end);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	uhmm__unlock(&as->reg_lock);
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t a = start; a < end;) {
 		uint64_t bend = uhmm__block_end(a);
 		if (!uhmm__has_block(as, a)) {
@@ -726,15 +756,15 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 			pm->frame = 0;
 			uhmm__pmeta_changed(as, a, pm);
 			if (n == ARRAY_SIZE(batch)) {
-				uhmm__unlock(&as->pt_lock);
+				uhmm__pt_unlock(as);
 				for (unsigned i = 0; i < n; i++)
 					uhmm__frame_put(as, batch[i]);
 				n = 0;
-				uhmm__lock(&as->pt_lock);
+				uhmm__pt_lock(as);
 			}
 		}
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	for (unsigned i = 0; i < n; i++)
 		uhmm__frame_put(as, batch[i]);
 }
@@ -756,10 +786,10 @@ static void sigbus_thread(struct uhmm__as *as, const struct uffd_msg *m, int err
 
 static void serve_deferred(struct uhmm__as *as)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct deferred_fault *d = as->deferred_faults;
 	as->deferred_faults = NULL;
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	while (d) {
 		struct deferred_fault *next = d->next;
 		int rc = uhmm__cpu_fault(as, d->addr, d->write, true);
@@ -907,7 +937,7 @@ static void atfork_prepare(void)
 	tls_fork_holder = true;
 	for (;;) {
 		uint64_t addr = 0;
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		for (uint64_t h = 0; h < as->hash_size && !addr; h++)
 			for (struct block *b = as->hash[h]; b && !addr; b = b->hnext)
 				for (unsigned i = 0; i < BLOCK_PAGES; i++)
@@ -916,17 +946,17 @@ static void atfork_prepare(void)
 						addr = b->base + ((uint64_t)i << PG_SHIFT);
 						break;
 					}
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (!addr)
 			break;
 		if (uhmm__cpu_fault(as, addr, false, false)) {
 			uhmm__log("fork: page 0x%llx could not be brought back; the child "
 				  "will read zeros there", (unsigned long long)addr);
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			struct pmeta *pm = uhmm__pmeta(as, addr, false);
 			if (pm && !pm->locked)
 				pm->state = PS_SYSTEM;  /* give up on it rather than loop */
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 		}
 	}
 	/*
@@ -935,7 +965,7 @@ static void atfork_prepare(void)
 	 * a system page of its own.
 	 */
 	for (uint64_t h = 0; h < as->hash_size; h++) {
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		uint32_t frames[BLOCK_PAGES];
 		unsigned n = 0;
 		for (struct block *b = as->hash[h]; b && !n; b = b->hnext) {
@@ -950,7 +980,7 @@ static void atfork_prepare(void)
 			if (n)
 				uhmm__pmeta_changed(as, b->base, &b->pg[0]);
 		}
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		for (unsigned i = 0; i < n; i++)
 			uhmm__frame_put(as, frames[i]);
 		if (n)

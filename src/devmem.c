@@ -252,6 +252,7 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 	if (!mem)
 		return;
 	uhmm__lock(&mem->lock);
+	uhmm__assert(f->ref > 0);  /* a put without its get */
 	if (f->ref == 0 || __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) > 0) {
 		uhmm__unlock(&mem->lock);
 		return;

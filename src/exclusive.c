@@ -34,14 +34,14 @@ enum { TAKE_LOCKED, TAKE_ALREADY, TAKE_OTHER, TAKE_BRING_BACK };
 static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *owner,
 			      uint64_t *frame)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	uhmm__page_lock_wait(as, addr);
 	bool gone = uhmm__torn_down(as, addr) || !uhmm__reg_missing(as, addr);  /* see there */
 	struct pmeta *pm = gone ? NULL : uhmm__pmeta(as, addr, true);
 	int r = TAKE_OTHER;
 	if (pm && pm->state == PS_SYSTEM) {
 		TR('X', addr, 0, 4096, 0);
-		pm->locked = 1;
+		pm->locked = LOCK_DATA;
 		r = TAKE_LOCKED;
 	} else if (pm && pm->state == PS_EXCLUSIVE &&
 		   frame_xowner(&as->frames[pm->frame]) == owner) {
@@ -50,20 +50,20 @@ static int lock_for_exclusive(struct uhmm__as *as, uint64_t addr, const void *ow
 	} else if (pm) {
 		r = TAKE_BRING_BACK;  /* on a device, or exclusive to another one */
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	return r;
 }
 
 static void finish_page(struct uhmm__as *as, uint64_t addr, uint64_t fr, bool taken)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (taken) {
 		pm->state = PS_EXCLUSIVE;
 		pm->frame = (uint32_t)fr;
 	}
 	uhmm__page_unlock(as, addr, pm);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /*
@@ -79,10 +79,10 @@ static void populate_system_runs(struct uhmm__as *as, uint64_t s, uint64_t e)
 	for (uint64_t a = s; a <= e; a += PG_SIZE) {
 		bool sys = false;
 		if (a < e) {
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			struct pmeta *pm = uhmm__pmeta(as, a, false);
 			sys = !pm || (pm->state == PS_SYSTEM && !pm->locked);
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 		}
 		if (sys)
 			continue;
@@ -220,21 +220,21 @@ long uhmm_make_device_exclusive(uint64_t start, uint64_t npages, const void *own
 int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault)
 {
 	uint64_t t0 = uhmm__now_ns();
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (!pm || pm->state != PS_EXCLUSIVE) {
 		int rc = pm && pm->locked ? -EAGAIN : 0;  /* read under the lock */
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		return rc;
 	}
 	if (pm->locked) {
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		return -EAGAIN;
 	}
-	pm->locked = 1;
+	pm->locked = LOCK_DATA;
 	TR('V', addr, 0, 4096, 0);
 	uint32_t fr = pm->frame;
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 
 	uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_EXCLUSIVE, NULL);
 	int rc = uhmm__move_into_cpu(as, addr, fr, false);
@@ -249,14 +249,14 @@ int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault)
 		}
 		uhmm__event(UHMM_EV_EXCLUSIVE_REVOKE, 0, addr, PG_SIZE, t0);
 	}
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	pm = uhmm__pmeta(as, addr, false);
 	if (ok) {
 		pm->state = PS_SYSTEM;
 		pm->frame = 0;
 	}
 	uhmm__page_unlock(as, addr, pm);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	uhmm__uffd_wake(as, addr, PG_SIZE);
 	if (ok) {
 		uhmm__frame_put(as, fr);
@@ -273,19 +273,19 @@ static void revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, cons
 {
 	for (uint64_t a = start; a < end;) {
 		uint64_t bend = uhmm__block_end(a);
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		bool has = uhmm__has_block(as, a);
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (!has) {
 			a = bend;
 			continue;
 		}
 		for (; a < end && a < bend; a += PG_SIZE) {
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			struct pmeta *pm = uhmm__pmeta(as, a, false);
 			bool hit = pm && pm->state == PS_EXCLUSIVE &&
 				   (any || frame_xowner(&as->frames[pm->frame]) == owner);
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			while (hit && uhmm__exclusive_revoke(as, a, false) == -EAGAIN)
 				;
 		}
@@ -309,7 +309,7 @@ int uhmm_device_exclusive_release(uint64_t start, uint64_t npages, const void *o
 		/* Whole address space: walk the metadata, not the pages. */
 		for (;;) {
 			uint64_t hit = 0;
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			for (uint64_t h = 0; h < as->hash_size && !hit; h++)
 				for (struct block *b = as->hash[h]; b && !hit; b = b->hnext)
 					for (unsigned i = 0; i < BLOCK_PAGES; i++) {
@@ -320,7 +320,7 @@ int uhmm_device_exclusive_release(uint64_t start, uint64_t npages, const void *o
 							break;
 						}
 					}
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			if (!hit)
 				return 0;
 			uhmm__exclusive_revoke(as, hit, false);
@@ -335,12 +335,12 @@ bool uhmm_device_exclusive_held(uint64_t addr, const void *owner, uint64_t *page
 	struct uhmm__as *as = uhmm__as_peek();
 	if (!as || (addr & ~PG_MASK))
 		return false;
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	bool held = pm && pm->state == PS_EXCLUSIVE && !pm->locked &&
 		    frame_xowner(&as->frames[pm->frame]) == owner;
 	if (held && page)
 		*page = pm->frame;
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	return held;
 }

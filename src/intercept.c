@@ -72,11 +72,11 @@ static struct inflight_op *inflight_begin(struct uhmm__as *as, uint64_t s, uint6
 	op->start = s;
 	op->end = e;
 	op->teardown = teardown;
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	op->expect = uhmm__reg_overlaps(as, s, e);
 	op->next = as->inflight;
 	as->inflight = op;
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	return op;
 }
 
@@ -89,6 +89,7 @@ static bool inflight_recent(const struct inflight_op *op, uint64_t seq, uint64_t
 /* pt_lock held: drop the ended calls no event can still belong to. */
 static void inflight_reap(struct uhmm__as *as)
 {
+	uhmm__assert_pt_held(as);
 	uint64_t handled = __atomic_load_n(&as->ev_handled, __ATOMIC_ACQUIRE);
 	uint64_t now = uhmm__now_ns();
 	for (struct inflight_op **pp = &as->inflight; *pp;) {
@@ -110,18 +111,19 @@ static void inflight_end(struct uhmm__as *as, struct inflight_op *op, bool ok)
 	uhmm__lock(&as->read_lock);
 	uint64_t seq = as->ev_read;  /* its events, if any, are read by now */
 	uhmm__unlock(&as->read_lock);
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	op->done = true;
 	op->end_seq = seq;
 	op->end_ns = uhmm__now_ns();
 	op->teardown = false;
 	inflight_reap(as);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /* pt_lock held: is addr in a range an intercepted call is tearing down? */
 bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr)
 {
+	uhmm__assert_pt_held(as);
 	for (struct inflight_op *op = as->inflight; op; op = op->next)
 		if (op->teardown && op->start <= addr && addr < op->end)
 			return true;
@@ -131,6 +133,7 @@ bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr)
 /* pt_lock held: does [start, end) touch a range being torn down? */
 bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
+	uhmm__assert_pt_held(as);
 	for (struct inflight_op *op = as->inflight; op; op = op->next)
 		if (op->teardown && op->start < end && start < op->end)
 			return true;
@@ -142,12 +145,12 @@ bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end, u
 {
 	bool ours = false;
 	uint64_t now = uhmm__now_ns();
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (struct inflight_op *op = as->inflight; op && !ours; op = op->next)
 		ours = op->start <= start && end <= op->end &&
 		       (!op->done || inflight_recent(op, seq, now));
 	inflight_reap(as);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	return ours;
 }
 
@@ -310,7 +313,7 @@ __attribute__((visibility("default"))) void *mmap64(void *addr, size_t len, int 
 static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64_t len)
 {
 	uhmm__invalidate(as, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t o = 0; o < len; o += PG_SIZE) {
 		uhmm__page_lock_wait(as, from + o);
 		struct pmeta *pm = uhmm__pmeta(as, from + o, false);
@@ -329,7 +332,7 @@ static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64
 		pm->frame = 0;
 		uhmm__pmeta_changed(as, from + o, pm);
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /* An UNMAP/REMOVE/REMAP event read by the service thread. */

@@ -62,19 +62,27 @@ enum pstate {
 };
 
 /*
- * The page lock a CPU fault holds on a device-private page while the owner's
- * migrate_to_ram runs (the kernel's locked vmf->page): a migration whose
- * fault_page names the page takes it without waiting, and leaves the unlock
- * to the fault.  Other values are migrate.c's and exclusive.c's.
+ * The page lock (pmeta.locked): who owns a page in transition.  A CPU fault
+ * or device access on a locked page waits for LOCK_NONE (uhmm__page_lock_wait).
  */
-#define LOCK_FAULT 4
+enum page_lock {
+	LOCK_NONE = 0,
+	LOCK_DATA,    /* a migration, exclusive grant or revocation, or range
+			 fault filling a hole, owns the page; its data is in a
+			 frame or in place */
+	LOCK_HOLE,    /* a migration collected a hole: the CPU may still fill it */
+	LOCK_LOST,    /* a collected hole the CPU filled: the migration lost it */
+	LOCK_FAULT,   /* a CPU fault, while its page's owner runs migrate_to_ram
+			 (the kernel's locked vmf->page): a migration whose
+			 fault_page names the page takes it without waiting and
+			 leaves the unlock to the fault */
+};
 
 /* One per page that has ever left PS_SYSTEM.  Protected by as->pt_lock. */
 struct pmeta {
 	uint32_t frame;    /* PRIVATE/EXCLUSIVE: frame with the data; COHERENT: the device page */
 	uint8_t state;     /* enum pstate */
-	uint8_t locked;    /* page lock: a migration/exclusive/revoke owns the page;
-			      LOCK_FAULT: a CPU fault, for its driver's migrate_to_ram */
+	uint8_t locked;    /* enum page_lock */
 	uint8_t waiters;   /* someone sleeps on as->pt_cond for this page */
 	uint8_t pad;
 };
@@ -199,6 +207,7 @@ struct uhmm__as {
 
 	/* page metadata: protected by pt_lock */
 	pthread_mutex_t pt_lock;
+	const void *pt_owner;      /* UHMM_DEBUG: the holder (uhmm__pt_lock) */
 	pthread_cond_t pt_cond;    /* a page lock was released */
 	struct block **hash;
 	uint64_t hash_size;
@@ -235,13 +244,6 @@ struct uhmm__as {
 	uint64_t ev_handled;        /* atomic; written by the service thread */
 };
 
-/* The runtime, or NULL with *err set.  Creates it on first use. */
-struct uhmm__as *uhmm__as_get(int *err);
-/* The runtime if it exists in this process, without creating it. */
-struct uhmm__as *uhmm__as_peek(void);
-
-void uhmm__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 /*
  * uhmm's mutexes are taken through these, which count the locks this
  * thread holds.  An interposed munmap/mmap/mremap/madvise/mprotect that
@@ -265,6 +267,53 @@ static inline bool uhmm__holds_lock(void)
 	return uhmm__tls_locks != 0;
 }
 
+/*
+ * Invariant checks of the debug build (make DEBUG=1): uhmm__assert() logs the
+ * failed condition and aborts; compiled out otherwise (the mimalloc model).
+ */
+#ifdef UHMM_DEBUG
+void uhmm__assert_fail(const char *cond, const char *file, int line) __attribute__((noreturn));
+#define uhmm__assert(c) (UHMM_LIKELY(c) ? (void)0 : uhmm__assert_fail(#c, __FILE__, __LINE__))
+#define UHMM_DEBUG_ON 1
+#else
+#define uhmm__assert(c) ((void)0)
+#define UHMM_DEBUG_ON 0
+#endif
+
+/* pt_lock, with its holder tracked in the debug build. */
+static inline void uhmm__pt_lock(struct uhmm__as *as)
+{
+	uhmm__lock(&as->pt_lock);
+	if (UHMM_DEBUG_ON)
+		as->pt_owner = &uhmm__tls_locks;
+}
+static inline void uhmm__pt_unlock(struct uhmm__as *as)
+{
+	uhmm__assert(as->pt_owner == &uhmm__tls_locks);
+	if (UHMM_DEBUG_ON)
+		as->pt_owner = NULL;
+	uhmm__unlock(&as->pt_lock);
+}
+/* Wait on pt_cond (pt_lock held; held again on return). */
+static inline void uhmm__pt_wait(struct uhmm__as *as)
+{
+	uhmm__assert(as->pt_owner == &uhmm__tls_locks);
+	if (UHMM_DEBUG_ON)
+		as->pt_owner = NULL;
+	pthread_cond_wait(&as->pt_cond, &as->pt_lock);
+	if (UHMM_DEBUG_ON)
+		as->pt_owner = &uhmm__tls_locks;
+}
+/* Where a comment says "caller holds pt_lock". */
+#define uhmm__assert_pt_held(as) uhmm__assert((as)->pt_owner == &uhmm__tls_locks)
+
+/* The runtime, or NULL with *err set.  Creates it on first use. */
+struct uhmm__as *uhmm__as_get(int *err);
+/* The runtime if it exists in this process, without creating it. */
+struct uhmm__as *uhmm__as_peek(void);
+
+void uhmm__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* alloc.c: fault-path-safe memory (never the libc heap); zeroed */
 void *uhmm__zalloc(size_t size);
 void uhmm__free(void *p, size_t size);
@@ -287,6 +336,7 @@ int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out);
 int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
 			    uint64_t end, bool missing);
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
+bool uhmm__pmeta_valid(struct uhmm__as *as, const struct pmeta *pm);
 bool uhmm__has_block(struct uhmm__as *as, uint64_t addr);
 /* The end of the metadata block (2 MiB) that holds addr. */
 static inline uint64_t uhmm__block_end(uint64_t addr)

@@ -21,9 +21,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define LOCK_DATA 1   /* locked, data in a frame or in place */
-#define LOCK_HOLE 2   /* locked hole: the CPU may still fill it */
-#define LOCK_LOST 3   /* a hole the CPU filled during the migration */
 #define CAT_VMA_START (1ULL << 62)  /* setup's scan array: a VMA begins at this page */
 
 enum origin { OR_NONE = 0, OR_SYSTEM, OR_HOLE, OR_PRIVATE, OR_COHERENT };
@@ -58,7 +55,7 @@ static int check_args(struct uhmm_migrate *a)
 static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, uint64_t n,
 		     uint8_t *origin, const uint64_t *cats)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t i = i0; i < i0 + n; i++) {
 		if (origin[i] != OR_SYSTEM)
 			continue;
@@ -73,7 +70,7 @@ static void classify(struct uhmm__as *as, struct uhmm_migrate *a, uint64_t i0, u
 			TR('H', addr, 0, 4096, cats[i]);
 		}
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /* Lock the pages of [start, end) that the selection takes; fills origin[]. */
@@ -82,7 +79,7 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 {
 	bool sys_ok = (a->flags & UHMM_MIGRATE_SELECT_SYSTEM) && !v->shared && !v->file &&
 		      v->read;
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t i = i0; i < i0 + n; i++) {
 		uint64_t addr = a->start + (i << PG_SHIFT);
 		origin[i] = OR_NONE;
@@ -126,28 +123,28 @@ static void collect(struct uhmm__as *as, struct uhmm_migrate *a, const struct vm
 			pm->locked = LOCK_DATA;
 		TR('L', addr, 0, 4096, origin[i] * 16 + st);
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /* The fault page (LOCK_FAULT) stays locked: its fault unlocks it. */
 static void unlock_page(struct uhmm__as *as, uint64_t addr)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (pm && pm->locked != LOCK_FAULT)
 		uhmm__page_unlock(as, addr, pm);
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 }
 
 /* Switch page addr's lock from one kind to another; false if it was not "from". */
 static bool switch_lock(struct uhmm__as *as, uint64_t addr, uint8_t from, uint8_t to)
 {
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	bool ok = pm->locked == from;
 	if (ok)
 		pm->locked = to;
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	return ok;
 }
 
@@ -224,10 +221,10 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 	uint64_t addr = a->start + (i << PG_SHIFT);
 	uint64_t fr = 0;
 	int rc = 0;
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	uint32_t dev_frame = pm ? pm->frame : 0;
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	switch (origin[i]) {
 	case OR_HOLE:
 		a->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
@@ -258,11 +255,11 @@ static void take_page(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *orig
 		}
 		uhmm__frame_put(as, fr);
 		if (rc == -ENOENT) {   /* went away meanwhile: a hole after all */
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			pm = uhmm__pmeta(as, addr, false);
 			if (pm)
 				pm->locked = LOCK_HOLE;
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			origin[i] = OR_HOLE;
 			a->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
 			return;
@@ -456,7 +453,7 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 		rc = uhmm__move_into_cpu(as, addr, d, wake);
 	if (rc)
 		return rc;
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (type == 0) {
 		pm->state = PS_SYSTEM;
@@ -466,7 +463,7 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 		pm->frame = (uint32_t)d;
 		uhmm__frame_set_owner(as, d, addr, NULL);
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	if (type == 0)
 		uhmm__frame_put(as, d);   /* its page went to the CPU view */
 	return 0;
@@ -489,12 +486,12 @@ void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 			continue;
 		}
 		if (m->origin[i] == OR_HOLE) {
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			struct pmeta *pm = uhmm__pmeta(as, addr, false);
 			bool lost = pm && pm->locked == LOCK_LOST;
 			if (pm && !lost)
 				pm->locked = LOCK_DATA;  /* from here on the CPU waits */
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			if (lost) {
 				a->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 				continue;
@@ -584,13 +581,13 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 					 (j - i) << PG_SHIFT, false, &moved);
 		uint64_t ok = rc ? moved >> PG_SHIFT : j - i;
 		bool sys = frame_pool(&as->frames[d]) == as->syspool;
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		for (uint64_t k = i; k < i + ok; k++) {
 			struct pmeta *pm = uhmm__pmeta(as, a->start + (k << PG_SHIFT), false);
 			pm->state = sys ? PS_SYSTEM : PS_COHERENT;
 			pm->frame = sys ? 0 : (uint32_t)(d + (k - i));
 		}
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		for (uint64_t k = i; k < i + ok; k++) {
 			uhmm__frame_set_populated(as, d + (k - i), false);
 			if (sys)
@@ -693,7 +690,7 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 		uint64_t addr = f ? frame_addr_hint(f) : 0;
 		if (!fpool || fpool == as->syspool || !frame_ref(f) || !addr)
 			continue;
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		uhmm__page_lock_wait(as, addr);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		bool mine = pm && pm->frame == fr &&
@@ -701,7 +698,7 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 		if (mine)
 			pm->locked = LOCK_DATA;
 		int st = mine ? pm->state : 0;
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (!mine)
 			continue;
 		uhmm__invalidate(as, addr, addr + PG_SIZE, UHMM_NOTIFY_MIGRATE, fpool->owner);
@@ -753,10 +750,10 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 		uint64_t addr = frame_addr_hint(&as->frames[s]);  /* ours: page locked */
 		bool migrated = (src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 				(dst_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE);
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		bool coherent = pm && pm->state == PS_COHERENT;
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		if (migrated) {
 			uhmm__frame_put(as, s);
 			if (install(as, addr, uhmm_migrate_pfn_to_page(dst_pfns[i]), false))

@@ -40,9 +40,9 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 		uint64_t i = (a - r->start) >> PG_SHIFT;
 		if (!(a & ((1ULL << BLOCK_SHIFT) - 1)) || a == s) {
 			/* No metadata for the whole 2 MiB block: all plain system pages. */
-			uhmm__lock(&as->pt_lock);
+			uhmm__pt_lock(as);
 			bool any = uhmm__has_block(as, a);
-			uhmm__unlock(&as->pt_lock);
+			uhmm__pt_unlock(as);
 			if (!any) {
 				uint64_t bend = uhmm__block_end(a);
 				uint64_t stop = bend < e ? bend : e;
@@ -52,13 +52,13 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 				continue;
 			}
 		}
-		uhmm__lock(&as->pt_lock);
+		uhmm__pt_lock(as);
 		struct pmeta *pm = uhmm__pmeta(as, a, false);
 		int st = pm ? pm->state : PS_SYSTEM;
 		/* A fault page already back in the CPU view is not busy (LOCK_FAULT). */
 		bool locked = pm && pm->locked && !(pm->locked == LOCK_FAULT && st == PS_SYSTEM);
 		uint32_t fr = pm ? pm->frame : 0;
-		uhmm__unlock(&as->pt_lock);
+		uhmm__pt_unlock(as);
 		uint64_t req = req_of(r, i);
 		handled[i - ((s - r->start) >> PG_SHIFT)] = 0;
 		if (st == PS_SYSTEM && !locked)
@@ -147,7 +147,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		if (rc)
 			goto out;
 	}
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t i = 0; i < n; i++) {
 		/* A page an intercepted munmap is tearing down is already gone. */
 		if (uhmm__torn_down(as, s + (i << PG_SHIFT))) {
@@ -157,7 +157,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 			r->hmm_pfns[i0 + i] = UHMM_PFN_ERROR;
 		}
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	if (rc)
 		goto out;
 	for (uint64_t i = 0; i < n; i++) {
@@ -185,7 +185,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		r->hmm_pfns[i0 + i] = out;
 	}
 	/* Coherent device pages are CPU mapped; name the device page instead. */
-	uhmm__lock(&as->pt_lock);
+	uhmm__pt_lock(as);
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t a = s + (i << PG_SHIFT);
 		if ((!(a & ((1ULL << BLOCK_SHIFT) - 1)) || i == 0) && !uhmm__has_block(as, a)) {
@@ -199,7 +199,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 			r->hmm_pfns[i0 + i] = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
 					      (r->hmm_pfns[i0 + i] & UHMM_PFN_WRITE);
 	}
-	uhmm__unlock(&as->pt_lock);
+	uhmm__pt_unlock(as);
 	rc = 0;
 out:
 	uhmm__free(handled, n);
