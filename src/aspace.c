@@ -1108,6 +1108,7 @@ static int as_create(struct uhmm__as **out)
 		goto fail;
 	pthread_setname_np(as->service, "uhmm-fault");
 	as->service_started = true;
+	uhmm__publish_start(as);  /* /dev/shm/uhmm.<pid>, UHMM_TRACE_FILE (publish.c) */
 	*out = as;
 	return 0;
 fail:
@@ -1172,4 +1173,5 @@ __attribute__((destructor)) static void as_exit(void)
 	uint64_t one = 1;
 	if (write(as->stop_fd, &one, sizeof(one)) == sizeof(one) && as->service_started)
 		pthread_join(as->service, NULL);
+	uhmm__publish_exit();  /* the timeline written, /dev/shm/uhmm.<pid> removed */
 }

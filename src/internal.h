@@ -408,9 +408,21 @@ bool uhmm__service_drain(struct uhmm__as *as);
 
 /* stats.c */
 extern struct uhmm_stats uhmm__stats;
-#define STAT_ADD(field, n) __atomic_fetch_add(&uhmm__stats.field, (n), __ATOMIC_RELAXED)
+extern struct uhmm_stats *uhmm__statp;  /* the live counters: &uhmm__stats or the published file */
+#define STAT_ADD(field, n) \
+	__atomic_fetch_add(&__atomic_load_n(&uhmm__statp, __ATOMIC_ACQUIRE)->field, (n), __ATOMIC_RELAXED)
 void uhmm__event(uint32_t type, uint32_t arg, uint64_t addr, uint64_t len, uint64_t t0);
 uint64_t uhmm__now_ns(void);
+/* publish.c (/dev/shm/uhmm.<pid>) and timeline.c (UHMM_TRACE_FILE): docs/observability.md */
+extern int uhmm__obs_on;
+void uhmm__obs_event(uint32_t type, uint32_t arg, uint64_t addr, uint64_t len, uint64_t t0);
+void uhmm__publish_start(struct uhmm__as *as);
+void uhmm__publish_exit(void);
+void uhmm__timeline_start(void);
+bool uhmm__timeline_on(void);
+void uhmm__timeline_record(uint32_t type, uint32_t arg, uint64_t addr, uint64_t len,
+			   uint64_t ts_ns, uint64_t dur_ns);
+void uhmm__timeline_exit(void);
 
 /* inject.c: fault injection (UHMM_INJECT="point:rate,...") */
 enum inject_point {

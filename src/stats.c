@@ -10,6 +10,8 @@
 #include <time.h>
 
 struct uhmm_stats uhmm__stats;
+/* Where STAT_ADD counts: here, or in the published file once there is one (publish.c). */
+struct uhmm_stats *uhmm__statp = &uhmm__stats;
 
 /* The event callback (atomics, no lock) and how many calls are running. */
 static void (*g_cb)(const struct uhmm_event *ev, void *arg);
@@ -27,7 +29,7 @@ void uhmm_stats_get(struct uhmm_stats *st)
 {
 	if (!st)
 		return;
-	const uint64_t *src = (const uint64_t *)&uhmm__stats;
+	const uint64_t *src = (const uint64_t *)__atomic_load_n(&uhmm__statp, __ATOMIC_ACQUIRE);
 	uint64_t *dst = (uint64_t *)st;
 	for (size_t i = 0; i < sizeof(*st) / sizeof(uint64_t); i++)
 		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
@@ -35,7 +37,7 @@ void uhmm_stats_get(struct uhmm_stats *st)
 
 void uhmm_stats_reset(void)
 {
-	uint64_t *p = (uint64_t *)&uhmm__stats;
+	uint64_t *p = (uint64_t *)__atomic_load_n(&uhmm__statp, __ATOMIC_ACQUIRE);
 	for (size_t i = 0; i < sizeof(uhmm__stats) / sizeof(uint64_t); i++)
 		__atomic_store_n(&p[i], 0, __ATOMIC_RELAXED);
 }
@@ -56,6 +58,8 @@ void uhmm_set_event_cb(void (*cb)(const struct uhmm_event *ev, void *arg), void 
 
 void uhmm__event(uint32_t type, uint32_t arg, uint64_t addr, uint64_t len, uint64_t t0)
 {
+	if (__atomic_load_n(&uhmm__obs_on, __ATOMIC_RELAXED))
+		uhmm__obs_event(type, arg, addr, len, t0);  /* histogram, pools, timeline */
 	if (UHMM_LIKELY(!__atomic_load_n(&g_cb, __ATOMIC_RELAXED)))
 		return;
 	__atomic_fetch_add(&g_cb_active, 1, __ATOMIC_SEQ_CST);
