@@ -30,15 +30,6 @@ static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
  */
 static bool g_cow_possible;
 static __thread bool tls_fork_holder;
-static __thread bool tls_in_service;
-
-#ifdef UHMM_DEBUG
-void uhmm__assert_fail(const char *cond, const char *file, int line)
-{
-	uhmm__log("assertion failed: %s (%s:%d)", cond, file, line);
-	abort();
-}
-#endif
 
 /* A page's metadata is consistent (the debug build checks it on changes). */
 bool uhmm__pmeta_valid(struct uhmm__as *as, const struct pmeta *pm)
@@ -50,16 +41,6 @@ bool uhmm__pmeta_valid(struct uhmm__as *as, const struct pmeta *pm)
 	/* a page off the CPU has a live frame of this runtime behind it */
 	const struct frame *f = uhmm__frame(as, pm->frame);
 	return f && frame_pool(f) && frame_ref(f) > 0;
-}
-
-void uhmm__log(const char *fmt, ...)
-{
-	va_list ap;
-	char buf[512];
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "uhmm: %s\n", buf);
 }
 
 /* ---- page metadata ----------------------------------------------------- */
@@ -855,7 +836,7 @@ bool uhmm__service_drain(struct uhmm__as *as)
 static void *service_main(void *arg)
 {
 	struct uhmm__as *as = arg;
-	tls_in_service = true;
+	uhmm__set_service_thread();
 	struct pollfd pfd[3] = {
 		{ .fd = as->uffd, .events = POLLIN },
 		{ .fd = as->wake_fd, .events = POLLIN },
@@ -902,10 +883,6 @@ static void *service_main(void *arg)
 	return NULL;
 }
 
-bool uhmm__in_service_thread(void)
-{
-	return tls_in_service;
-}
 
 /* ---- fork ---------------------------------------------------------------- */
 

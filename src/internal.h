@@ -403,7 +403,8 @@ bool uhmm__hole_fault(struct uhmm__as *as, struct pmeta *pm);
 /* aspace.c: fork lock (readers: page-moving operations) */
 void uhmm__fork_rdlock(struct uhmm__as *as);
 void uhmm__fork_unlock(struct uhmm__as *as);
-bool uhmm__in_service_thread(void);
+bool uhmm__in_service_thread(void);   /* runtime.c */
+void uhmm__set_service_thread(void);
 bool uhmm__service_drain(struct uhmm__as *as);
 
 /* stats.c */

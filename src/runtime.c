@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * runtime.c - what every layer of the library may use: the log, the
+ * debug build's assertion failure, and the thread-local facts about the
+ * calling thread (the lock count of uhmm__lock is in alloc.c, beside the
+ * allocator it guards).  Calls nothing of uhmm's.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+
+static __thread bool tls_in_service;
+
+void uhmm__log(const char *fmt, ...)
+{
+	va_list ap;
+	char buf[512];
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "uhmm: %s\n", buf);
+}
+
+#ifdef UHMM_DEBUG
+void uhmm__assert_fail(const char *cond, const char *file, int line)
+{
+	uhmm__log("assertion failed: %s (%s:%d)", cond, file, line);
+	abort();
+}
+#endif
+
+/* The fault-service thread marks itself once, at its start. */
+void uhmm__set_service_thread(void)
+{
+	tls_in_service = true;
+}
+
+bool uhmm__in_service_thread(void)
+{
+	return tls_in_service;
+}
