@@ -66,7 +66,7 @@ INSTALL_EXTRA :=
 SHLIB_LDFLAGS :=
 include $(filter-out $(MK_EXCLUDE),$(sort $(wildcard mk/*.mk)))
 
-.PHONY: all lib test demo bench bench-plot install clean examples check-deps stress fuzz model check
+.PHONY: all lib test demo bench bench-plot install clean examples check-deps stress fuzz model check check-layers
 
 all: lib examples $(EXTRA_PROGS)
 
@@ -117,7 +117,11 @@ test: check-deps lib $(TESTS) $(EXTRA_TESTS)
 	@$(TESTENV) bash tests/run.sh $(TESTS) $(EXTRA_TESTS)
 
 # Static checks of the tree and the built library (layers, man pages, ABI).
-check: lib $(CHECKS)
+check: lib check-layers $(CHECKS)
+
+# The file-level call graph against the layer table (docs/layers.txt).
+check-layers: $(LIBOBJS)
+	@bash tools/check-layers.sh $(BUILD)/obj docs/layers.txt
 
 demo: check-deps lib $(EXAMPLES)
 	$(BUILD)/examples/demo
