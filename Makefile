@@ -113,8 +113,12 @@ TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 symbolize
 	   UBSAN_OPTIONS="symbolize=0 print_stacktrace=1 $(UBSAN_OPTIONS)",) \
 	   $(if $(SAN),UHMM_TEST_QUICK=1,)
 
+# The reference device's private memory is its own (a driver-owned pool) by
+# default; the private-memory tests run again on the host-frame pool.
+HOST_VARIANT := $(addprefix UHMM_DMIRROR_MEMORY=host@$(BUILD)/tests/,test_migrate test_exclusive \
+		test_mirror test_inject test_badinput test_stress)
 test: check-deps lib $(TESTS) $(EXTRA_TESTS)
-	@$(TESTENV) bash tests/run.sh $(TESTS) $(EXTRA_TESTS)
+	@$(TESTENV) bash tests/run.sh $(TESTS) $(HOST_VARIANT) $(EXTRA_TESTS)
 
 # Static checks of the tree and the built library (layers, man pages, ABI).
 check: lib check-layers $(CHECKS)

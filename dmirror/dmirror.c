@@ -26,6 +26,7 @@
 #include <string.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "uhmm.h"
 #include "uhmm_dmirror.h"
@@ -53,8 +54,16 @@ struct pt_block {
 };
 
 struct dmirror_device {
-	pthread_mutex_t lock;          /* protects pool and nopen */
+	pthread_mutex_t lock;          /* protects pool, mem and nopen */
 	struct uhmm_devmem *pool;
+	/*
+	 * Devices 0 and 1: the device's own memory, POOL_PAGES pages that uhmm
+	 * knows only by index (a driver-owned pool), copied by memcpy like the
+	 * kernel's test driver; NULL for the host-frame variant
+	 * (UHMM_DMIRROR_MEMORY=host) and the coherent devices.
+	 */
+	char *mem;
+	int slow_copy;                 /* atomic: UHMM_DMIRROR_FLAG_SLOW_COPY */
 	int nopen;
 	unsigned int idx;
 	uint64_t next_fault;           /* atomic: where a sequential CPU stream faults next */
@@ -301,46 +310,104 @@ static const struct uhmm_devmem_ops dm_devmem_ops = {
 	.migrate_to_ram = dm_migrate_to_ram,
 };
 
+/* ---- the device's own memory (driver-owned pool) -------------------------- */
+
+#define SLOW_COPY_NS 50000ULL              /* UHMM_DMIRROR_FLAG_SLOW_COPY */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* A device page's memory: our buffer at its index, or the host frame. */
+static char *dev_page_ptr(struct dmirror_device *d, uint64_t page)
+{
+	if (!d->mem)
+		return uhmm_pfn_to_virt(page);
+	int64_t idx = uhmm_devmem_page_index(page);
+	return idx < 0 ? NULL : d->mem + (uint64_t)idx * PAGE;
+}
+
 /*
- * Copy or clear each collected page into a new page; fills dst.  Pages are
- * allocated and copied in batches (ascending pages, so that runs move in
- * one step); a page that gets no new page or whose copy fails stays where
- * it is.  FAIL_ALLOC makes the first device-page allocation fail.
+ * The copy engine: one memcpy (or clear, I5) per run.  With the slow-copy
+ * flag a call completes SLOW_COPY_NS later, like a DMA: the fence is that
+ * time and dm_copy_wait sleeps until it.
+ */
+static int dm_copy(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
+		   const struct uhmm_copy_run *runs, uint64_t nruns, uint64_t *fence)
+{
+	struct dmirror_device *d = uhmm_devmem_driver_data(mem);
+	for (uint64_t r = 0; r < nruns; r++) {
+		char *dev = d->mem + runs[r].dev_index * PAGE;
+		void *host = (void *)(uintptr_t)runs[r].host;
+		size_t len = runs[r].npages * PAGE;
+		if (runs[r].dev_index + runs[r].npages > POOL_PAGES)
+			return -EINVAL;
+		if (dir == UHMM_COPY_TO_RAM)
+			memcpy(host, dev, len);
+		else if (runs[r].flags & UHMM_COPY_RUN_CLEAR)
+			memset(dev, 0, len);
+		else
+			memcpy(dev, host, len);
+	}
+	if (__atomic_load_n(&d->slow_copy, __ATOMIC_RELAXED))
+		*fence = now_ns() + SLOW_COPY_NS;
+	return 0;
+}
+
+static int dm_copy_wait(struct uhmm_devmem *mem, uint64_t fence)
+{
+	(void)mem;
+	for (uint64_t t = now_ns(); t < fence; t = now_ns()) {
+		struct timespec ts = { 0, (long)(fence - t) };
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
+static const struct uhmm_devmem_copy_ops dm_copy_ops = {
+	.copy = dm_copy,
+	.wait = dm_copy_wait,
+};
+
+/* Device memory of a private device: its own (default) or host frames. */
+static bool want_own_memory(void)
+{
+	const char *v = getenv("UHMM_DMIRROR_MEMORY");
+	return !v || strcmp(v, "host") != 0;
+}
+
+/*
+ * Copy or clear each collected page into a new page; fills dst (the copies
+ * in runs, by uhmm_migrate_copy: our memcpy engine for our own memory,
+ * page moves for host frames).  A page that gets no new page or whose copy
+ * fails stays where it is.  FAIL_ALLOC makes the first device-page
+ * allocation fail.
  */
 static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool to_device)
 {
-	uint64_t idx[MIGRATE_CHUNK], pages[MIGRATE_CHUNK], srcs[MIGRATE_CHUNK];
-	int errs[MIGRATE_CHUNK];
-	uint64_t n = 0;
-	for (uint64_t i = 0; i < m->npages && n < MIGRATE_CHUNK; i++)
+	uint64_t first = m->npages;
+	for (uint64_t i = 0; i < m->npages && first == m->npages; i++)
 		if (m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)
-			idx[n++] = i;
-	uint64_t skip = 0;
-	if (to_device && n) {
+			first = i;
+	if (first == m->npages)
+		return;
+	uint64_t saved = m->src[first];
+	if (to_device) {
 		pthread_mutex_lock(&dm->lock);
-		skip = (dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC) ? 1 : 0;
+		if (dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC)
+			m->src[first] &= ~UHMM_MIGRATE_PFN_MIGRATE;  /* gets no page */
 		dm->flags &= ~UHMM_DMIRROR_FLAG_FAIL_ALLOC;
 		pthread_mutex_unlock(&dm->lock);
 	}
-	if (n <= skip)
-		return;
-	long got = to_device ? uhmm_devmem_alloc_many(dm->dev->pool, n - skip, pages)
-			     : uhmm_sys_page_alloc_many(n - skip, pages);
-	if (got <= 0)
-		return;  /* these pages stay where they are */
-	for (long k = 0; k < got; k++) {
-		srcs[k] = uhmm_migrate_pfn_to_page(m->src[idx[skip + k]]);
-		if (to_device)
-			uhmm_page_set_zone_data(pages[k], dm);
-	}
-	uhmm_page_copy_many(pages, srcs, (uint64_t)got, errs);
-	for (long k = 0; k < got; k++) {
-		if (srcs[k] && errs[k]) {
-			uhmm_devmem_page_put(pages[k]);
-			continue;
-		}
-		m->dst[idx[skip + k]] = uhmm_migrate_pfn(pages[k]);
-	}
+	uhmm_migrate_copy(dm->dev->pool, m->src, m->dst, m->npages);
+	m->src[first] = saved;
+	if (to_device)
+		for (uint64_t i = 0; i < m->npages; i++)
+			if (m->dst[i])
+				uhmm_page_set_zone_data(uhmm_migrate_pfn_to_page(m->dst[i]), dm);
 }
 
 /*
@@ -372,9 +439,7 @@ static uint64_t fault_window(struct dmirror_device *d, uint64_t addr)
 static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
 {
 	struct dmirror_device *d = uhmm_devmem_driver_data(mem);
-	uint64_t src[PREFETCH_MAX], dst[PREFETCH_MAX], pages[PREFETCH_MAX], from[PREFETCH_MAX];
-	uint64_t idx[PREFETCH_MAX], w = fault_window(d, vmf->addr);
-	int errs[PREFETCH_MAX];
+	uint64_t src[PREFETCH_MAX], dst[PREFETCH_MAX], w = fault_window(d, vmf->addr);
 	struct uhmm_migrate m = {
 		.start = vmf->addr, .end = vmf->addr + w * PAGE, .src = src, .dst = dst,
 		.pgmap_owner = uhmm_devmem_owner(mem),
@@ -383,27 +448,13 @@ static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *v
 	int rc = uhmm_migrate_vma_setup(&m);
 	if (rc)
 		return rc;
-	uint64_t n = 0;
-	for (uint64_t i = 0; i < m.npages; i++)
-		if (src[i] & UHMM_MIGRATE_PFN_MIGRATE)
-			idx[n++] = i;
-	long got = n ? uhmm_sys_page_alloc_many(n, pages) : 0;
-	for (long k = 0; k < got; k++)
-		from[k] = uhmm_migrate_pfn_to_page(src[idx[k]]);
-	if (got > 0)
-		uhmm_page_copy_many(pages, from, (uint64_t)got, errs);
-	for (long k = 0; k < got; k++) {
-		if (errs[k])
-			uhmm_devmem_page_put(pages[k]);
-		else
-			dst[idx[k]] = uhmm_migrate_pfn(pages[k]);
-	}
+	long got = m.cpages ? uhmm_migrate_copy(mem, src, dst, m.npages) : 0;
 	/*
 	 * No system page for the fault page: an error (SIGBUS).  A failed
 	 * copy leaves it on the device and the thread faults again.
 	 */
-	if (n && idx[0] == 0 && got <= 0)
-		rc = got < 0 ? (int)got : -ENOMEM;
+	if ((src[0] & UHMM_MIGRATE_PFN_MIGRATE) && !dst[0] && got <= 0)
+		rc = got < 0 && got != -EIO ? (int)got : got == 0 ? -ENOMEM : 0;
 	uhmm_migrate_vma_pages(&m);
 	uhmm_migrate_vma_finalize(&m);
 	return rc;
@@ -416,6 +467,8 @@ static void devs_reset(void)
 	for (unsigned i = 0; i < UHMM_DMIRROR_NDEVICES; i++) {
 		pthread_mutex_init(&g_devs[i].lock, NULL);
 		g_devs[i].pool = NULL;
+		g_devs[i].mem = NULL;  /* a fork child: the parent's memory is not ours */
+		g_devs[i].slow_copy = 0;
 		g_devs[i].nopen = 0;
 		g_devs[i].idx = i;
 	}
@@ -443,9 +496,22 @@ int uhmm_dmirror_open(unsigned int idx, struct uhmm_dmirror **out)
 	pthread_mutex_init(&dm->lock, NULL);
 	dm->dev = d;
 	pthread_mutex_lock(&d->lock);
-	if (!d->pool)
+	if (!d->pool && is_private(d) && want_own_memory()) {
+		/* virtual until used, like a device's memory that was never written */
+		void *mem = mmap(NULL, POOL_PAGES * PAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		rc = mem == MAP_FAILED ? -ENOMEM :
+		     uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, dev_owner(d), &dm_devmem_ops,
+					      &dm_copy_ops, UHMM_DEVMEM_DEFER_FAULTS, d,
+					      POOL_PAGES, &d->pool);
+		if (rc == 0)
+			d->mem = mem;
+		else if (mem != MAP_FAILED)
+			munmap(mem, POOL_PAGES * PAGE);
+	} else if (!d->pool) {
 		rc = uhmm_devmem_create(is_private(d) ? UHMM_DEVMEM_PRIVATE : UHMM_DEVMEM_COHERENT,
 					dev_owner(d), &dm_devmem_ops, d, POOL_PAGES, &d->pool);
+	}
 	if (rc == 0)
 		d->nopen++;
 	pthread_mutex_unlock(&d->lock);
@@ -487,15 +553,8 @@ static uint64_t evict_pass(struct uhmm_dmirror *dm, bool all)
 					src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 					continue;
 				}
-				uint64_t sp;
-				if (uhmm_sys_page_alloc(&sp))
-					continue;
-				if (uhmm_page_copy(sp, p)) {
-					uhmm_devmem_page_put(sp);
-					continue;
-				}
-				dst[i] = uhmm_migrate_pfn(sp);
 			}
+			uhmm_migrate_copy(pool, src, dst, n);  /* our copy engine, in runs */
 			uhmm_migrate_device_pages(src, dst, n);
 			for (uint64_t i = 0; i < n; i++)
 				if (uhmm_migrate_pfn_to_page(src[i]) &&
@@ -605,7 +664,8 @@ static int dm_access(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, char
 			break;
 		}
 		if (ent & (E_DEVICE | E_EXCL)) {
-			char *p = uhmm_pfn_to_virt(ent & E_VALUE);
+			char *p = (ent & E_DEVICE) ? dev_page_ptr(dm->dev, ent & E_VALUE)
+						   : uhmm_pfn_to_virt(ent & E_VALUE);
 			if (!p) {
 				rc = -EFAULT;
 				break;
@@ -1059,11 +1119,14 @@ int uhmm_dmirror_release(struct uhmm_dmirror *dm)
 
 int uhmm_dmirror_set_flags(struct uhmm_dmirror *dm, uint64_t flags)
 {
-	if (!live(dm) || (flags & ~UHMM_DMIRROR_FLAG_FAIL_ALLOC))
+	if (!live(dm) || (flags & ~(UHMM_DMIRROR_FLAG_FAIL_ALLOC | UHMM_DMIRROR_FLAG_SLOW_COPY)))
 		return -EINVAL;
 	pthread_mutex_lock(&dm->lock);
-	dm->flags = flags;
+	dm->flags = flags & ~UHMM_DMIRROR_FLAG_SLOW_COPY;
 	pthread_mutex_unlock(&dm->lock);
+	/* a property of the device's copy engine, shared by its mirrors */
+	__atomic_store_n(&dm->dev->slow_copy, !!(flags & UHMM_DMIRROR_FLAG_SLOW_COPY),
+			 __ATOMIC_RELAXED);
 	return 0;
 }
 

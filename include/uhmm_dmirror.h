@@ -24,7 +24,9 @@ extern "C" {
  * device_alloc (device page allocation: -ENOMEM), sys_alloc (system page
  * allocation: -ENOMEM), copy (uhmm_page_copy: -EIO), uffd_ioctl (a
  * userfaultfd ioctl reports EAGAIN once; uhmm retries), thread (the
- * fault-service thread cannot be created: uhmm_init fails with -EAGAIN).
+ * fault-service thread cannot be created: uhmm_init fails with -EAGAIN),
+ * driver_copy (a driver-owned pool's copy in uhmm_migrate_copy fails with
+ * -EIO as if the driver had failed it: the pages stay where they were).
  * Returns how often point fired in this process, or -1 for an unknown name.
  */
 UHMM_API long uhmm_inject_fired(const char *point);

@@ -603,6 +603,10 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			STAT_ADD(cpu_faults_private, 1);
 			STAT_ADD(cpu_faults, 1);
 		}
+		/* A slow pool's fault goes to a worker; the service thread goes on. */
+		if (from_service && (pool->flags & UHMM_DEVMEM_DEFER_FAULTS) &&
+		    uhmm__fault_defer(as, pool, addr, fr, write, as->fault_tid, t0) == 0)
+			return 0;
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
 		uhmm__pt_lock(as);
 		pm = uhmm__pmeta(as, addr, false);
@@ -765,6 +769,27 @@ static void sigbus_thread(struct uhmm__as *as, const struct uffd_msg *m, int err
 	uhmm__uffd_wake(as, m->arg.pagefault.address & PG_MASK, PG_SIZE);
 }
 
+/* A fault a worker served (faultwork.c): as the end of uhmm__cpu_fault. */
+void uhmm__fault_finish(struct uhmm__as *as, uint64_t addr, int rc, pid_t tid, uint64_t t0)
+{
+	uhmm__pt_lock(as);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	if (pm)  /* kept while locked (LOCK_FAULT): it cannot have gone */
+		uhmm__page_unlock(as, addr, pm);
+	bool still = pm && pm->state == PS_PRIVATE;
+	uhmm__pt_unlock(as);
+	if (rc) {
+		struct uffd_msg m = { .event = UFFD_EVENT_PAGEFAULT };
+		m.arg.pagefault.address = addr;
+		m.arg.pagefault.feat.ptid = (uint32_t)tid;
+		sigbus_thread(as, &m, rc);
+		return;
+	}
+	if (still)  /* the driver left it on the device: the thread faults again */
+		uhmm__uffd_wake(as, addr, PG_SIZE);
+	uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
+}
+
 static void serve_deferred(struct uhmm__as *as)
 {
 	uhmm__pt_lock(as);
@@ -773,6 +798,7 @@ static void serve_deferred(struct uhmm__as *as)
 	uhmm__pt_unlock(as);
 	while (d) {
 		struct deferred_fault *next = d->next;
+		as->fault_tid = 0;  /* not kept for a parked fault: SIGBUS goes to the process */
 		int rc = uhmm__cpu_fault(as, d->addr, d->write, true);
 		if (rc && rc != -EAGAIN) {
 			struct uffd_msg m = { .event = UFFD_EVENT_PAGEFAULT };
@@ -807,6 +833,7 @@ static void serve_msg(struct uhmm__as *as, const struct uffd_msg *m)
 	__atomic_store_n(&as->ev_handled, seq, __ATOMIC_RELEASE);
 	uint64_t addr = m->arg.pagefault.address & PG_MASK;
 	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	as->fault_tid = (pid_t)m->arg.pagefault.feat.ptid;
 	int rc = uhmm__cpu_fault(as, addr, write, true);
 	if (rc && rc != -EAGAIN)
 		sigbus_thread(as, m, rc);

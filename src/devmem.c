@@ -10,6 +10,12 @@
  * and a device is a page move, not a copy.  Frames are handed out empty
  * (they read as zeros: invariant I5) and zapped on free if they may hold a
  * page.  Pools take frames from the arena in chunks of 512.
+ *
+ * A driver-owned pool (memory the CPU cannot address) takes frames the same
+ * way, but only as names: its frames' host slots are never mapped, read,
+ * zeroed or zapped; uhmm_pfn_to_virt() gives NULL for them and
+ * uhmm_page_copy() refuses them.  Each frame carries its dense index inside
+ * its pool, the driver's device address.
  */
 #include "internal.h"
 #include "compat.h"
@@ -161,6 +167,7 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
 		__atomic_store_n(&f->ref, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&f->populated, 0, __ATOMIC_RELAXED);
+		f->index = (mem->nchunks - 1) * CHUNK_FRAMES + i;
 		__atomic_store_n(&f->pool, mem, __ATOMIC_RELEASE);
 		f->next_free = mem->free_head;
 		mem->free_head = first + i;
@@ -382,15 +389,18 @@ static struct uhmm__as *pool_as(const struct uhmm_devmem *mem)
 	return mem && as && pool_listed(as, mem) ? as : NULL;
 }
 
-int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
-		       const struct uhmm_devmem_ops *ops, void *driver_data,
-		       uint64_t max_pages, struct uhmm_devmem **out)
+static int pool_create(enum uhmm_devmem_type type, const void *owner,
+		       const struct uhmm_devmem_ops *ops,
+		       const struct uhmm_devmem_copy_ops *copy_ops, unsigned int flags,
+		       void *driver_data, uint64_t max_pages, struct uhmm_devmem **out)
 {
 	if (!out || !owner || !ops || max_pages == 0 ||
 	    (type != UHMM_DEVMEM_PRIVATE && type != UHMM_DEVMEM_COHERENT))
 		return -EINVAL;
 	if (type == UHMM_DEVMEM_PRIVATE && !ops->migrate_to_ram)
 		return -EINVAL;
+	if (max_pages > UINT32_MAX)
+		return -ENOMEM;
 	int err = 0;
 	struct uhmm__as *as = uhmm__as_get(&err);
 	if (!as)
@@ -407,12 +417,39 @@ int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
 	mem->ops = ops;
 	mem->driver_data = driver_data;
 	mem->max_pages = max_pages;
+	mem->owned = copy_ops != NULL;
+	mem->copy_ops = copy_ops;
+	mem->flags = flags;
 	uhmm__lock(&as->arena_lock);
 	mem->next = as->pools;
 	as->pools = mem;
 	uhmm__unlock(&as->arena_lock);
 	*out = mem;
 	return 0;
+}
+
+int uhmm_devmem_create(enum uhmm_devmem_type type, const void *owner,
+		       const struct uhmm_devmem_ops *ops, void *driver_data,
+		       uint64_t max_pages, struct uhmm_devmem **out)
+{
+	return pool_create(type, owner, ops, NULL, 0, driver_data, max_pages, out);
+}
+
+int uhmm_devmem_create_owned(enum uhmm_devmem_type type, const void *owner,
+			     const struct uhmm_devmem_ops *ops,
+			     const struct uhmm_devmem_copy_ops *copy_ops, unsigned int flags,
+			     void *driver_data, uint64_t max_pages, struct uhmm_devmem **out)
+{
+	/* Coherent memory is CPU-mapped, hence host memory: not driver-owned. */
+	if (type != UHMM_DEVMEM_PRIVATE || !copy_ops || !copy_ops->copy ||
+	    (flags & ~UHMM_DEVMEM_DEFER_FAULTS))
+		return -EINVAL;
+	return pool_create(type, owner, ops, copy_ops, flags, driver_data, max_pages, out);
+}
+
+int uhmm_devmem_is_owned(const struct uhmm_devmem *mem)
+{
+	return pool_as(mem) ? mem->owned : -EINVAL;
 }
 
 int uhmm_devmem_destroy(struct uhmm_devmem *mem)
@@ -589,6 +626,23 @@ int uhmm_page_set_zone_data(uint64_t page, void *data)
 	return 0;
 }
 
+/*
+ * A page's index is its name inside its pool, fixed while the pool owns it:
+ * valid for a free page too (a page_free callback may ask).
+ */
+int64_t uhmm_devmem_page_index(uint64_t page)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	struct frame *f = as ? uhmm__frame(as, page) : NULL;
+	struct uhmm_devmem *p = f ? frame_pool(f) : NULL;
+	if (!p || !p->type)
+		return -EINVAL;  /* not a device page (system frames have none) */
+	uhmm__lock(&p->lock);
+	int64_t idx = frame_pool(f) == p ? (int64_t)f->index : -EINVAL;
+	uhmm__unlock(&p->lock);
+	return idx;
+}
+
 uint64_t uhmm_page_addr(uint64_t page)
 {
 	struct frame *f = lock_live_frame(page, NULL);
@@ -649,6 +703,8 @@ int uhmm_page_copy(uint64_t dst, uint64_t src)
 	struct frame *fs = live_frame(src, NULL);
 	if (!fd || !fs || dst == src)
 		return -EINVAL;
+	if (frame_pool(fd)->owned || frame_pool(fs)->owned)
+		return -EOPNOTSUPP;  /* no host memory: the driver copies */
 	if (uhmm__inject(INJ_COPY))
 		return -EIO;
 	uint64_t da = uhmm__frame_addr(as, dst), sa = uhmm__frame_addr(as, src);
@@ -681,7 +737,8 @@ static uint64_t copy_run(const uint64_t *dst, const uint64_t *src, uint64_t i, u
 	while (j < n && j - i < MOVE_RUN_MAX && dst[j] == dst[j - 1] + 1 &&
 	       src[j] == src[j - 1] + 1) {
 		struct frame *fd = live_frame(dst[j], NULL), *fs = live_frame(src[j], NULL);
-		if (!fd || !fs || is_populated(fd))
+		if (!fd || !fs || is_populated(fd) || frame_pool(fd)->owned ||
+		    frame_pool(fs)->owned)
 			break;
 		if (uhmm__inject(INJ_COPY)) {
 			*inj = true;
@@ -732,7 +789,8 @@ long uhmm_page_copy_many(const uint64_t *dst, const uint64_t *src, uint64_t n, i
 		struct uhmm__as *as = NULL;
 		struct frame *fd = dst[i] && src[i] ? live_frame(dst[i], &as) : NULL;
 		struct frame *fs = fd ? live_frame(src[i], NULL) : NULL;
-		if (!dst[i] || !src[i] || !fd || !fs || is_populated(fd) || dst[i] == src[i]) {
+		if (!dst[i] || !src[i] || !fd || !fs || is_populated(fd) || dst[i] == src[i] ||
+		    frame_pool(fd)->owned || frame_pool(fs)->owned) {
 			int r = dst[i] && src[i] ? uhmm_page_copy(dst[i], src[i]) : 0;
 			failed += r != 0;
 			if (errs)
@@ -771,8 +829,8 @@ void *uhmm_pfn_to_virt(uint64_t hmm_pfn)
 		return NULL;
 	struct uhmm__as *as;
 	struct frame *f = live_frame(pfn, &as);
-	if (!f)
-		return NULL;
+	if (!f || frame_pool(f)->owned)
+		return NULL;   /* driver-owned memory has no host address */
 	set_populated(f, 1);   /* the driver may touch it from now on */
 	return (void *)(uintptr_t)uhmm__frame_addr(as, pfn);
 }

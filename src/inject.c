@@ -12,7 +12,7 @@ static int g_rate[INJ_NPOINTS];      /* percent; read-only after init */
 static uint64_t g_fired[INJ_NPOINTS];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static const char *const g_names[INJ_NPOINTS] = {
-	"device_alloc", "sys_alloc", "copy", "uffd_ioctl", "thread",
+	"device_alloc", "sys_alloc", "copy", "uffd_ioctl", "thread", "driver_copy",
 };
 static __thread uint64_t tls_rng;
 

@@ -104,6 +104,7 @@ struct frame {
 	uint32_t ref;              /* references; 0 = free */
 	uint32_t next_free;        /* pool free-list link */
 	uint8_t populated;         /* the frame may hold a page (zap before reuse) */
+	uint32_t index;            /* dense index inside its pool (device address) */
 };
 
 /*
@@ -145,6 +146,14 @@ struct uhmm_devmem {
 	uint64_t allocated, freed;
 	uint64_t alloc_failures;    /* atomic: also counted outside the lock */
 	bool dead;
+	/*
+	 * A driver-owned pool (uhmm_devmem_create_owned): its frames are names
+	 * with no host memory behind them; copies go through copy_ops.  Set at
+	 * creation, read-only after.
+	 */
+	bool owned;
+	unsigned int flags;        /* UHMM_DEVMEM_DEFER_FAULTS */
+	const struct uhmm_devmem_copy_ops *copy_ops;
 	struct uhmm_devmem *next;  /* as->pools list (under as->arena_lock) */
 };
 
@@ -228,6 +237,8 @@ struct uhmm__as {
 
 	pthread_t service;
 	bool service_started;
+	struct uhmm__faultwork *faultwork;  /* faultwork.c, started on first use */
+	pid_t fault_tid;           /* service thread: the thread of the fault it serves */
 
 	/* messages the service thread read early (service thread only) */
 	struct uffd_msg *pending;
@@ -393,6 +404,15 @@ int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool m
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
 
+/* faultwork.c: deferred faults (UHMM_DEVMEM_DEFER_FAULTS) */
+int uhmm__fault_defer(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t addr,
+		      uint64_t page, bool write, pid_t tid, uint64_t t0);
+/* aspace.c: the end of a deferred fault (page unlocked, thread woken or SIGBUS) */
+void uhmm__fault_finish(struct uhmm__as *as, uint64_t addr, int rc, pid_t tid, uint64_t t0);
+
+/* devcopy.c: the driver's copies of a migration, in runs */
+struct uhmm_devmem *uhmm__pool_of(struct uhmm__as *as, uint64_t page);
+
 /* exclusive.c */
 int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault);
 void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end);
@@ -405,6 +425,8 @@ void uhmm__fork_rdlock(struct uhmm__as *as);
 void uhmm__fork_unlock(struct uhmm__as *as);
 bool uhmm__in_service_thread(void);   /* runtime.c */
 void uhmm__set_service_thread(void);
+void uhmm__set_fault_worker(void);
+bool uhmm__in_fault_worker(void);
 bool uhmm__service_drain(struct uhmm__as *as);
 
 /* stats.c */
@@ -432,6 +454,7 @@ enum inject_point {
 	INJ_COPY,
 	INJ_UFFD_IOCTL,
 	INJ_THREAD,
+	INJ_DRIVER_COPY,   /* uhmm_migrate_copy: a driver copy fails (-EIO) */
 	INJ_NPOINTS,
 };
 bool uhmm__inject(enum inject_point p);

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 
 static __thread bool tls_in_service;
+static __thread bool tls_fault_worker;
 
 void uhmm__log(const char *fmt, ...)
 {
@@ -28,6 +29,17 @@ void uhmm__assert_fail(const char *cond, const char *file, int line)
 	abort();
 }
 #endif
+
+/* A fault worker (faultwork.c) marks itself once, at its start. */
+void uhmm__set_fault_worker(void)
+{
+	tls_fault_worker = true;
+}
+
+bool uhmm__in_fault_worker(void)
+{
+	return tls_fault_worker;
+}
 
 /* The fault-service thread marks itself once, at its start. */
 void uhmm__set_service_thread(void)

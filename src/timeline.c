@@ -29,7 +29,7 @@ struct tl_ev {
 	uint64_t ts_ns, dur_ns, addr, len;
 	uint32_t type, arg;
 	uint32_t tid;
-	uint32_t service;       /* recorded on the fault-service thread */
+	uint32_t service;       /* recorded on the fault-service thread (1), a fault worker (2) */
 };
 
 static struct tl_ev *g_ring;    /* atomic; NULL: not recording */
@@ -124,7 +124,8 @@ void uhmm__timeline_record(uint32_t type, uint32_t arg, uint64_t addr, uint64_t 
 	__atomic_store_n(&e->type, type, __ATOMIC_RELEASE);
 	__atomic_store_n(&e->arg, arg, __ATOMIC_RELEASE);
 	__atomic_store_n(&e->tid, tls_tid, __ATOMIC_RELEASE);
-	__atomic_store_n(&e->service, uhmm__in_service_thread() ? 1u : 0u, __ATOMIC_RELEASE);
+	__atomic_store_n(&e->service, uhmm__in_service_thread() ? 1u : uhmm__in_fault_worker() ? 2u : 0u,
+			 __ATOMIC_RELEASE);
 	__atomic_store_n(&e->seq, i + 1, __ATOMIC_RELEASE);
 }
 
@@ -251,7 +252,8 @@ void uhmm__timeline_exit(void)
 	proc_name(pname, sizeof(pname));
 	out_printf(&o, "{\"traceEvents\":[\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,"
 		   "\"tid\":%d,\"args\":{\"name\":\"%s (uhmm)\"}}", pid, pid, pname);
-	uint32_t service_tid = 0;
+	uint32_t service_tid = 0, workers[8] = { 0 };
+	unsigned nworkers = 0;
 	uint64_t written = 0;
 	for (uint64_t k = first; k < head; k++) {
 		const struct tl_ev *s = &r[k & (g_slots - 1)];
@@ -269,14 +271,24 @@ void uhmm__timeline_exit(void)
 		};
 		if (__atomic_load_n(&s->seq, __ATOMIC_RELAXED) != k + 1)
 			continue;
-		if (e.service)
+		if (e.service == 1)
 			service_tid = e.tid;
+		if (e.service == 2) {
+			unsigned w = 0;
+			while (w < nworkers && workers[w] != e.tid)
+				w++;
+			if (w == nworkers && nworkers < 8)
+				workers[nworkers++] = e.tid;
+		}
 		write_event(&o, &e, pid);
 		written++;
 	}
 	if (service_tid)
 		out_printf(&o, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%u,"
 			   "\"args\":{\"name\":\"uhmm-fault\"}}", pid, service_tid);
+	for (unsigned w = 0; w < nworkers; w++)
+		out_printf(&o, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%u,"
+			   "\"args\":{\"name\":\"uhmm-fault-worker\"}}", pid, workers[w]);
 	out_printf(&o, "\n],\n\"displayTimeUnit\":\"ns\",\n\"otherData\":{\"uhmm_events\":%"
 		   PRIu64 ",\"uhmm_written\":%" PRIu64 ",\"uhmm_dropped\":%" PRIu64
 		   ",\"uhmm_ring_slots\":%" PRIu64 ",\"clock\":\"CLOCK_MONOTONIC\"}}\n",

@@ -43,7 +43,7 @@ run_bounded() {
 	local pid=$! waited=0
 	while kill -0 "$pid" 2>/dev/null; do
 		if [ "$waited" -ge $((prog_limit * 5)) ]; then
-			echo "FAIL $(basename "$1"): whole program timed out after ${prog_limit}s" >>"$out"
+			echo "FAIL $(basename "${@: -1}"): whole program timed out after ${prog_limit}s" >>"$out"
 			dump_tree "$pid" >>"$out" 2>&1
 			pkill -KILL -P "$pid" 2>/dev/null
 			kill -KILL "$pid" 2>/dev/null
@@ -60,9 +60,21 @@ pass=0 fail=0 skip=0
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 for p in "${progs[@]}"; do
+	# VAR=value@prog: a variant, prog run with VAR=value, its cases named case[value]
+	variant= venv=
+	if [[ $p == *=*@* ]]; then
+		venv=${p%%@*}; p=${p#*@}; variant=${venv#*=}
+	fi
 	[ -x "$p" ] || continue
-	run_bounded "$tmp" "$p"
+	if [ -n "$venv" ]; then
+		run_bounded "$tmp" env "$venv" "$p"
+	else
+		run_bounded "$tmp" "$p"
+	fi
 	rc=$?
+	if [ -n "$variant" ]; then
+		sed -i -E "s/^(PASS|FAIL|SKIP) ([^ :]+)/\1 \2[$variant]/" "$tmp"
+	fi
 	if grep -q -E '^(WARNING|ERROR): (ThreadSanitizer|AddressSanitizer)|runtime error:' "$tmp"; then
 		bash "$here/../tools/symbolize.sh" "$(dirname "$p")" "$(dirname "$(dirname "$p")")" <"$tmp" >"$tmp.sym" && mv "$tmp.sym" "$tmp"
 	fi

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * devcopy.c - the middle phase of a migration done for the driver
+ * (uhmm_migrate_copy): allocate the destination pages, copy each run of
+ * consecutive pages with one call of the driver's copy callback (memory the
+ * CPU cannot address) or with uhmm_page_copy_many (host-memory pools), wait
+ * for the driver's fence, fill dst.  Takes no lock of its own: the pages
+ * are locked by the migration that collected them, and the driver's
+ * callback runs with no uhmm lock held.
+ */
+#include "internal.h"
+
+/* Pages handled per round: one allocation, one driver call, one fence. */
+#define COPY_BATCH 512
+
+/* The pool of a live frame, or NULL (system frames give as->syspool). */
+struct uhmm_devmem *uhmm__pool_of(struct uhmm__as *as, uint64_t page)
+{
+	struct frame *f = uhmm__frame(as, page);
+	return f && frame_ref(f) ? frame_pool(f) : NULL;
+}
+
+/*
+ * The runs of one batch: entry k copies between host page host[k] (0: the
+ * source held no data, clear) and device page dev[k].  Consecutive entries
+ * join a run when both sides are consecutive (and so is the device index).
+ */
+static uint64_t make_runs(struct uhmm__as *as, const uint64_t *host, const uint64_t *dev,
+			  uint64_t n, struct uhmm_copy_run *runs)
+{
+	uint64_t nr = 0;
+	for (uint64_t k = 0; k < n; k++) {
+		uint32_t idx = as->frames[dev[k]].index;
+		struct uhmm_copy_run *r = nr ? &runs[nr - 1] : NULL;
+		bool clear = host[k] == 0;
+		if (r && (r->flags & UHMM_COPY_RUN_CLEAR) == (clear ? UHMM_COPY_RUN_CLEAR : 0) &&
+		    dev[k] == r->page + r->npages && idx == r->dev_index + r->npages &&
+		    (clear || uhmm__frame_addr(as, host[k]) == r->host + (r->npages << PG_SHIFT))) {
+			r->npages++;
+			continue;
+		}
+		runs[nr++] = (struct uhmm_copy_run){
+			.host = clear ? 0 : uhmm__frame_addr(as, host[k]),
+			.dev_index = idx, .page = dev[k], .npages = 1,
+			.flags = clear ? UHMM_COPY_RUN_CLEAR : 0,
+		};
+	}
+	return nr;
+}
+
+/* The driver's copy of one batch, and its fence: 0 or -errno. */
+static int driver_copy(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
+		       const struct uhmm_copy_run *runs, uint64_t nruns)
+{
+	/* "copy" covers every copy of a migration, the driver's too */
+	if (uhmm__inject(INJ_DRIVER_COPY) || uhmm__inject(INJ_COPY))
+		return -EIO;
+	uint64_t fence = 0;
+	int rc = mem->copy_ops->copy(mem, dir, runs, nruns, &fence);
+	if (rc == 0 && fence && mem->copy_ops->wait)
+		rc = mem->copy_ops->wait(mem, fence);
+	if (rc > 0)
+		rc = -EIO;  /* a driver that returns a positive value failed all the same */
+	return rc;
+}
+
+struct batch {
+	uint64_t idx[COPY_BATCH];      /* entry of src/dst */
+	uint64_t from[COPY_BATCH];     /* source page, 0 for a hole */
+	uint64_t pages[COPY_BATCH];    /* allocated destinations */
+	uint64_t host[COPY_BATCH], dev[COPY_BATCH];
+	struct uhmm_copy_run runs[COPY_BATCH];
+	int errs[COPY_BATCH];
+};
+
+/* One batch of n entries; returns pages copied, or -errno if none was. */
+static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
+		       struct batch *b, uint64_t n, uint64_t *dst)
+{
+	long got = uhmm__frame_alloc_many(as, to_ram ? as->syspool : mem, n, b->pages);
+	if (got <= 0)
+		return got < 0 ? got : -ENOMEM;  /* these pages stay where they are */
+	uint64_t k, ok = 0;
+	if (!mem->owned) {
+		uhmm_page_copy_many(b->pages, b->from, (uint64_t)got, b->errs);
+	} else {
+		for (k = 0; k < (uint64_t)got; k++) {
+			if (to_ram) {
+				/* the driver fills the system page: it holds data now */
+				uhmm__frame_set_populated(as, b->pages[k], true);
+				b->host[k] = b->pages[k];
+				b->dev[k] = b->from[k];
+			} else {
+				b->host[k] = b->from[k];
+				b->dev[k] = b->pages[k];
+			}
+		}
+		uint64_t nr = make_runs(as, b->host, b->dev, (uint64_t)got, b->runs);
+		int rc = driver_copy(mem, to_ram ? UHMM_COPY_TO_RAM : UHMM_COPY_TO_DEV, b->runs, nr);
+		for (k = 0; k < (uint64_t)got; k++)
+			b->errs[k] = rc;
+	}
+	int err = 0;
+	for (k = 0; k < (uint64_t)got; k++) {
+		if (b->errs[k]) {
+			err = b->errs[k];
+			uhmm__frame_put(as, b->pages[k]);
+			continue;
+		}
+		dst[b->idx[k]] = uhmm_migrate_pfn(b->pages[k]);
+		ok++;
+	}
+	return ok ? (long)ok : err ? err : -ENOMEM;
+}
+
+long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src, uint64_t *dst,
+		       uint64_t npages)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	if (!as || !src || !dst || npages == 0 || uhmm_devmem_is_owned(mem) < 0 || !mem->type)
+		return -EINVAL;
+	/* The direction follows the first source page: one of mem's goes to RAM. */
+	bool to_ram = false;
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t p = uhmm_migrate_pfn_to_page(src[i]);
+		if ((src[i] & UHMM_MIGRATE_PFN_MIGRATE) && p) {
+			to_ram = uhmm__pool_of(as, p) == mem;
+			break;
+		}
+	}
+	struct batch *b = uhmm__zalloc(sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	long copied = 0, err = 0;
+	uint64_t n = 0;
+	for (uint64_t i = 0; i <= npages; i++) {
+		if (i < npages && (src[i] & UHMM_MIGRATE_PFN_MIGRATE) && !dst[i]) {
+			uint64_t p = uhmm_migrate_pfn_to_page(src[i]);
+			struct uhmm_devmem *sp = p ? uhmm__pool_of(as, p) : NULL;
+			/* to RAM: only mem's pages; to the device: system pages or holes */
+			bool take = to_ram ? sp == mem : (!p || sp == as->syspool);
+			if (take) {
+				b->idx[n] = i;
+				b->from[n] = p;
+				n++;
+			}
+		}
+		if (n && (n == COPY_BATCH || i == npages)) {
+			long r = copy_batch(as, mem, to_ram, b, n, dst);
+			if (r > 0)
+				copied += r;
+			else
+				err = r;
+			n = 0;
+		}
+	}
+	uhmm__free(b, sizeof(*b));
+	return copied ? copied : err;
+}
