@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * testutil.h - helpers of the farmem tests and the demo: start uhmm-memd on
+ * loopback with a free port (--listen 127.0.0.1:0, the port read back from
+ * its first line), write a token file, pick the UCX transport variant, read
+ * RssAnon.  Header-only, used by tests/test_farmem*.c and farmem_demo.c.
+ */
+#ifndef UHMM_FARMEM_TESTUTIL_H
+#define UHMM_FARMEM_TESTUTIL_H
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct tu_server {
+	pid_t pid;
+	unsigned port;
+	char addr[64];     /* "127.0.0.1:port" */
+	char errfile[PATH_MAX];  /* unlinked at once; read through errfd */
+	int errfd;
+};
+
+/* The uhmm-memd next to this program: <build>/tests/x -> <build>/farmem/uhmm-memd. */
+static inline const char *tu_memd_path(void)
+{
+	static char path[PATH_MAX + 32];
+	const char *env = getenv("UHMM_MEMD");
+	if (env)
+		return env;
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0)
+		return "uhmm-memd";
+	exe[n] = 0;
+	char *slash = strrchr(exe, '/');
+	if (slash)
+		*slash = 0;
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = 0;
+	snprintf(path, sizeof(path), "%s/farmem/uhmm-memd", exe);
+	return path;
+}
+
+/* A token file in /tmp holding tok; returns its path (static buffer per call site). */
+static inline int tu_token_file(char *path, size_t len, const char *tok)
+{
+	/* one file per uid and token, rewritten with the same bytes: no leftovers */
+	unsigned h = 5381;
+	for (const char *c = tok; *c; c++)
+		h = h * 33 + (unsigned char)*c;
+	snprintf(path, len, "/tmp/uhmm_farmem_tok_%u_%08x", (unsigned)getuid(), h);
+	char tmp[PATH_MAX + 16];
+	snprintf(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		return -errno;
+	fprintf(f, "%s\n", tok);
+	fclose(f);
+	return rename(tmp, path) ? -errno : 0;
+}
+
+/*
+ * Start a server; extra is NULL or one extra argument ("--no-rma").
+ * Returns 0 and fills s, or -errno (the server's stderr is in s->errfile).
+ */
+static inline int tu_server_start(struct tu_server *s, const char *size, const char *tokfile,
+				  const char *extra)
+{
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC))
+		return -errno;
+	memset(s, 0, sizeof(*s));
+	snprintf(s->errfile, sizeof(s->errfile), "/tmp/uhmm_memd_err_%d_%d", (int)getpid(), rand());
+	const char *memd = tu_memd_path();
+	s->errfd = open(s->errfile, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_APPEND, 0600);
+	unlink(s->errfile);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		dup2(pfd[1], 1);
+		if (s->errfd >= 0)
+			dup2(s->errfd, 2);
+		execl(memd, "uhmm-memd", "--listen", "127.0.0.1:0", "--size", size, "--token-file",
+		      tokfile, extra, (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	char line[256];
+	size_t n = 0;
+	int rc = -ETIMEDOUT;
+	for (int i = 0; i < 200 && n < sizeof(line) - 1; i++) {
+		struct pollfd p = { .fd = pfd[0], .events = POLLIN };
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		ssize_t r = read(pfd[0], line + n, sizeof(line) - 1 - n);
+		if (r <= 0) {
+			rc = -ECHILD;
+			break;
+		}
+		n += (size_t)r;
+		line[n] = 0;
+		char *at = strstr(line, "127.0.0.1:");
+		if (at && strchr(at, ' ')) {
+			s->port = (unsigned)atoi(at + 10);
+			rc = 0;
+			break;
+		}
+	}
+	close(pfd[0]);
+	if (rc) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return rc;
+	}
+	s->pid = pid;
+	snprintf(s->addr, sizeof(s->addr), "127.0.0.1:%u", s->port);
+	return 0;
+}
+
+/* Stop with sig (SIGTERM: clean; SIGKILL: crash); returns the wait status. */
+static inline int tu_server_stop(struct tu_server *s, int sig)
+{
+	if (s->pid <= 0)
+		return -1;
+	kill(s->pid, sig);
+	int st = 0;
+	waitpid(s->pid, &st, 0);
+	s->pid = 0;
+	return st;
+}
+
+/* The server's stderr so far (static buffer). */
+static inline const char *tu_server_log(const struct tu_server *s)
+{
+	static char buf[16384];
+	ssize_t n = s->errfd >= 0 ? pread(s->errfd, buf, sizeof(buf) - 1, 0) : -1;
+	buf[n > 0 ? n : 0] = 0;
+	return buf;
+}
+
+/* The transport variant of this case: "sm" -> UCX_TLS=sm,tcp (the client/
+ * server connection needs tcp for its wireup; data AMs go over shared
+ * memory), "tcp" -> UCX_TLS=tcp.  Set before anything starts UCX. */
+static inline void tu_set_tls(const char *variant)
+{
+	setenv("UCX_TLS", strcmp(variant, "sm") == 0 ? "sm,tcp" : "tcp", 1);
+	setenv("UCX_NET_DEVICES", "lo", 1);
+}
+
+/* RssAnon of this process in KiB. */
+static inline long tu_rss_anon_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	if (!f)
+		return -1;
+	char line[256];
+	long v = -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+static inline int tu_quick(void)
+{
+	const char *q = getenv("UHMM_TEST_QUICK");
+	return q && *q && *q != '0';
+}
+
+#endif
