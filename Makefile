@@ -130,6 +130,7 @@ check-layers: $(LIBOBJS)
 demo: check-deps lib $(EXAMPLES)
 	$(BUILD)/examples/demo
 	@if [ -x $(BUILD)/examples/svm_atomics ]; then $(BUILD)/examples/svm_atomics; fi
+	$(BUILD)/examples/remote_driver
 
 bench: check-deps lib $(BENCHES)
 	@bash bench/run.sh $(BUILD)

@@ -185,6 +185,9 @@ static uint64_t ub_fault_count(enum ub_lat_kind kind, const struct uhmm_stats *s
 	return faults;
 }
 
+/* Which figure ub_latency measures: names and the device's memory. */
+static const char *ub_lat_p50 = "fault_to_ram_p50", *ub_lat_p99 = "fault_to_ram_p99";
+
 static void ub_latency(enum ub_lat_kind kind)
 {
 	size_t n = BENCH_LAT_WARMUP + BENCH_LAT_SAMPLES, done = 0, bad = 0;
@@ -222,10 +225,11 @@ static void ub_latency(enum ub_lat_kind kind)
 		goto out;
 	}
 	bench_sort(samples, BENCH_LAT_SAMPLES);
-	bench_emit(kind == UB_LAT_FAULT ? "fault_to_ram_p50" : "exclusive_revoke_p50",
-		   bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 50), "us", NAN);
-	bench_emit(kind == UB_LAT_FAULT ? "fault_to_ram_p99" : "exclusive_revoke_p99",
-		   bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 99), "us", NAN);
+	bench_emit(ub_lat_p50, bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 50), "us", NAN);
+	if (ub_lat_p99)
+		bench_emit(ub_lat_p99, bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 99), "us", NAN);
+	if (strcmp(ub_lat_p50, "fault_to_ram_p50") && strcmp(ub_lat_p50, "exclusive_revoke_p50"))
+		goto out;  /* the CDF files are the default figures' */
 	bench_write_cdf(kind == UB_LAT_FAULT ? "bench_lat_fault_uhmm.dat" :
 			"bench_lat_excl_uhmm.dat", kind == UB_LAT_FAULT ?
 			"uhmm: CPU read of a device-private page (device 0)" :
@@ -248,7 +252,49 @@ static void group_fault_latency(void)
 
 static void group_exclusive_latency(void)
 {
+	ub_lat_p50 = "exclusive_revoke_p50";
+	ub_lat_p99 = "exclusive_revoke_p99";
 	ub_latency(UB_LAT_EXCL);
+}
+
+/*
+ * The same figures as a program sees them: helper threads unpinned
+ * (BENCH_PLACEMENT=free for this group), against the same-CPU floor.
+ */
+static void ub_free_placement(void)
+{
+	setenv("BENCH_PLACEMENT", "free", 1);
+	bench_place_helpers();
+}
+
+static void group_fault_latency_free(void)
+{
+	ub_free_placement();
+	ub_lat_p50 = "fault_to_ram_free_p50";
+	ub_lat_p99 = NULL;
+	ub_latency(UB_LAT_FAULT);
+}
+
+static void group_exclusive_latency_free(void)
+{
+	ub_free_placement();
+	ub_lat_p50 = "exclusive_revoke_free_p50";
+	ub_lat_p99 = NULL;
+	ub_latency(UB_LAT_EXCL);
+}
+
+/* Device 0 with its own memory (a driver-owned pool, copies by memcpy). */
+static void ub_owned_memory(void)
+{
+	setenv("UHMM_DMIRROR_MEMORY", "owned", 1);
+}
+
+static void group_owned_fault_latency(void)
+{
+	ub_owned_memory();
+	ub_lat_p50 = "owned_fault_to_ram_p50";
+	ub_lat_p99 = NULL;
+	ub_latency(UB_LAT_FAULT);
 }
 
 /* ---- migration throughput --------------------------------------------------- */
@@ -355,7 +401,93 @@ static void group_migrate(void)
 	uhmm_dmirror_close(dm);
 }
 
+static void group_owned_migrate(void)
+{
+	ub_owned_memory();
+	struct uhmm_dmirror *dm = ub_start(0);
+	struct ub_mig res = { NAN, NAN, NAN };
+
+	if (!dm)
+		return;
+	ub_warm_and_pin(dm);
+	if (!ub_migrate_measure(dm, BENCH_MIG_BYTES, BENCH_MIG_REPS, true, &res)) {
+		bench_emit("owned_migrate_to_dev_gbps", res.gb_dev, "GB/s", NAN);
+		bench_emit("owned_migrate_to_sys_gbps", res.gb_sys, "GB/s", NAN);
+	}
+	uhmm_dmirror_close(dm);
+}
+
+/*
+ * Random single-page CPU faults on device 0's own memory with the slow-copy
+ * flag (+50 us per copy, asleep like a DMA): faults per second from 2
+ * threads on different pages over 1 thread.  Serialized faults give 1.0.
+ */
+#define UB_CONC_PAGES 2048
+struct ub_conc {
+	char *buf;
+	size_t first, n;
+	uint64_t sum;
+};
+
+static void *ub_conc_main(void *arg)
+{
+	struct ub_conc *c = arg;
+	/* a stride that visits every page once, never two neighbours in a row */
+	for (size_t k = 0; k < c->n; k++) {
+		size_t i = c->first + (k * 97) % c->n;
+		c->sum += *(volatile uint64_t *)(c->buf + i * BENCH_PAGE);
+	}
+	return NULL;
+}
+
+static double ub_conc_rate(struct uhmm_dmirror *dm, char *buf, int nthreads)
+{
+	struct ub_conc c[2];
+	pthread_t t[2];
+	if (ub_cmd(uhmm_dmirror_migrate_to_dev, "migrate_to_dev", dm, buf, NULL, UB_CONC_PAGES,
+		   NULL))
+		return NAN;
+	uint64_t t0 = bench_now_ns();
+	for (int i = 0; i < nthreads; i++) {
+		c[i] = (struct ub_conc){ buf, (size_t)i * UB_CONC_PAGES / 2, UB_CONC_PAGES / 2, 0 };
+		pthread_create(&t[i], NULL, ub_conc_main, &c[i]);
+	}
+	for (int i = 0; i < nthreads; i++)
+		pthread_join(t[i], NULL);
+	double secs = (double)(bench_now_ns() - t0) / 1e9;
+	if (nthreads == 1) {  /* the other half, for the same number of faults */
+		c[0].first = UB_CONC_PAGES / 2;
+		t0 = bench_now_ns();
+		ub_conc_main(&c[0]);
+		secs += (double)(bench_now_ns() - t0) / 1e9;
+	}
+	return ub_check_tags(buf, UB_CONC_PAGES) == 0 ? UB_CONC_PAGES / secs : NAN;
+}
+
+static void group_concurrent_faults(void)
+{
+	ub_owned_memory();
+	struct uhmm_dmirror *dm = ub_start(0);
+	char *buf = bench_map(UB_CONC_PAGES * BENCH_PAGE);
+	if (!dm || !buf)
+		return;
+	bench_fill_tags(buf, UB_CONC_PAGES * BENCH_PAGE);
+	uhmm_dmirror_set_flags(dm, UHMM_DMIRROR_FLAG_SLOW_COPY);
+	double r1[3], r2[3];
+	for (int k = 0; k < 3; k++) {
+		r1[k] = ub_conc_rate(dm, buf, 1);
+		r2[k] = ub_conc_rate(dm, buf, 2);
+	}
+	double one = bench_median(r1, 3), two = bench_median(r2, 3);
+	printf("  slow copies: %.0f faults/s from 1 thread, %.0f from 2\n", one, two);
+	bench_emit("concurrent_fault_speedup", two / one, "x", 1.0);
+	uhmm_dmirror_close(dm);
+	munmap(buf, UB_CONC_PAGES * BENCH_PAGE);
+}
+
 /* CPU streaming reads through device-private memory: one u64 per page. */
+static const char *ub_seq_metric = "fault_to_ram_seq_gbps";
+
 static void group_seq(void)
 {
 	size_t npages = BENCH_MIG_BYTES / BENCH_PAGE, i, bad = 0;
@@ -389,7 +521,7 @@ static void group_seq(void)
 			   BENCH_SEQ_REPS);
 		goto out;
 	}
-	bench_emit("fault_to_ram_seq_gbps", bench_median(v, BENCH_SEQ_REPS), "GB/s", NAN);
+	bench_emit(ub_seq_metric, bench_median(v, BENCH_SEQ_REPS), "GB/s", NAN);
 out:
 	if (dm)
 		uhmm_dmirror_close(dm);
@@ -751,6 +883,13 @@ out:
 	uhmm_dmirror_close(dm);
 }
 
+static void group_seq_free(void)
+{
+	ub_free_placement();
+	ub_seq_metric = "fault_to_ram_seq_free_gbps";
+	group_seq();
+}
+
 /* ---- main ------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -769,9 +908,22 @@ int main(int argc, char **argv)
 	static const struct bench_metric m_rf[] = { { "range_fault_mpages_s", "Mpages/s" } };
 	static const struct bench_metric m_nt[] = { { "notifier_invalidate_ns_100k", "ns" } };
 	static const struct bench_metric m_sc[] = { { "migrate_scaling", "x" } };
+	static const struct bench_metric m_ffree[] = { { "fault_to_ram_free_p50", "us" } };
+	static const struct bench_metric m_efree[] = { { "exclusive_revoke_free_p50", "us" } };
+	static const struct bench_metric m_sfree[] = { { "fault_to_ram_seq_free_gbps", "GB/s" } };
+	static const struct bench_metric m_ofault[] = { { "owned_fault_to_ram_p50", "us" } };
+	static const struct bench_metric m_omig[] = {
+		{ "owned_migrate_to_dev_gbps", "GB/s" }, { "owned_migrate_to_sys_gbps", "GB/s" },
+	};
+	static const struct bench_metric m_conc[] = { { "concurrent_fault_speedup", "x" } };
 
 	if (bench_open(argc, argv, "bench_uhmm"))
 		return 1;
+	/*
+	 * The reference device's private memory is its own by default; the
+	 * figures that predate that measure the host-frame pool, as before.
+	 */
+	setenv("UHMM_DMIRROR_MEMORY", "host", 1);
 	bench_group("CPU fault on device-private pages (device 0)", group_fault_latency,
 		    m_fault, BENCH_ARRAY_SIZE(m_fault), 40);
 	bench_group("CPU write to device-exclusive pages (device 0)", group_exclusive_latency,
@@ -788,5 +940,17 @@ int main(int argc, char **argv)
 		    m_nt, BENCH_ARRAY_SIZE(m_nt), 40);
 	bench_group("migration cost per page, large vs 4 MiB", group_scaling,
 		    m_sc, BENCH_ARRAY_SIZE(m_sc), 120);
+	bench_group("CPU fault on device-private pages, helpers unpinned", group_fault_latency_free,
+		    m_ffree, BENCH_ARRAY_SIZE(m_ffree), 40);
+	bench_group("CPU write to device-exclusive pages, helpers unpinned",
+		    group_exclusive_latency_free, m_efree, BENCH_ARRAY_SIZE(m_efree), 40);
+	bench_group("streaming CPU reads of device-private memory, helpers unpinned",
+		    group_seq_free, m_sfree, BENCH_ARRAY_SIZE(m_sfree), 50);
+	bench_group("CPU fault on driver-owned memory (device 0, own buffer)",
+		    group_owned_fault_latency, m_ofault, BENCH_ARRAY_SIZE(m_ofault), 40);
+	bench_group("migration throughput, driver-owned memory (256 MiB)", group_owned_migrate,
+		    m_omig, BENCH_ARRAY_SIZE(m_omig), 60);
+	bench_group("concurrent CPU faults, slow copies (2 threads vs 1)", group_concurrent_faults,
+		    m_conc, BENCH_ARRAY_SIZE(m_conc), 60);
 	return bench_close();
 }

@@ -16,7 +16,10 @@ build=${1:-build}
 bindir="$build/bench"
 metrics=(fault_to_ram_p50 fault_to_ram_p99 exclusive_revoke_p50 exclusive_revoke_p99
 	migrate_to_dev_gbps migrate_to_sys_gbps fault_to_ram_seq_gbps coherent_migrate_gbps
-	range_fault_mpages_s notifier_invalidate_ns_100k migrate_scaling)
+	range_fault_mpages_s notifier_invalidate_ns_100k migrate_scaling
+	fault_to_ram_free_p50 exclusive_revoke_free_p50 fault_to_ram_seq_free_gbps
+	owned_fault_to_ram_p50 owned_migrate_to_dev_gbps owned_migrate_to_sys_gbps
+	concurrent_fault_speedup)
 
 for p in bench_floor bench_uhmm; do
 	if [ ! -x "$bindir/$p" ]; then
@@ -44,7 +47,7 @@ start=$(date +%s)
 # timeout signals the whole process group, so group children go too.
 BENCH_BUDGET_S=${BENCH_FLOOR_BUDGET_S:-60} timeout -k 5 75 "$bindir/bench_floor" "$build"
 rc_floor=$?
-BENCH_BUDGET_S=${BENCH_UHMM_BUDGET_S:-200} timeout -k 5 215 "$bindir/bench_uhmm" "$build"
+BENCH_BUDGET_S=${BENCH_UHMM_BUDGET_S:-420} timeout -k 5 435 "$bindir/bench_uhmm" "$build"
 rc_uhmm=$?
 [ $rc_floor -eq 0 ] || echo "bench/run.sh: bench_floor exited with status $rc_floor"
 [ $rc_uhmm -eq 0 ] || echo "bench/run.sh: bench_uhmm exited with status $rc_uhmm"

@@ -500,6 +500,8 @@ int uhmm_dmirror_open(unsigned int idx, struct uhmm_dmirror **out)
 		/* virtual until used, like a device's memory that was never written */
 		void *mem = mmap(NULL, POOL_PAGES * PAGE, PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (mem != MAP_FAILED)  /* like HBM: no 4 KiB first-touch faults */
+			madvise(mem, POOL_PAGES * PAGE, MADV_HUGEPAGE);
 		rc = mem == MAP_FAILED ? -ENOMEM :
 		     uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, dev_owner(d), &dm_devmem_ops,
 					      &dm_copy_ops, UHMM_DEVMEM_DEFER_FAULTS, d,

@@ -491,7 +491,7 @@ int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uin
 		if (rc)
 			return rc;
 	}
-	int adv = write ? MADV_POPULATE_WRITE : 22 /* MADV_POPULATE_READ */;
+	int adv = write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
 	if (syscall(SYS_madvise, start, end - start, adv) == 0)
 		return 0;
 	int err = errno;

@@ -9,6 +9,11 @@
  * callback runs with no uhmm lock held.
  */
 #include "internal.h"
+#include "compat.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Pages handled per round: one allocation, one driver call, one fence. */
 #define COPY_BATCH 512
@@ -96,6 +101,10 @@ static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 			}
 		}
 		uint64_t nr = make_runs(as, b->host, b->dev, (uint64_t)got, b->runs);
+		/* the driver writes the system pages: populate each run at once */
+		for (uint64_t r = 0; to_ram && r < nr; r++)
+			syscall(SYS_madvise, b->runs[r].host, b->runs[r].npages << PG_SHIFT,
+				MADV_POPULATE_WRITE);
 		int rc = driver_copy(mem, to_ram ? UHMM_COPY_TO_RAM : UHMM_COPY_TO_DEV, b->runs, nr);
 		for (k = 0; k < (uint64_t)got; k++)
 			b->errs[k] = rc;

@@ -280,6 +280,58 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 }
 
 /*
+ * uhmm__frame_put() of n frames (idx[] is reordered): the frames whose last
+ * reference goes are zapped one run of consecutive frames per madvise, not
+ * one page each (a migration's staging frames: 1.7 us a page otherwise).
+ */
+void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
+{
+	uint64_t k = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		struct frame *f = uhmm__frame(as, idx[i]);
+		struct uhmm_devmem *mem = f ? frame_pool(f) : NULL;
+		if (!mem)
+			continue;
+		uhmm__lock(&mem->lock);
+		uhmm__assert(f->ref > 0);
+		bool last = f->ref != 0 && __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) == 0;
+		uhmm__unlock(&mem->lock);
+		if (!last)
+			continue;
+		if (mem->ops && mem->ops->page_free)
+			mem->ops->page_free(mem, idx[i]);
+		idx[k++] = idx[i];
+	}
+	qsort(idx, k, sizeof(*idx), cmp_u64);
+	for (uint64_t i = 0; i < k;) {
+		uint64_t j = i;
+		if (!is_populated(&as->frames[idx[i]])) {
+			i++;
+			continue;
+		}
+		while (j + 1 < k && idx[j + 1] == idx[j] + 1 && is_populated(&as->frames[idx[j + 1]]))
+			j++;
+		syscall(SYS_madvise, uhmm__frame_addr(as, idx[i]), (j - i + 1) << PG_SHIFT,
+			MADV_DONTNEED);
+		for (uint64_t m = i; m <= j; m++)
+			set_populated(&as->frames[idx[m]], 0);
+		i = j + 1;
+	}
+	for (uint64_t i = 0; i < k; i++) {
+		struct frame *f = &as->frames[idx[i]];
+		struct uhmm_devmem *mem = frame_pool(f);
+		uhmm__lock(&mem->lock);
+		__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
+		f->zone_data = NULL;
+		f->next_free = mem->free_head;
+		mem->free_head = (uint32_t)idx[i];
+		mem->freed++;
+		uhmm__unlock(&mem->lock);
+	}
+}
+
+/*
  * Take the page at addr out of the CPU view into frame idx.  0, -ENOENT (no
  * page there: a hole), or the kernel's reason the page cannot move.  A page
  * of a mapping whose access flags differ from the arena's cannot be moved;

@@ -397,6 +397,7 @@ int uhmm__move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx);
 /* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */
 #define MOVE_RUN_MAX 512
 void uhmm__frame_put(struct uhmm__as *as, uint64_t f);
+void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *f, uint64_t n);
 bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f);
 int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wake);
 int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t f);

@@ -609,8 +609,23 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	uint64_t t0 = uhmm__now_ns();
 	uint64_t n_dev = 0, n_sys = 0;
 	uint8_t *inst = uhmm__zalloc(a->npages);
+	/* staging frames and old device pages, released together at the end */
+	uint64_t *put = uhmm__zalloc(a->npages * sizeof(*put)), nput = 0;
 	if (inst)
 		install_sys_runs(as, a, m, inst);
+	/*
+	 * The sources of migrated pages go first, in one batch (one zap per
+	 * run): before any install wakes a thread, so that the pool counters
+	 * are settled when the CPU's access returns.
+	 */
+	for (uint64_t i = 0; put && i < a->npages; i++) {
+		uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
+		if (m->origin[i] != OR_NONE && s && (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+		    (a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE) && (!inst || inst[i] == INST_NONE))
+			put[nput++] = s;
+	}
+	if (put)
+		uhmm__frame_put_many(as, put, nput);
 	for (uint64_t i = 0; i < a->npages; i++) {
 		if (m->origin[i] == OR_NONE)
 			continue;
@@ -621,7 +636,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		if (migrated) {
 			uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
 			uint8_t done = inst ? inst[i] : INST_NONE;
-			if (s && done == INST_NONE)
+			if (s && done == INST_NONE && !put)
 				uhmm__frame_put(as, s);  /* staging frame or old device page */
 			/* The fault page's thread may go on at once (see LOCK_FAULT). */
 			int irc = dst_private(as, d) || done == INST_DONE ? 0 :
@@ -652,6 +667,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	 */
 	if (!(m->fault_addr == a->start && a->end - a->start == PG_SIZE))
 		uhmm__uffd_wake(as, a->start, a->end - a->start);
+	uhmm__free(put, a->npages * sizeof(*put));
 	uhmm__fork_unlock(as);
 	if (n_dev)
 		uhmm__event(UHMM_EV_MIGRATE_TO_DEV, (uint32_t)n_dev, a->start, a->end - a->start, t0);

@@ -574,4 +574,187 @@ TEST(exclusive_and_dma_bad)
 	assert_runtime_ok();
 }
 
+/* ---- driver-owned pools ----------------------------------------------------- */
+
+static int g_copy_calls, g_copy_fail;
+static uint64_t g_copy_pages;
+static char g_owned_mem[64 * 4096];
+
+static int owned_copy(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
+		      const struct uhmm_copy_run *runs, uint64_t nruns, uint64_t *fence)
+{
+	(void)mem;
+	g_copy_calls++;
+	if (g_copy_fail)
+		return -EIO;
+	for (uint64_t r = 0; r < nruns; r++) {
+		char *dev = g_owned_mem + runs[r].dev_index * 4096;
+		size_t len = runs[r].npages * 4096;
+		g_copy_pages += runs[r].npages;
+		if (dir == UHMM_COPY_TO_RAM)
+			memcpy((void *)(uintptr_t)runs[r].host, dev, len);
+		else if (runs[r].flags & UHMM_COPY_RUN_CLEAR)
+			memset(dev, 0, len);
+		else
+			memcpy(dev, (void *)(uintptr_t)runs[r].host, len);
+	}
+	*fence = 0;
+	return 0;
+}
+
+static const struct uhmm_devmem_copy_ops owned_ops = { .copy = owned_copy };
+static const struct uhmm_devmem_copy_ops no_copy_ops = { .copy = NULL };
+
+TEST(devmem_owned_bad)
+{
+	struct uhmm_devmem *mem = NULL;
+	uint64_t page = 0, sys = 0, src[2] = { 0 }, dst[2] = { 0 };
+
+	/* no copy callback, a coherent type, unknown flags, NULL out */
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops, NULL, 0,
+					   NULL, 16, &mem), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops,
+					   &no_copy_ops, 0, NULL, 16, &mem), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_COHERENT, &owner_tag, &priv_ops,
+					   &owned_ops, 0, NULL, 16, &mem), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops,
+					   &owned_ops, 1U << 7, NULL, 16, &mem), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, NULL, &owned_ops, 0,
+					   NULL, 16, &mem), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops,
+					   &owned_ops, 0, NULL, 16, NULL), -EINVAL);
+	ASSERT_TRUE(mem == NULL);
+	ASSERT_EQ(uhmm_devmem_is_owned(NULL), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_page_index(0), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_page_index(UINT64_MAX), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_copy(NULL, src, dst, 2), -EINVAL);
+
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops,
+					   &owned_ops, 0, NULL, 64, &mem), 0);
+	ASSERT_EQ(uhmm_devmem_is_owned(mem), 1);
+	ASSERT_EQ(uhmm_migrate_copy(mem, NULL, dst, 2), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_copy(mem, src, NULL, 2), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_copy(mem, src, dst, 0), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_copy(mem, src, dst, 2), 0);  /* nothing to migrate */
+	/* its pages are names: no host address, no uhmm copy */
+	ASSERT_EQ(uhmm_devmem_alloc(mem, &page), 0);
+	ASSERT_EQ(uhmm_devmem_page_index(page), 0);
+	ASSERT_TRUE(uhmm_pfn_to_virt(page) == NULL);
+	ASSERT_TRUE(uhmm_pfn_to_virt(page | UHMM_PFN_VALID | UHMM_PFN_DEVICE) == NULL);
+	ASSERT_EQ(uhmm_sys_page_alloc(&sys), 0);
+	ASSERT_EQ(uhmm_devmem_page_index(sys), -EINVAL);  /* a system page has none */
+	ASSERT_EQ(uhmm_page_copy(page, sys), -EOPNOTSUPP);
+	ASSERT_EQ(uhmm_page_copy(sys, page), -EOPNOTSUPP);
+	uint64_t d1[1] = { page }, s1[1] = { sys };
+	int err[1] = { 0 };
+	ASSERT_EQ(uhmm_page_copy_many(d1, s1, 1, err), 1);
+	ASSERT_EQ(err[0], -EOPNOTSUPP);
+	ASSERT_EQ(uhmm_devmem_destroy(mem), -EBUSY);
+	ASSERT_EQ(uhmm_devmem_page_put(page), 0);
+	ASSERT_EQ(uhmm_devmem_page_put(sys), 0);
+	/* a host-memory pool is not owned */
+	struct uhmm_devmem *host = NULL;
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops, NULL, 16, &host),
+		  0);
+	ASSERT_EQ(uhmm_devmem_is_owned(host), 0);
+	ASSERT_EQ(uhmm_devmem_destroy(host), 0);
+	ASSERT_EQ(uhmm_devmem_destroy(mem), 0);
+	ASSERT_EQ(uhmm_devmem_is_owned(mem), -EINVAL);  /* destroyed */
+	assert_runtime_ok();
+}
+
+/*
+ * The middle phase through a driver-owned pool, by hand of uhmm_migrate_copy:
+ * data and holes in runs, and a failing driver copy that loses nothing.
+ */
+static struct uhmm_devmem *g_owned;
+
+static int owned_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
+{
+	uint64_t src[1], dst[1] = { 0 };
+	struct uhmm_migrate m = { .start = vmf->addr, .end = vmf->addr + 4096, .src = src,
+				  .dst = dst, .pgmap_owner = &owner_tag,
+				  .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+				  .fault_page = vmf->page };
+	int rc = uhmm_migrate_vma_setup(&m);
+	if (rc)
+		return rc;
+	long got = uhmm_migrate_copy(mem, src, dst, 1);
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return got == 1 ? 0 : got < 0 ? (int)got : -EIO;
+}
+
+static const struct uhmm_devmem_ops owned_dev_ops = { .migrate_to_ram = owned_to_ram };
+
+static long owned_migrate(char *buf, uint64_t npages)
+{
+	uint64_t src[16], dst[16];
+	struct uhmm_migrate m = { .start = (uintptr_t)buf, .end = (uintptr_t)buf + npages * 4096,
+				  .src = src, .dst = dst, .pgmap_owner = &owner_tag,
+				  .flags = UHMM_MIGRATE_SELECT_SYSTEM };
+	int rc = uhmm_migrate_vma_setup(&m);
+	if (rc)
+		return rc;
+	long got = uhmm_migrate_copy(g_owned, src, dst, m.npages);
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return got;
+}
+
+TEST(devmem_owned_copy)
+{
+	if (!(uhmm_features() & UHMM_FEAT_MOVE))
+		SKIP("migration needs UFFDIO_MOVE (Linux 6.8+)");
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &owned_dev_ops,
+					   &owned_ops, 0, NULL, 64, &g_owned), 0);
+	char *buf = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	ASSERT_MAPPED(buf);
+	for (int i = 0; i < 16; i++)
+		if (i != 5)  /* page 5 stays a hole: a clear run */
+			memset(buf + i * 4096, 'a' + i, 4096);
+	memset(g_owned_mem, 0x77, sizeof(g_owned_mem));  /* stale data: must not leak (I5) */
+
+	/* a failing driver copy: nothing moves, nothing is lost, pool empty */
+	g_copy_fail = 1;
+	ASSERT_EQ(owned_migrate(buf, 16), -EIO);
+	g_copy_fail = 0;
+	struct uhmm_devmem_stats st;
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 0);
+	for (int i = 0; i < 16; i++)
+		ASSERT_EQ(buf[i * 4096 + 100], i == 5 ? 0 : 'a' + i);
+
+	struct uhmm_stats s0, s1;
+	uhmm_stats_get(&s0);
+	int calls0 = g_copy_calls;
+	ASSERT_EQ(owned_migrate(buf, 16), 16);
+	ASSERT_EQ(g_copy_calls - calls0, 1);  /* one call for the batch */
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 16);
+	/* the device holds the data; the hole was cleared, not left stale */
+	int clear_seen = 0;
+	for (int i = 0; i < 16; i++) {
+		char want = i == 5 ? 0 : 'a' + i;
+		int found = 0;
+		for (int k = 0; k < 64 && !found; k++)
+			found = g_owned_mem[k * 4096] == want && g_owned_mem[k * 4096 + 4095] == want;
+		ASSERT_TRUE(found);
+		clear_seen += i == 5;
+	}
+	ASSERT_EQ(clear_seen, 1);
+	/* CPU reads fault every page back through the driver */
+	for (int i = 0; i < 16; i++)
+		ASSERT_EQ(buf[i * 4096 + 4000], i == 5 ? 0 : 'a' + i);
+	uhmm_stats_get(&s1);
+	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 16);
+	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 16);
+	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, 16);
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 0);
+	ASSERT_EQ(munmap(buf, 16 * 4096), 0);
+	ASSERT_EQ(uhmm_devmem_destroy(g_owned), 0);
+}
+
 TEST_MAIN()
