@@ -834,6 +834,7 @@ static void serve_msg(struct uhmm__as *as, const struct uffd_msg *m)
 	uint64_t addr = m->arg.pagefault.address & PG_MASK;
 	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	as->fault_tid = (pid_t)m->arg.pagefault.feat.ptid;
+	uhmm__service_follow(as->fault_tid);  /* serve it on its CPU (placement.c) */
 	int rc = uhmm__cpu_fault(as, addr, write, true);
 	if (rc && rc != -EAGAIN)
 		sigbus_thread(as, m, rc);
@@ -864,6 +865,7 @@ static void *service_main(void *arg)
 {
 	struct uhmm__as *as = arg;
 	uhmm__set_service_thread();
+	uhmm__service_placement_init();
 	struct pollfd pfd[3] = {
 		{ .fd = as->uffd, .events = POLLIN },
 		{ .fd = as->wake_fd, .events = POLLIN },

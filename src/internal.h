@@ -273,6 +273,15 @@ static inline void uhmm__unlock(pthread_mutex_t *m)
 	pthread_mutex_unlock(m);
 	uhmm__tls_locks--;
 }
+/* 0 with the lock taken (and counted), or EBUSY. */
+static inline int uhmm__trylock(pthread_mutex_t *m)
+{
+	uhmm__tls_locks++;
+	int rc = pthread_mutex_trylock(m);
+	if (rc)
+		uhmm__tls_locks--;
+	return rc;
+}
 static inline bool uhmm__holds_lock(void)
 {
 	return uhmm__tls_locks != 0;
@@ -404,6 +413,10 @@ int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t f)
 int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool may_copy);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
+
+/* placement.c: the service thread follows a pinned faulting thread */
+void uhmm__service_placement_init(void);
+void uhmm__service_follow(pid_t tid);
 
 /* faultwork.c: deferred faults (UHMM_DEVMEM_DEFER_FAULTS) */
 int uhmm__fault_defer(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t addr,

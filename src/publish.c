@@ -135,10 +135,10 @@ static void snap_pool(struct pub_pool *r, struct uhmm_devmem *m)
 static void snapshot_pools(struct pub_file *p, uint64_t now)
 {
 	struct uhmm__as *as = __atomic_load_n(&g_pub_as, __ATOMIC_ACQUIRE);
-	if (!as || pthread_mutex_trylock(&g_pub_lock))
+	if (!as || uhmm__trylock(&g_pub_lock))
 		goto busy;
-	if (pthread_mutex_trylock(&as->arena_lock)) {
-		pthread_mutex_unlock(&g_pub_lock);
+	if (uhmm__trylock(&as->arena_lock)) {
+		uhmm__unlock(&g_pub_lock);
 		goto busy;
 	}
 	uint64_t seq = __atomic_load_n(&p->h.pub_seq, __ATOMIC_RELAXED);
@@ -152,22 +152,22 @@ static void snapshot_pools(struct pub_file *p, uint64_t now)
 			skipped++;
 			continue;
 		}
-		if (pthread_mutex_trylock(&m->lock)) {
+		if (uhmm__trylock(&m->lock)) {
 			done = false;
 			break;
 		}
 		if (!m->dead)
 			snap_pool(&p->pools[n++], m);
-		pthread_mutex_unlock(&m->lock);
+		uhmm__unlock(&m->lock);
 	}
-	pthread_mutex_unlock(&as->arena_lock);
+	uhmm__unlock(&as->arena_lock);
 	if (done) {
 		ST(p->h.npools, n);
 		ST(p->h.pools_skipped, skipped);
 		ST(p->h.heartbeat_ns, now);
 	}
 	__atomic_store_n(&p->h.pub_seq, seq + 2, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&g_pub_lock);
+	uhmm__unlock(&g_pub_lock);
 	if (done) {
 		__atomic_store_n(&g_last_snap_ns, now, __ATOMIC_RELAXED);
 		__atomic_store_n(&g_snap_pending, 0, __ATOMIC_RELAXED);

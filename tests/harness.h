@@ -119,23 +119,26 @@ static inline uint64_t th_now_ns(void)
 }
 
 /*
- * A hung case: print every thread's stack of the child before it is killed,
- * so that the log says why.  gdb when present (bounded in time), else the
+ * A hung case: print every thread's stack of the child, and of every process
+ * it started, before it is killed, so that the log says why.  gdb when present (bounded in time), else the
  * kernel's view: /proc/PID/task/TID/{comm,wchan,stack}.
  */
 static inline void th_dump_stacks(pid_t pid)
 {
-	char cmd[512];
+	char cmd[2048];
 	fflush(stdout);
 	snprintf(cmd, sizeof(cmd),
+		 "tree() { echo $1; for c in $(cat /proc/$1/task/*/children 2>/dev/null); do "
+		 "tree $c; done; }; for p in $(tree %d); do "
+		 "echo \"    stack| === process $p ($(tr '\\0' ' ' < /proc/$p/cmdline))\"; "
 		 "if command -v gdb >/dev/null 2>&1; then "
-		 "timeout 120 gdb -nx -batch -p %d -ex 'set pagination off' "
+		 "timeout 60 gdb -nx -batch -p $p -ex 'set pagination off' "
 		 "-ex 'thread apply all bt' 2>&1 | grep -v '^\\[New LWP\\|^warning:' "
 		 "| sed 's/^/    stack| /'; "
-		 "else for t in /proc/%d/task/*; do "
+		 "else for t in /proc/$p/task/*; do "
 		 "echo \"    stack| thread ${t##*/} $(cat $t/comm) wchan=$(cat $t/wchan)\"; "
-		 "sed 's/^/    stack|   /' $t/stack 2>/dev/null; done; fi",
-		 (int)pid, (int)pid);
+		 "sed 's/^/    stack|   /' $t/stack 2>/dev/null; done; fi; done",
+		 (int)pid);
 	if (system(cmd) != 0)
 		printf("    stack| (stack dump incomplete)\n");
 	fflush(stdout);

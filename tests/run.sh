@@ -75,7 +75,7 @@ for p in "${progs[@]}"; do
 	if [ -n "$variant" ]; then
 		sed -i -E "s/^(PASS|FAIL|SKIP) ([^ :]+)/\1 \2[$variant]/" "$tmp"
 	fi
-	if grep -q -E '^(WARNING|ERROR): (ThreadSanitizer|AddressSanitizer)|runtime error:' "$tmp"; then
+	if grep -q -E '(WARNING|ERROR): (ThreadSanitizer|AddressSanitizer|LeakSanitizer)|runtime error:' "$tmp"; then
 		bash "$here/../tools/symbolize.sh" "$(dirname "$p")" "$(dirname "$(dirname "$p")")" <"$tmp" >"$tmp.sym" && mv "$tmp.sym" "$tmp"
 	fi
 	out=$(cat "$tmp")
