@@ -380,13 +380,88 @@ static bool want_own_memory(void)
 }
 
 /*
+ * FAIL_ALLOC, as the kernel's test driver does it: the first device-page
+ * allocation of the next migration to the device fails, and what that
+ * costs depends on what the allocation was for.
+ *
+ * - A THP that migrates whole is one huge allocation in the kernel's driver
+ *   (MIGRATE_PFN_COMPOUND: one huge device page); when FAIL_ALLOC fails it,
+ *   the driver falls back to 4 KiB device pages and the migration completes.
+ *   So is an empty PMD-aligned 2 MiB block of an anonymous VMA (the
+ *   kernel's collect step gives a pmd_none hole one COMPOUND entry).  This
+ *   device has 4 KiB pages only, so it recognizes a huge source the way
+ *   collect does, from the CPU page table: a 2 MiB-aligned block lying
+ *   wholly in the migration call that the CPU maps with one PMD
+ *   (uhmm_range_fault reports map order 9: a THP or the huge zero page), or
+ *   of which no page is present.  It must look before setup, which takes
+ *   the pages out of the CPU view.  FAIL_ALLOC then fails the block's huge
+ *   allocation (the flag is spent) and the block gets its 4 KiB pages: the
+ *   fallback, as in the kernel.
+ * - Any other first page (4 KiB mapped, in a split THP, a hole in a
+ *   partly populated block) is one 4 KiB allocation: it fails, and that
+ *   page stays in system memory.
+ *
+ * Migrations to system memory allocate no device page and leave the flag
+ * armed.  The look at the page table is a snapshot: a block that changes
+ * between it and setup still counts as it looked, for this one allocation
+ * (a test hook); a userspace snapshot cannot tell an empty block from one
+ * whose PTE table the kernel keeps after MADV_DONTNEED (no COMPOUND hole
+ * there), nor from pages held by another device.
+ */
+#define HUGE_SIZE (PAGE * PT_PER_BLOCK)
+
+/*
+ * The 2 MiB block of [start, end) that is a huge source (above), or 0.
+ * Our own device-private pages read as device pages, so they are not holes.
+ */
+static uint64_t huge_source(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	uint64_t b = (start + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1);
+	if (b < start || b + HUGE_SIZE > end || b + HUGE_SIZE < b)
+		return 0;
+	uint64_t pfns[FAULT_WINDOW];
+	for (uint64_t a = b; a < b + HUGE_SIZE;) {
+		uint64_t e = window_end(a, b + HUGE_SIZE);
+		struct uhmm_range r = {
+			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
+			.dev_private_owner = dev_owner(dm->dev),
+		};
+		r.notifier_seq = uhmm_interval_read_begin(&dm->notifier);
+		int rc = uhmm_range_fault(&r);
+		if (rc == -EBUSY)
+			continue;
+		if (rc)
+			return 0;
+		if (a == b && (pfns[0] & UHMM_PFN_VALID) && !(pfns[0] & UHMM_PFN_DEVICE))
+			return uhmm_pfn_to_map_order(pfns[0]) == 9 ? b : 0;  /* PMD mapped? */
+		for (uint64_t i = 0; i < (e - a) / PAGE; i++)
+			if (pfns[i])
+				return 0;  /* present, a device page, or not mapped readable */
+		a = e;
+	}
+	return b;  /* no page present: a PMD hole */
+}
+
+/* Before setup: the huge source alloc_and_copy must know of (0: none). */
+static uint64_t fail_alloc_plan(struct uhmm_dmirror *dm, uint64_t start, uint64_t end,
+				bool to_device)
+{
+	pthread_mutex_lock(&dm->lock);
+	bool armed = dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+	pthread_mutex_unlock(&dm->lock);
+	return armed && to_device ? huge_source(dm, start, end) : 0;
+}
+
+/*
  * Copy or clear each collected page into a new page; fills dst (the copies
  * in runs, by uhmm_migrate_copy: our memcpy engine for our own memory,
  * page moves for host frames).  A page that gets no new page or whose copy
- * fails stays where it is.  FAIL_ALLOC makes the first device-page
- * allocation fail.
+ * fails stays where it is.  FAIL_ALLOC (above) fails the first device-page
+ * allocation: the huge one of huge_block (from fail_alloc_plan) if the
+ * first collected page heads it, else that page's.
  */
-static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool to_device)
+static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool to_device,
+			   uint64_t huge_block)
 {
 	uint64_t first = m->npages;
 	for (uint64_t i = 0; i < m->npages && first == m->npages; i++)
@@ -396,9 +471,12 @@ static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool
 		return;
 	uint64_t saved = m->src[first];
 	if (to_device) {
+		bool huge = huge_block && huge_block == m->start + first * PAGE &&
+			    huge_block + HUGE_SIZE <= m->end;
 		pthread_mutex_lock(&dm->lock);
-		if (dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC)
+		if ((dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC) && !huge)
 			m->src[first] &= ~UHMM_MIGRATE_PFN_MIGRATE;  /* gets no page */
+		/* huge: the huge allocation failed; 4 KiB pages below (fallback) */
 		dm->flags &= ~UHMM_DMIRROR_FLAG_FAIL_ALLOC;
 		pthread_mutex_unlock(&dm->lock);
 	}
@@ -822,6 +900,7 @@ static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 				 is_private(dm->dev) ? UHMM_MIGRATE_SELECT_DEVICE_PRIVATE :
 						       UHMM_MIGRATE_SELECT_DEVICE_COHERENT,
 		};
+		uint64_t huge = fail_alloc_plan(dm, a, e, to_device);
 		int rc = uhmm_migrate_vma_setup(&m);
 		if (rc == -EINVAL && e - a > PAGE) {
 			/* The chunk spans VMAs: take one page at a time here. */
@@ -831,7 +910,7 @@ static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 		}
 		if (rc)
 			return rc == -EFAULT ? -EINVAL : rc;
-		alloc_and_copy(dm, &m, to_device);
+		alloc_and_copy(dm, &m, to_device, huge);
 		uhmm_migrate_vma_pages(&m);
 		for (uint64_t i = 0; i < m.npages; i++)
 			if ((m.src[i] & UHMM_MIGRATE_PFN_MIGRATE) && uhmm_migrate_pfn_to_page(m.dst[i]))

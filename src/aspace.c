@@ -395,12 +395,18 @@ bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr)
 /*
  * Per-page PAGE_IS_* categories of [start, end) into cats[], plus, if excl,
  * bit 63 for "mapped exclusively" (pagemap bit 56: a private page that is not
- * COW shared).  Until the process forks, every present private page but the
- * zero page is exclusive, and the pagemap is not read (it costs as much as
- * the scan itself).  Pages shared with a child forked before uhmm started,
- * or merged by KSM, are then reported exclusive: a device write to one still
- * goes through the kernel's copy-on-write (uhmm_device_write writes by
- * address), only the WRITE flag is optimistic.  Returns 0 or -errno.
+ * COW shared).  Until the process forks, every present private anonymous
+ * page but the zero page is exclusive, and the pagemap is not read (it costs
+ * as much as the scan itself).  A file page (PAGE_IS_FILE; pagemap bit 61
+ * without PAGEMAP_SCAN) is never exclusive, whatever its map count: in a
+ * MAP_PRIVATE file mapping it is the page cache's page, which the CPU maps
+ * read-only until the first write makes the private (anonymous) copy, so
+ * the kernel's hmm_range_fault() reports it without WRITE and breaks COW on
+ * a write fault; MAP_SHARED callers do not look at the bit.  Pages shared
+ * with a child forked before uhmm started, or merged by KSM, are reported
+ * exclusive: a device write to one still goes through the kernel's
+ * copy-on-write (uhmm_device_write writes by address), only the WRITE flag
+ * is optimistic.  Returns 0 or -errno.
  */
 #define CAT_EXCLUSIVE (1ULL << 63)
 int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
@@ -432,7 +438,8 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
 	bool scanned = as->ufeat & UHMM_FEAT_PAGEMAP_SCAN;
 	if (scanned && (!excl || !__atomic_load_n(&g_cow_possible, __ATOMIC_RELAXED))) {
 		for (uint64_t i = 0; excl && i < npages; i++)
-			if ((cats[i] & PAGE_IS_PRESENT) && !(cats[i] & PAGE_IS_PFNZERO))
+			if ((cats[i] & PAGE_IS_PRESENT) &&
+			    !(cats[i] & (PAGE_IS_PFNZERO | PAGE_IS_FILE)))
 				cats[i] |= CAT_EXCLUSIVE;
 		return 0;
 	}
@@ -445,10 +452,11 @@ int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
 		if (got < 0)
 			return -errno;
 		for (uint64_t j = 0; j < (uint64_t)got / sizeof(uint64_t); j++) {
-			if (buf[j] & (1ULL << 56))
+			bool file = (buf[j] & PM_FILE) || (cats[i + j] & PAGE_IS_FILE);
+			if ((buf[j] & PM_MMAP_EXCLUSIVE) && !file)
 				cats[i + j] |= CAT_EXCLUSIVE;
-			if (!(as->ufeat & UHMM_FEAT_PAGEMAP_SCAN) && (buf[j] & (1ULL << 63)))
-				cats[i + j] |= PAGE_IS_PRESENT;
+			if (!(as->ufeat & UHMM_FEAT_PAGEMAP_SCAN) && (buf[j] & PM_PRESENT))
+				cats[i + j] |= PAGE_IS_PRESENT | (file ? PAGE_IS_FILE : 0);
 		}
 	}
 	return 0;

@@ -82,6 +82,20 @@ struct pm_scan_arg {
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
 #endif
 
+/*
+ * /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst;
+ * no uapi header names them).
+ */
+#ifndef PM_PRESENT
+#define PM_PRESENT        (1ULL << 63)
+#endif
+#ifndef PM_FILE
+#define PM_FILE           (1ULL << 61)	/* file page or shared anonymous */
+#endif
+#ifndef PM_MMAP_EXCLUSIVE
+#define PM_MMAP_EXCLUSIVE (1ULL << 56)	/* mapped exactly once */
+#endif
+
 /* /proc/self/maps: PROCMAP_QUERY (Linux 6.11) */
 #ifndef PROCMAP_QUERY
 #define PROCMAP_QUERY_VMA_READABLE   0x01

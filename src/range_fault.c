@@ -4,7 +4,11 @@
  * page table over a range, faulting pages in where the per-page request
  * asks.  Sources: the VMA (permissions, holes), uhmm's page metadata
  * (device pages, exclusive pages) and the kernel's page table through
- * PAGEMAP_SCAN and /proc/self/pagemap (present, zero page, huge, exclusive).
+ * PAGEMAP_SCAN and /proc/self/pagemap (present, zero page, huge, file,
+ * exclusive).  As in hmm_range_fault(), WRITE means the CPU maps the page
+ * writable now: a private page that is the zero page, COW shared, or the
+ * file's own page of a MAP_PRIVATE file mapping is reported read-only, and
+ * REQ_WRITE on it faults it for write (the kernel's copy-on-write).
  */
 #include "internal.h"
 #include "compat.h"
@@ -175,6 +179,7 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 			continue;
 		}
 		bool zero = cats[i] & PAGE_IS_PFNZERO;
+		/* CAT_EXCLUSIVE: neither COW shared nor a private mapping's file page */
 		bool wr = v->write && !zero && (v->shared || (cats[i] & CAT_EXCLUSIVE));
 		uint64_t out = (a >> PG_SHIFT) | UHMM_PFN_VALID |
 			       ((uint64_t)order_of(v, cats[i]) << UHMM_PFN_ORDER_SHIFT);

@@ -1033,7 +1033,8 @@ static void migrate_fail_alloc(unsigned int dev, unsigned int dev2)
 	fail_alloc_round(dm, dev, &r, 0, false);
 	region_unmap(&r);
 
-	region_map(&r, PMD_PAGES, RW, PRIV_ANON, 1);
+	/* 4 KiB pages on an aligned 2 MiB range (a THP: test_kernel.c) */
+	region_map(&r, PMD_PAGES, RW, PRIV_ANON, -1);
 	fill_ints(r.ptr, r.size, 5, 1);
 	fail_alloc_round(dm, dev, &r, 5, false);
 	finish(dm, dev, &r);
@@ -1046,8 +1047,9 @@ static void migrate_fail_alloc_zero(unsigned int dev, unsigned int dev2)
 	struct region r;
 
 	(void)dev2;
-	region_map(&r, PMD_PAGES, PROT_READ, PRIV_ANON, 1);
-	ASSERT_EQ(*(volatile int *)r.ptr, 0);		/* the huge zero page */
+	/* the 4 KiB zero page (the huge zero page: test_kernel.c) */
+	region_map(&r, PMD_PAGES, PROT_READ, PRIV_ANON, -1);
+	ASSERT_EQ(*(volatile int *)r.ptr, 0);
 	fail_alloc_round(dm, dev, &r, 0, true);
 	finish(dm, dev, &r);
 }
