@@ -136,7 +136,7 @@ bench: check-deps lib $(BENCHES)
 	@bash bench/run.sh $(BUILD)
 
 bench-plot:
-	@bash bench/plot.sh build
+	@bash bench/plot.sh build docs
 
 # The concurrency stress test (tests/test_stress.c): make test runs it for
 # 20 s, make stress for 10 minutes (STRESS_SECONDS, UHMM_STRESS_SEED).

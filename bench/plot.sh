@@ -8,9 +8,10 @@
 #                            device-exclusive page vs UFFDIO_MOVE (floor)
 #   BUILD/throughput.png     migration throughput vs size (uhmm to device,
 #                            to system) vs single-thread memcpy (floor)
-# Usage: bash bench/plot.sh [BUILD]       (default BUILD=build)
+# Usage: bash bench/plot.sh [BUILD [OUT]]  (default BUILD=build, OUT=BUILD)
 set -u
 build=${1:-build}
+out=${2:-$build}   # where the PNGs go (make bench-plot: docs/)
 
 if ! command -v gnuplot >/dev/null 2>&1; then
 	echo "bench/plot.sh: installing gnuplot-nox"
@@ -49,7 +50,7 @@ lat_excl=$(clause bench_lat_excl_uhmm.dat 1:2 "uhmm: write to a device-exclusive
 if [ -n "$lat_fault$lat_excl" ]; then
 	if gnuplot <<-EOF
 	set terminal $term
-	set output '$build/fault_latency.png'
+	set output '$out/fault_latency.png'
 	set multiplot layout 1,2 title 'Latency of one CPU access until it returns (CDF, 20000 pages)'
 	set logscale x
 	set xlabel 'latency (us, log scale)'
@@ -64,7 +65,7 @@ if [ -n "$lat_fault$lat_excl" ]; then
 	unset multiplot
 	EOF
 	then
-		echo "wrote $build/fault_latency.png"
+		echo "wrote $out/fault_latency.png"
 		plots=$((plots + 1))
 	fi
 else
@@ -84,7 +85,7 @@ fi
 if [ -n "$thr" ]; then
 	if gnuplot <<-EOF
 	set terminal $term
-	set output '$build/throughput.png'
+	set output '$out/throughput.png'
 	set title 'Migration throughput vs size (device 0, one command per range)'
 	set logscale x 2
 	set xlabel 'size (MiB, log scale)'
@@ -95,7 +96,7 @@ if [ -n "$thr" ]; then
 	plot ${thr%, }
 	EOF
 	then
-		echo "wrote $build/throughput.png"
+		echo "wrote $out/throughput.png"
 		plots=$((plots + 1))
 	fi
 else

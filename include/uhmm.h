@@ -372,10 +372,6 @@ struct uhmm_devmem_copy_ops {
 	 * (then every run since the previous wait counts as failed).
 	 * Optional: NULL means copy() is synchronous. */
 	int (*wait)(struct uhmm_devmem *mem, uint64_t fence);
-	/* A device-exclusive grant on one of this driver's pages is about to be
-	 * revoked (the page moves back to the CPU): unpin or write back.
-	 * Optional; called before the move, with no uhmm lock held. */
-	void (*exclusive_revoke)(struct uhmm_devmem *mem, uint64_t addr);
 };
 
 /* uhmm_devmem_create_owned() flags */
