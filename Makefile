@@ -86,7 +86,7 @@ $(SHARED): $(LIBOBJS)
 	$(CC) $(ALLCFLAGS) -shared -Wl,-soname,libuhmm.so.0 $(SHLIB_LDFLAGS) -o $@ $(LIBOBJS) $(LDLIBS)
 	ln -sf libuhmm.so.0 $(BUILD)/libuhmm.so
 
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(SHARED) | $(BUILD)/tests
+$(BUILD)/tests/%: tests/%.c tests/harness.h tests/dmtest.h $(SHARED) | $(BUILD)/tests
 	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(PROGLINK)
 
 $(BUILD)/examples/%: examples/%.c $(SHARED) | $(BUILD)/examples

@@ -15,6 +15,7 @@
  * table, /proc/self/pagemap.
  */
 #include "harness.h"
+#include "dmtest.h"
 #include <fcntl.h>
 #include <stddef.h>
 #include <sys/syscall.h>
@@ -32,82 +33,10 @@
 #define PM_PRESENT	(1ULL << 63)
 #define PM_FILE		(1ULL << 61)	/* file page or shared anonymous */
 
-typedef int (*dm_cmd_fn)(struct uhmm_dmirror *, struct uhmm_dmirror_cmd *);
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------ */
-
-static bool is_coherent(unsigned int dev)
-{
-	return dev >= 2;
-}
-
-/* Issue one command; cpages/faults start as garbage to prove they are reset. */
-static int run_cmd(dm_cmd_fn fn, struct uhmm_dmirror *dm, const void *addr, void *ptr,
-		   uint64_t npages, struct uhmm_dmirror_cmd *out)
-{
-	struct uhmm_dmirror_cmd cmd = {
-		.addr = (uint64_t)(uintptr_t)addr,
-		.ptr = (uint64_t)(uintptr_t)ptr,
-		.npages = npages,
-		.cpages = 0xdeadbeef,
-		.faults = 0xdeadbeef,
-	};
-	int ret = fn(dm, &cmd);
-
-	if (out)
-		*out = cmd;
-	return ret;
-}
-
-static struct uhmm_dmirror *open_dev(unsigned int dev)
-{
-	struct uhmm_dmirror *dm = NULL;
-	int ret = uhmm_dmirror_open(dev, &dm);
-
-	if (ret == -ENOSYS)
-		SKIP("kernel has no userfaultfd");
-	if (ret == -EPERM)
-		SKIP("userfaultfd not permitted for this user");
-	ASSERT_EQ(ret, 0);
-	ASSERT_NOT_NULL(dm);
-	return dm;
-}
-
-static void *xmalloc(size_t size)
-{
-	void *p = malloc(size);
-
-	ASSERT_NOT_NULL(p);
-	return p;
-}
-
-static struct uhmm_stats stats_now(void)
-{
-	struct uhmm_stats st;
-
-	uhmm_stats_get(&st);
-	return st;
-}
-
-static struct uhmm_devmem_stats pool(unsigned int dev)
-{
-	struct uhmm_devmem_stats st;
-
-	memset(&st, 0, sizeof(st));
-	ASSERT_EQ(uhmm_dmirror_devmem_stats(dev, &st), 0);
-	return st;
-}
-
-/* I4: every device page of the pool went back to it. */
-static void pool_drained(unsigned int dev)
-{
-	struct uhmm_devmem_stats st = pool(dev);
-
-	ASSERT_EQ(st.in_use, 0);
-	ASSERT_EQ(st.allocated, st.freed);
-}
 
 static void fill_ints(void *buf, size_t size, int base)
 {
@@ -129,17 +58,6 @@ static void ints_expect(const char *file, int line, const void *buf, size_t size
 
 /* The ints of buf are index + base. */
 #define EXPECT_INTS(buf, size, base) ints_expect(__FILE__, __LINE__, buf, size, base)
-
-static void zero_expect(const char *file, int line, const void *buf, size_t size)
-{
-	const unsigned char *p = buf;
-
-	for (size_t i = 0; i < size; i++)
-		if (p[i])
-			th_fail(file, line, "byte %zu of %p is 0x%x, want 0", i, buf, p[i]);
-}
-
-#define EXPECT_ZERO(buf, size) zero_expect(__FILE__, __LINE__, buf, size)
 
 /* Snapshot npages pages at addr into m[]; the command must cover them all. */
 static void snapshot(struct uhmm_dmirror *dm, const void *addr, uint64_t npages,

@@ -14,6 +14,7 @@
  * uhmm_stats_get() and the pool counters (in_use back to 0 at the end: I4).
  */
 #include "harness.h"
+#include "dmtest.h"
 #include <fcntl.h>
 #include <uhmm.h>
 #include <uhmm_dmirror.h>
@@ -34,34 +35,10 @@
 #define SNAP_DEV_PRIVATE	(UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE)
 #define SNAP_DEV_COHERENT	(UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL | UHMM_DMIRROR_PROT_WRITE)
 
-typedef int (*dm_cmd_fn)(struct uhmm_dmirror *, struct uhmm_dmirror_cmd *);
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------ */
-
-static bool is_coherent(unsigned int dev)
-{
-	return dev >= 2;
-}
-
-/* Issue one command; cpages/faults start as garbage to prove they are reset. */
-static int run_cmd(dm_cmd_fn fn, struct uhmm_dmirror *dm, const void *addr, void *ptr,
-		   uint64_t npages, struct uhmm_dmirror_cmd *out)
-{
-	struct uhmm_dmirror_cmd cmd = {
-		.addr = (uint64_t)(uintptr_t)addr,
-		.ptr = (uint64_t)(uintptr_t)ptr,
-		.npages = npages,
-		.cpages = 0xdeadbeef,
-		.faults = 0xdeadbeef,
-	};
-	int ret = fn(dm, &cmd);
-
-	if (out)
-		*out = cmd;
-	return ret;
-}
 
 static int to_dev(struct uhmm_dmirror *dm, const void *addr, void *mirror, uint64_t npages,
 		  struct uhmm_dmirror_cmd *cmd)
@@ -73,54 +50,6 @@ static int to_sys(struct uhmm_dmirror *dm, const void *addr, void *mirror, uint6
 		  struct uhmm_dmirror_cmd *cmd)
 {
 	return run_cmd(uhmm_dmirror_migrate_to_sys, dm, addr, mirror, npages, cmd);
-}
-
-static struct uhmm_dmirror *open_dev(unsigned int dev)
-{
-	struct uhmm_dmirror *dm = NULL;
-	int ret = uhmm_dmirror_open(dev, &dm);
-
-	if (ret == -ENOSYS)
-		SKIP("kernel has no userfaultfd");
-	if (ret == -EPERM)
-		SKIP("userfaultfd not permitted for this user");
-	ASSERT_EQ(ret, 0);
-	ASSERT_NOT_NULL(dm);
-	return dm;
-}
-
-static void *xmalloc(size_t size)
-{
-	void *p = malloc(size);
-
-	ASSERT_NOT_NULL(p);
-	return p;
-}
-
-static struct uhmm_stats stats_now(void)
-{
-	struct uhmm_stats st;
-
-	uhmm_stats_get(&st);
-	return st;
-}
-
-static struct uhmm_devmem_stats pool(unsigned int dev)
-{
-	struct uhmm_devmem_stats st;
-
-	memset(&st, 0, sizeof(st));
-	ASSERT_EQ(uhmm_dmirror_devmem_stats(dev, &st), 0);
-	return st;
-}
-
-/* I4: every device page of the pool went back to it. */
-static void pool_drained(unsigned int dev)
-{
-	struct uhmm_devmem_stats st = pool(dev);
-
-	ASSERT_EQ(st.in_use, 0);
-	ASSERT_EQ(st.allocated, st.freed);
 }
 
 /*
@@ -190,17 +119,6 @@ static void ints_expect(const char *file, int line, const void *buf, size_t size
 
 /* The ints of buf are sign * (index + base). */
 #define EXPECT_INTS(buf, size, base, sign) ints_expect(__FILE__, __LINE__, buf, size, base, sign)
-
-static void zero_expect(const char *file, int line, const void *buf, size_t size)
-{
-	const unsigned char *p = buf;
-
-	for (size_t i = 0; i < size; i++)
-		if (p[i])
-			th_fail(file, line, "byte %zu of %p is 0x%x, want 0", i, buf, p[i]);
-}
-
-#define EXPECT_ZERO(buf, size) zero_expect(__FILE__, __LINE__, buf, size)
 
 static void snap_expect(const char *file, int line, struct uhmm_dmirror *dm, const void *addr,
 			uint64_t npages, unsigned int want, unsigned int ignore)
