@@ -12,4 +12,10 @@ $(STAT_TOOL): tools/uhmm-stat.c include/uhmm.h
 
 $(BUILD)/tests/test_stat: $(STAT_TOOL)
 
+.PHONY: install-stat
+install-stat: $(STAT_TOOL)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(STAT_TOOL) $(DESTDIR)$(PREFIX)/bin/uhmm-stat
+INSTALL_EXTRA += install-stat
+
 -include $(STAT_TOOL).d
