@@ -335,6 +335,13 @@ static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64
 	uhmm__pt_unlock(as);
 }
 
+/* UHMM_DEBUG: log events that no intercepted call announced (read once). */
+static bool g_debug_events;
+__attribute__((constructor)) static void read_debug_env(void)
+{
+	g_debug_events = getenv("UHMM_DEBUG") != NULL;
+}
+
 /* An UNMAP/REMOVE/REMAP event read by the service thread. */
 void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp, uint64_t seq)
 {
@@ -347,7 +354,7 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp, uint64_t seq
 		if (uhmm__inflight_consume(as, s, e, seq))
 			return;
 		TR('e', s, 0, e - s, m->event);
-		if (getenv("UHMM_DEBUG"))
+		if (g_debug_events)
 			uhmm__log("unseen %s event %llx-%llx", m->event == UFFD_EVENT_UNMAP ? "UNMAP" : "REMOVE",
 				  (unsigned long long)s, (unsigned long long)e);
 		uhmm__invalidate(as, s, e, m->event == UFFD_EVENT_UNMAP ? UHMM_NOTIFY_UNMAP :

@@ -4,24 +4,10 @@
  * process), page metadata, frames, pools, and the internal entry points of
  * each source file.  Internal symbols are uhmm__*; none is exported.
  *
- * Lock order (outer first; see docs/design.md):
- *   1. as->fork_lock   (rwlock) readers: every operation that moves pages;
- *                      writer: fork() while it runs.
- *   2. driver locks    (e.g. a dmirror's mutex), taken by invalidate callbacks.
- *  2a. as->reg_lock    userfaultfd (un)registration and the list of
- *                      registered ranges: held across the ioctl and the
- *                      list update, so that no registration splits a
- *                      mapping an intercepted mremap has just unregistered
- *                      or records itself after its range was forgotten.
- *                      Never held while waiting for a page lock.
- *   leaf: as->read_lock (uffd messages read and counted; see ev_read).
- *   3. as->nt_lock     notifier tree, sequence, deferred lists.  Never held
- *                      while a callback runs.
- *   4. as->pt_lock     page metadata (blocks) and the page-lock bits.  Never
- *                      held while a callback runs; ioctls that resolve a
- *                      fault on a SYSTEM page may run under it.
- *   5. pool->lock      a pool's free list and counters.
- *   6. as->arena_lock  the frame arena's chunk allocator.
+ * The lock order and what each lock protects are written once, in
+ * docs/design.md section 3; each lock's field below names its place there.
+ * Every mutex is taken through uhmm__lock() (counted, see there), pt_lock
+ * through uhmm__pt_lock() (holder checked in the debug build).
  */
 #ifndef UHMM_INTERNAL_H
 #define UHMM_INTERNAL_H
@@ -133,7 +119,7 @@ static inline const void *frame_xowner(const struct frame *f)
 
 struct uhmm_devmem {
 	struct uhmm__as *as;       /* runtime it belongs to (stale in a fork child) */
-	pthread_mutex_t lock;      /* protects free list, chunks, counters, frame refs */
+	pthread_mutex_t lock;      /* order 5: free list, chunks, counters, frame refs */
 	int type;                  /* enum uhmm_devmem_type, or 0 for the system pool */
 	const void *owner;
 	const struct uhmm_devmem_ops *ops;
@@ -203,10 +189,10 @@ struct uhmm__as {
 	pid_t pid;
 	unsigned long generation;  /* changes in a fork child */
 
-	pthread_rwlock_t fork_lock;
-	pthread_mutex_t reg_lock;  /* UFFDIO_(UN)REGISTER of process ranges */
+	pthread_rwlock_t fork_lock; /* order 1: readers move pages, fork() writes */
+	pthread_mutex_t reg_lock;  /* order 2a: UFFDIO_(UN)REGISTER of process ranges */
 
-	/* notifiers: protected by nt_lock */
+	/* notifiers: protected by nt_lock (order 3) */
 	pthread_mutex_t nt_lock;
 	pthread_cond_t nt_cond;    /* invalidation ended */
 	struct uhmm__itree itree;
@@ -214,7 +200,7 @@ struct uhmm__as {
 	unsigned long active_invalidates;
 	struct uhmm_interval_notifier *deferred;
 
-	/* page metadata: protected by pt_lock */
+	/* page metadata: protected by pt_lock (order 4) */
 	pthread_mutex_t pt_lock;
 	const void *pt_owner;      /* UHMM_DEBUG: the holder (uhmm__pt_lock) */
 	pthread_cond_t pt_cond;    /* a page lock was released */
@@ -224,7 +210,7 @@ struct uhmm__as {
 	struct reg_range *regs;
 	struct inflight_op *inflight;
 
-	/* frame arena: protected by arena_lock */
+	/* frame arena: protected by arena_lock (order 6) */
 	pthread_mutex_t arena_lock;
 	char *arena;
 	uint64_t arena_frames;
@@ -250,7 +236,7 @@ struct uhmm__as {
 	 * only once its event is read, so an intercepted call that ends and
 	 * then takes read_lock sees its events counted (intercept.c).
 	 */
-	pthread_mutex_t read_lock;  /* leaf lock */
+	pthread_mutex_t read_lock;  /* a leaf (design.md section 3) */
 	uint64_t ev_read;           /* under read_lock */
 	uint64_t ev_handled;        /* atomic; written by the service thread */
 };
