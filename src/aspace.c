@@ -537,7 +537,7 @@ static int add_deferred(struct uhmm__as *as, uint64_t addr, bool write)
 	struct deferred_fault *d = uhmm__zalloc(sizeof(*d));
 	if (!d)
 		return -ENOMEM;
-	*d = (struct deferred_fault){ addr, write, as->deferred_faults };
+	*d = (struct deferred_fault){ addr, write, as->fault_tid, as->deferred_faults };
 	as->deferred_faults = d;
 	return 0;
 }
@@ -806,11 +806,12 @@ static void serve_deferred(struct uhmm__as *as)
 	uhmm__pt_unlock(as);
 	while (d) {
 		struct deferred_fault *next = d->next;
-		as->fault_tid = 0;  /* not kept for a parked fault: SIGBUS goes to the process */
+		as->fault_tid = d->tid;  /* a SIGBUS goes to the thread that faulted */
 		int rc = uhmm__cpu_fault(as, d->addr, d->write, true);
 		if (rc && rc != -EAGAIN) {
 			struct uffd_msg m = { .event = UFFD_EVENT_PAGEFAULT };
 			m.arg.pagefault.address = d->addr;
+			m.arg.pagefault.feat.ptid = (uint32_t)d->tid;
 			sigbus_thread(as, &m, rc);
 		}
 		uhmm__free(d, sizeof(*d));

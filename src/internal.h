@@ -167,6 +167,7 @@ struct inflight_op {               /* an intercepted call (under pt_lock) */
 struct deferred_fault {
 	uint64_t addr;
 	bool write;
+	pid_t tid;                 /* the faulting thread (for a SIGBUS) */
 	struct deferred_fault *next;
 };
 
