@@ -420,7 +420,7 @@ static void group_memcpy(void)
 	static const char *const metrics[] = {
 		"migrate_to_dev_gbps", "migrate_to_sys_gbps", "fault_to_ram_seq_gbps",
 		"coherent_migrate_gbps", "owned_migrate_to_dev_gbps", "owned_migrate_to_sys_gbps",
-		"fault_to_ram_seq_free_gbps",
+		"fault_to_ram_seq_free_gbps", "thp_migrate_gbps",
 	};
 	FILE *f;
 	double g;

@@ -418,6 +418,59 @@ static void group_owned_migrate(void)
 }
 
 /*
+ * thp_migrate_gbps: 256 MiB of THP-backed memory (2 MiB aligned,
+ * MADV_HUGEPAGE) to device 0 (host-frame pool) and back, round trips per
+ * second as bytes moved one way over the mean of the two directions: each
+ * 2 MiB is one compound entry, one huge device page and one page-table
+ * move each way.  Against the memcpy floor.
+ */
+static void group_thp_migrate(void)
+{
+	struct uhmm_dmirror *dm = ub_start(0);
+	size_t bytes = BENCH_MIG_BYTES, npages = bytes / BENCH_PAGE, bad;
+	size_t huge = 2UL << 20;
+	double d[BENCH_MIG_REPS];
+	int done = 0;
+	char *map, *buf;
+
+	if (!dm)
+		return;
+	ub_warm_and_pin(dm);
+	map = bench_map(bytes + huge);
+	if (!map) {
+		bench_note("thp migration: cannot map %zu MiB", bytes >> 20);
+		uhmm_dmirror_close(dm);
+		return;
+	}
+	buf = (char *)(((uintptr_t)map + huge - 1) & ~(uintptr_t)(huge - 1));
+	if (madvise(buf, bytes, MADV_HUGEPAGE))
+		bench_note("thp migration: MADV_HUGEPAGE: %s", strerror(errno));
+	bench_fill_tags(buf, bytes);
+	for (int i = -1; i < BENCH_MIG_REPS; i++) {
+		uint64_t tdev, tsys;
+
+		if (ub_cmd(uhmm_dmirror_migrate_to_dev, "migrate_to_dev", dm, buf, NULL, npages,
+			   &tdev) ||
+		    ub_cmd(uhmm_dmirror_migrate_to_sys, "migrate_to_sys", dm, buf, NULL, npages,
+			   &tsys))
+			goto out;
+		if (i < 0)
+			continue;
+		d[done++] = bench_gbps(bytes, (tdev + tsys) / 2);
+		if (bench_group_left_s() < 2.0 * (double)(tdev + tsys) / 1e9 + 5)
+			break;
+	}
+	bad = ub_check_tags(buf, npages);
+	if (bad)
+		bench_note("thp migration: %zu pages came back wrong", bad);
+	else
+		bench_emit("thp_migrate_gbps", bench_median(d, (size_t)done), "GB/s", NAN);
+out:
+	munmap(map, bytes + huge);
+	uhmm_dmirror_close(dm);
+}
+
+/*
  * Random single-page CPU faults on device 0's own memory with the slow-copy
  * flag (+50 us per copy, asleep like a DMA): faults per second from 2
  * threads on different pages over 1 thread.  Serialized faults give 1.0.
@@ -916,6 +969,7 @@ int main(int argc, char **argv)
 		{ "owned_migrate_to_dev_gbps", "GB/s" }, { "owned_migrate_to_sys_gbps", "GB/s" },
 	};
 	static const struct bench_metric m_conc[] = { { "concurrent_fault_speedup", "x" } };
+	static const struct bench_metric m_thp[] = { { "thp_migrate_gbps", "GB/s" } };
 
 	if (bench_open(argc, argv, "bench_uhmm"))
 		return 1;
@@ -930,6 +984,8 @@ int main(int argc, char **argv)
 		    m_excl, BENCH_ARRAY_SIZE(m_excl), 40);
 	bench_group("migration throughput, device 0 (256 MiB + curve)", group_migrate,
 		    m_mig, BENCH_ARRAY_SIZE(m_mig), 60);
+	bench_group("THP migration, device 0 (256 MiB, huge device pages)", group_thp_migrate,
+		    m_thp, BENCH_ARRAY_SIZE(m_thp), 40);
 	bench_group("streaming CPU reads of device-private memory", group_seq,
 		    m_seq, BENCH_ARRAY_SIZE(m_seq), 50);
 	bench_group("migration to coherent device 2", group_coherent,

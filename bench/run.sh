@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh - runs the uhmm benchmarks ("make bench") and merges their
 # output: bench_floor (kernel-only floors) then bench_uhmm (the figures), both
-# from BUILD/bench/.  Prints the machine and a table (metric, value, unit,
+# from BUILD/bench/, then bench_farmem (far memory over UCX, with its own
+# floors) when it was built.  Prints the machine and a table (metric, value, unit,
 # floor, ratio), and writes
 #   BUILD/bench.json       one JSON object per metric and line:
 #                          {"metric": M, "value": V, "unit": U, "floor": F, "ratio": R}
@@ -19,7 +20,9 @@ metrics=(fault_to_ram_p50 fault_to_ram_p99 exclusive_revoke_p50 exclusive_revoke
 	range_fault_mpages_s notifier_invalidate_ns_100k migrate_scaling
 	fault_to_ram_free_p50 exclusive_revoke_free_p50 fault_to_ram_seq_free_gbps
 	owned_fault_to_ram_p50 owned_migrate_to_dev_gbps owned_migrate_to_sys_gbps
-	concurrent_fault_speedup)
+	concurrent_fault_speedup thp_migrate_gbps
+	farmem_migrate_gbps farmem_fault_p50 farmem_seq_gbps farmem_fault_inline_p50
+	farmem_migrate_gbps_tcp farmem_fault_p50_tcp farmem_seq_gbps_tcp)
 
 for p in bench_floor bench_uhmm; do
 	if [ ! -x "$bindir/$p" ]; then
@@ -49,12 +52,18 @@ BENCH_BUDGET_S=${BENCH_FLOOR_BUDGET_S:-60} timeout -k 5 75 "$bindir/bench_floor"
 rc_floor=$?
 BENCH_BUDGET_S=${BENCH_UHMM_BUDGET_S:-420} timeout -k 5 435 "$bindir/bench_uhmm" "$build"
 rc_uhmm=$?
+rc_farmem=0
+if [ -x "$bindir/bench_farmem" ]; then
+	BENCH_BUDGET_S=${BENCH_FARMEM_BUDGET_S:-200} timeout -k 5 215 "$bindir/bench_farmem" "$build"
+	rc_farmem=$?
+fi
 [ $rc_floor -eq 0 ] || echo "bench/run.sh: bench_floor exited with status $rc_floor"
 [ $rc_uhmm -eq 0 ] || echo "bench/run.sh: bench_uhmm exited with status $rc_uhmm"
+[ $rc_farmem -eq 0 ] || echo "bench/run.sh: bench_farmem exited with status $rc_farmem"
 
 # Merge: a metric's value comes from bench_uhmm, its floor from whichever
 # line carries one (bench_floor, or bench_uhmm for the self-floored ones).
-cat "$build/bench_floor.jsonl" "$build/bench_uhmm.jsonl" 2>/dev/null |
+cat "$build/bench_floor.jsonl" "$build/bench_uhmm.jsonl" "$build/bench_farmem.jsonl" 2>/dev/null |
 	sed -E -e 's/^\{"metric": "([^"]*)", "value": ([^,]*), /\1\t\2\t/' \
 		-e 's/"unit": "([^"]*)", "floor": ([^,]*), "ratio": ([^}]*)\}$/\1\t\2/' |
 	awk -F'\t' -v order="${metrics[*]}" -v json="$build/bench.json" -v md="$build/bench_table.md" \
@@ -89,7 +98,8 @@ cat "$build/bench_floor.jsonl" "$build/bench_uhmm.jsonl" 2>/dev/null |
 			printf "%d metric(s) not measured (null): see the notes.\n", nulls
 	}'
 
-notes=$(cat "$build/bench_floor_notes.txt" "$build/bench_uhmm_notes.txt" 2>/dev/null)
+notes=$(cat "$build/bench_floor_notes.txt" "$build/bench_uhmm_notes.txt" \
+	"$build/bench_farmem_notes.txt" 2>/dev/null)
 if [ -n "$notes" ]; then
 	echo
 	echo "notes:"

@@ -471,14 +471,26 @@ static void alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate *m, bool
 		return;
 	uint64_t saved = m->src[first];
 	if (to_device) {
-		bool huge = huge_block && huge_block == m->start + first * PAGE &&
-			    huge_block + HUGE_SIZE <= m->end;
+		bool compound = m->src[first] & UHMM_MIGRATE_PFN_COMPOUND;
+		bool huge = compound || (huge_block && huge_block == m->start + first * PAGE &&
+					 huge_block + HUGE_SIZE <= m->end);
 		pthread_mutex_lock(&dm->lock);
-		if ((dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC) && !huge)
+		bool fail = dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+		if (fail && !huge)
 			m->src[first] &= ~UHMM_MIGRATE_PFN_MIGRATE;  /* gets no page */
 		/* huge: the huge allocation failed; 4 KiB pages below (fallback) */
 		dm->flags &= ~UHMM_DMIRROR_FLAG_FAIL_ALLOC;
 		pthread_mutex_unlock(&dm->lock);
+		if (fail && compound) {
+			/* the split: each page of the source gets a 4 KiB page */
+			uint64_t sp = uhmm_migrate_pfn_to_page(saved);
+			m->src[first] &= ~UHMM_MIGRATE_PFN_COMPOUND;
+			for (uint64_t k = 1; k < UHMM_HUGE_PAGES && first + k < m->npages; k++)
+				m->src[first + k] = sp ? uhmm_migrate_pfn(sp + k) |
+							 UHMM_MIGRATE_PFN_MIGRATE |
+							 UHMM_MIGRATE_PFN_WRITE :
+							 UHMM_MIGRATE_PFN_MIGRATE;
+		}
 	}
 	uhmm_migrate_copy(dm->dev->pool, m->src, m->dst, m->npages);
 	m->src[first] = saved;
@@ -517,11 +529,22 @@ static uint64_t fault_window(struct dmirror_device *d, uint64_t addr)
 static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
 {
 	struct dmirror_device *d = uhmm_devmem_driver_data(mem);
-	uint64_t src[PREFETCH_MAX], dst[PREFETCH_MAX], w = fault_window(d, vmf->addr);
+	uint64_t src[UHMM_HUGE_PAGES], dst[UHMM_HUGE_PAGES];
+	/*
+	 * A page of a huge device page: the whole 2 MiB comes back as one
+	 * (compound) migration, as the kernel's driver does for a folio of
+	 * order > 0.
+	 */
+	uint64_t off = (vmf->addr & (HUGE_SIZE - 1)) / PAGE;
+	bool huge = vmf->page >= off && uhmm_page_order(vmf->page - off) == UHMM_HUGE_ORDER;
+	uint64_t start = huge ? vmf->addr - off * PAGE : vmf->addr;
+	uint64_t w = huge ? UHMM_HUGE_PAGES : fault_window(d, vmf->addr);
 	struct uhmm_migrate m = {
-		.start = vmf->addr, .end = vmf->addr + w * PAGE, .src = src, .dst = dst,
+		.start = start, .end = start + w * PAGE, .src = src, .dst = dst,
 		.pgmap_owner = uhmm_devmem_owner(mem),
-		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |
+			 (huge ? UHMM_MIGRATE_SELECT_COMPOUND : 0),
+		.fault_page = vmf->page,
 	};
 	int rc = uhmm_migrate_vma_setup(&m);
 	if (rc)
@@ -531,7 +554,11 @@ static int dm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *v
 	 * No system page for the fault page: an error (SIGBUS).  A failed
 	 * copy leaves it on the device and the thread faults again.
 	 */
-	if ((src[0] & UHMM_MIGRATE_PFN_MIGRATE) && !dst[0] && got <= 0)
+	uint64_t fi = (vmf->addr - start) / PAGE;  /* the fault page's entry */
+	bool fault_taken = (src[fi] & UHMM_MIGRATE_PFN_MIGRATE) ||
+			   (huge && (src[0] & UHMM_MIGRATE_PFN_COMPOUND));
+	bool fault_dst = dst[fi] || (huge && (dst[0] & UHMM_MIGRATE_PFN_COMPOUND));
+	if (fault_taken && !fault_dst && got <= 0)
 		rc = got < 0 && got != -EIO ? (int)got : got == 0 ? -ENOMEM : 0;
 	uhmm_migrate_vma_pages(&m);
 	uhmm_migrate_vma_finalize(&m);
@@ -896,9 +923,10 @@ static int migrate_range(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 		struct uhmm_migrate m = {
 			.start = a, .end = e, .src = src, .dst = dst,
 			.pgmap_owner = dev_owner(dm->dev),
-			.flags = to_device ? UHMM_MIGRATE_SELECT_SYSTEM :
-				 is_private(dm->dev) ? UHMM_MIGRATE_SELECT_DEVICE_PRIVATE :
-						       UHMM_MIGRATE_SELECT_DEVICE_COHERENT,
+			.flags = UHMM_MIGRATE_SELECT_COMPOUND |
+				 (to_device ? UHMM_MIGRATE_SELECT_SYSTEM :
+				  is_private(dm->dev) ? UHMM_MIGRATE_SELECT_DEVICE_PRIVATE :
+							UHMM_MIGRATE_SELECT_DEVICE_COHERENT),
 		};
 		uint64_t huge = fail_alloc_plan(dm, a, e, to_device);
 		int rc = uhmm_migrate_vma_setup(&m);

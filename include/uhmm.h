@@ -274,6 +274,27 @@ UHMM_API int uhmm_devmem_alloc(struct uhmm_devmem *mem, uint64_t *page);
  * allocated (fewer when the pool runs out), -ENOMEM if none, -EINVAL.
  */
 UHMM_API long uhmm_devmem_alloc_many(struct uhmm_devmem *mem, uint64_t n, uint64_t *pages);
+/*
+ * Huge device pages (order UHMM_HUGE_ORDER: 2 MiB).  A huge page is
+ * UHMM_HUGE_PAGES consecutive pages, *page (the head) to *page + 511, of
+ * one 512-page chunk of the pool (device indices consecutive too: one
+ * copy run); each of them holds one reference and is freed by its own
+ * uhmm_devmem_page_put().  Putting, or freeing by an unmap, any one of them
+ * splits the huge page (uhmm_page_order() 0 from then on); the other pages
+ * keep their data.  Returns 0, -EINVAL, or -ENOMEM when the pool has no
+ * wholly free chunk and cannot grow by one: fall back to 4 KiB pages.
+ * Thread-safe.
+ */
+#define UHMM_HUGE_ORDER 9
+#define UHMM_HUGE_PAGES (1U << UHMM_HUGE_ORDER)
+UHMM_API int uhmm_devmem_alloc_huge(struct uhmm_devmem *mem, uint64_t *page);
+/* A huge system page (512 consecutive system pages), as uhmm_devmem_alloc_huge(). */
+UHMM_API int uhmm_sys_page_alloc_huge(uint64_t *page);
+/*
+ * UHMM_HUGE_ORDER if page is the head of an unsplit huge page, 0 for any
+ * other live page, -EINVAL for a page that is not live.  Thread-safe.
+ */
+UHMM_API int uhmm_page_order(uint64_t page);
 /* Take / drop a reference to a device page; -EINVAL if not a live device page. */
 UHMM_API int uhmm_devmem_page_get(uint64_t page);
 UHMM_API int uhmm_devmem_page_put(uint64_t page);
@@ -417,6 +438,17 @@ UHMM_API long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src,
 #define UHMM_MIGRATE_PFN_VALID   (1ULL << 0)
 #define UHMM_MIGRATE_PFN_MIGRATE (1ULL << 1)
 #define UHMM_MIGRATE_PFN_WRITE   (1ULL << 3)
+/*
+ * A compound entry (setup with UHMM_MIGRATE_SELECT_COMPOUND): the head of
+ * 512 pages, 2 MiB aligned, that move as one huge page: src[i] names the
+ * first of 512 consecutive pages (or none: a 2 MiB hole) and src[i + 1] to
+ * src[i + 511] are 0.  The driver either gives one huge page (dst[i] =
+ * uhmm_migrate_pfn(head) | UHMM_MIGRATE_PFN_COMPOUND) or falls back to 4 KiB
+ * pages: dst[i + k] for each k, copied from page src-head + k (the source is
+ * split).  pages() writes the 511 tail entries of src (and of dst when it is
+ * compound), so that from then on every entry names its own page.
+ */
+#define UHMM_MIGRATE_PFN_COMPOUND (1ULL << 4)
 #define UHMM_MIGRATE_PFN_SHIFT   6
 
 static inline uint64_t uhmm_migrate_pfn(uint64_t page)
@@ -432,6 +464,13 @@ enum {
 	UHMM_MIGRATE_SELECT_SYSTEM = 1 << 0,
 	UHMM_MIGRATE_SELECT_DEVICE_PRIVATE = 1 << 1,
 	UHMM_MIGRATE_SELECT_DEVICE_COHERENT = 1 << 2,
+	/*
+	 * Collect a 2 MiB-aligned block inside [start, end) as one compound
+	 * entry: a THP the CPU maps with one PMD, a block with no page at all
+	 * (a huge hole), or an unsplit huge device page of the selected kind.
+	 * Without it every entry is a 4 KiB page.
+	 */
+	UHMM_MIGRATE_SELECT_COMPOUND = 1 << 3,
 };
 
 /*

@@ -78,11 +78,30 @@ struct batch {
 	int errs[COPY_BATCH];
 };
 
-/* One batch of n entries; returns pages copied, or -errno if none was. */
-static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
-		       struct batch *b, uint64_t n, uint64_t *dst)
+/*
+ * The system pages of a huge run that the driver will write: populated as
+ * one THP where the kernel gives one (the arena is MADV_NOHUGEPAGE but for
+ * this moment), so that the run goes into the CPU view with one PMD.
+ */
+static void populate_run(const struct uhmm_copy_run *r)
 {
-	long got = uhmm__frame_alloc_many(as, to_ram ? as->syspool : mem, n, b->pages);
+	bool huge = r->npages == HUGE_PAGES && !(r->host & (HUGE_SIZE_BYTES - 1));
+	if (huge)
+		syscall(SYS_madvise, r->host, HUGE_SIZE_BYTES, MADV_HUGEPAGE);
+	syscall(SYS_madvise, r->host, r->npages << PG_SHIFT, MADV_POPULATE_WRITE);
+	if (huge)
+		syscall(SYS_madvise, r->host, HUGE_SIZE_BYTES, MADV_NOHUGEPAGE);
+}
+
+/*
+ * One batch of n entries; returns pages copied, or -errno if none was.
+ * huge: b->pages holds a huge page already (n == HUGE_PAGES).
+ */
+static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
+		       struct batch *b, uint64_t n, uint64_t *dst, bool huge)
+{
+	long got = huge ? (long)n : uhmm__frame_alloc_many(as, to_ram ? as->syspool : mem, n,
+							   b->pages);
 	if (got <= 0)
 		return got < 0 ? got : -ENOMEM;  /* these pages stay where they are */
 	uint64_t k, ok = 0;
@@ -103,8 +122,7 @@ static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 		uint64_t nr = make_runs(as, b->host, b->dev, (uint64_t)got, b->runs);
 		/* the driver writes the system pages: populate each run at once */
 		for (uint64_t r = 0; to_ram && r < nr; r++)
-			syscall(SYS_madvise, b->runs[r].host, b->runs[r].npages << PG_SHIFT,
-				MADV_POPULATE_WRITE);
+			populate_run(&b->runs[r]);
 		int rc = driver_copy(mem, to_ram ? UHMM_COPY_TO_RAM : UHMM_COPY_TO_DEV, b->runs, nr);
 		for (k = 0; k < (uint64_t)got; k++)
 			b->errs[k] = rc;
@@ -119,7 +137,32 @@ static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 		dst[b->idx[k]] = uhmm_migrate_pfn(b->pages[k]);
 		ok++;
 	}
+	if (huge && ok == n) {
+		/* the kernel's form: the head names the huge page, the tails are 0 */
+		dst[b->idx[0]] |= UHMM_MIGRATE_PFN_COMPOUND;
+		for (k = 1; k < n; k++)
+			dst[b->idx[k]] = 0;
+	}
 	return ok ? (long)ok : err ? err : -ENOMEM;
+}
+
+/*
+ * Compound entry i (UHMM_MIGRATE_SELECT_COMPOUND): one huge destination
+ * page and one run, or -ENOMEM when no huge page is free (the caller falls
+ * back to 4 KiB pages).
+ */
+static long copy_huge(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
+		      struct batch *b, uint64_t i, uint64_t p, uint64_t *dst)
+{
+	uint64_t h;
+	if (uhmm__frame_alloc_huge(as, to_ram ? as->syspool : mem, &h))
+		return -ENOMEM;
+	for (uint64_t k = 0; k < HUGE_PAGES; k++) {
+		b->idx[k] = i + k;
+		b->from[k] = p ? p + k : 0;
+		b->pages[k] = h + k;
+	}
+	return copy_batch(as, mem, to_ram, b, HUGE_PAGES, dst, true);
 }
 
 long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src, uint64_t *dst,
@@ -141,21 +184,47 @@ long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src, uint64_t *d
 	if (!b)
 		return -ENOMEM;
 	long copied = 0, err = 0;
-	uint64_t n = 0;
+	uint64_t n = 0, tails = 0, tail_from = 0;
 	for (uint64_t i = 0; i <= npages; i++) {
-		if (i < npages && (src[i] & UHMM_MIGRATE_PFN_MIGRATE) && !dst[i]) {
+		bool head = i < npages && (src[i] & UHMM_MIGRATE_PFN_COMPOUND);
+		if (i < npages && ((src[i] & UHMM_MIGRATE_PFN_MIGRATE) || tails) && !dst[i]) {
 			uint64_t p = uhmm_migrate_pfn_to_page(src[i]);
+			if (tails && !src[i])
+				p = tail_from ? tail_from + (HUGE_PAGES - tails) : 0;
 			struct uhmm_devmem *sp = p ? uhmm__pool_of(as, p) : NULL;
 			/* to RAM: only mem's pages; to the device: system pages or holes */
 			bool take = to_ram ? sp == mem : (!p || sp == as->syspool);
+			if (take && head && i + HUGE_PAGES <= npages) {
+				/* a compound entry: a huge page, in a batch of its own */
+				long r = n ? copy_batch(as, mem, to_ram, b, n, dst, false) : 0;
+				if (r > 0)
+					copied += r;
+				else if (r < 0)
+					err = r;
+				n = 0;
+				r = copy_huge(as, mem, to_ram, b, i, p, dst);
+				if (r != -ENOMEM) {
+					if (r > 0)
+						copied += r;
+					else
+						err = r;
+					i += HUGE_PAGES - 1;
+					continue;
+				}
+				/* no huge page: 4 KiB pages from source page p + k (a split) */
+				tails = HUGE_PAGES;
+				tail_from = p;
+			}
 			if (take) {
 				b->idx[n] = i;
 				b->from[n] = p;
 				n++;
 			}
 		}
+		if (tails)
+			tails--;
 		if (n && (n == COPY_BATCH || i == npages)) {
-			long r = copy_batch(as, mem, to_ram, b, n, dst);
+			long r = copy_batch(as, mem, to_ram, b, n, dst, false);
 			if (r > 0)
 				copied += r;
 			else

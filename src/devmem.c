@@ -31,10 +31,19 @@
 int uhmm__arena_init(struct uhmm__as *as)
 {
 	uint64_t len = ARENA_FRAMES << PG_SHIFT;
-	void *a = (void *)syscall(SYS_mmap, NULL, len, PROT_READ | PROT_WRITE,
-				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (a == MAP_FAILED)
+	/*
+	 * 2 MiB aligned, so that a chunk (512 frames) is one PMD: a huge page
+	 * (a chunk) can then take a THP with one page-table move.
+	 */
+	char *raw = (char *)syscall(SYS_mmap, NULL, len + HUGE_SIZE_BYTES, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
 		return -ENOMEM;
+	char *a = (char *)(((uintptr_t)raw + HUGE_SIZE_BYTES - 1) & ~(uintptr_t)(HUGE_SIZE_BYTES - 1));
+	if (a > raw)
+		syscall(SYS_munmap, raw, (size_t)(a - raw));
+	if (a + len < raw + len + HUGE_SIZE_BYTES)
+		syscall(SYS_munmap, a + len, (size_t)(raw + len + HUGE_SIZE_BYTES - (a + len)));
 	void *ft = (void *)syscall(SYS_mmap, NULL, ARENA_FRAMES * sizeof(struct frame),
 				   PROT_READ | PROT_WRITE,
 				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -105,14 +114,16 @@ void uhmm__frame_zap(struct uhmm__as *as, uint64_t f)
 }
 
 /* arena_lock: a chunk of CHUNK_FRAMES frames, returns its first frame or 0. */
-static uint32_t arena_chunk_get(struct uhmm__as *as)
+static uint32_t arena_chunk_get(struct uhmm__as *as, bool *fresh)
 {
 	uint32_t first = 0;
+	*fresh = false;
 	uhmm__lock(&as->arena_lock);
 	if (as->nfree_chunks) {
 		first = as->free_chunks[--as->nfree_chunks];
 	} else if ((uint64_t)(as->arena_next_chunk + 1) * CHUNK_FRAMES <= as->arena_frames) {
 		first = as->arena_next_chunk++ * CHUNK_FRAMES;
+		*fresh = true;  /* never touched: no page table */
 	}
 	uhmm__unlock(&as->arena_lock);
 	return first;
@@ -138,6 +149,38 @@ static void arena_chunk_put(struct uhmm__as *as, uint32_t first)
 	uhmm__unlock(&as->arena_lock);
 }
 
+/*
+ * The free list (pool->lock held): doubly linked, so that a huge
+ * allocation can take the 512 frames of a whole free chunk out of it; each
+ * chunk counts its free frames (chunk_free) and the pool its whole free
+ * chunks (nwhole).
+ */
+static void free_push(struct uhmm__as *as, struct uhmm_devmem *mem, uint32_t idx)
+{
+	struct frame *f = &as->frames[idx];
+	f->prev_free = 0;
+	f->next_free = mem->free_head;
+	if (mem->free_head)
+		as->frames[mem->free_head].prev_free = idx;
+	mem->free_head = idx;
+	if (++mem->chunk_free[f->index / CHUNK_FRAMES] == CHUNK_FRAMES)
+		mem->nwhole++;
+}
+
+static void free_unlink(struct uhmm__as *as, struct uhmm_devmem *mem, uint32_t idx)
+{
+	struct frame *f = &as->frames[idx];
+	if (f->prev_free)
+		as->frames[f->prev_free].next_free = f->next_free;
+	else
+		mem->free_head = f->next_free;
+	if (f->next_free)
+		as->frames[f->next_free].prev_free = f->prev_free;
+	f->next_free = f->prev_free = 0;
+	if (mem->chunk_free[f->index / CHUNK_FRAMES]-- == CHUNK_FRAMES)
+		mem->nwhole--;
+}
+
 /* pool->lock held: add one chunk to the free list. */
 static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 {
@@ -146,20 +189,33 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 	if (mem->nchunks == mem->chunks_cap) {
 		uint32_t cap = mem->chunks_cap ? mem->chunks_cap * 2 : 8;
 		uint32_t *n = uhmm__zalloc(cap * sizeof(*n));
-		if (!n)
+		uint16_t *nf = uhmm__zalloc(cap * sizeof(*nf));
+		if (!n || !nf) {
+			uhmm__free(n, cap * sizeof(*n));
+			uhmm__free(nf, cap * sizeof(*nf));
 			return -ENOMEM;
-		if (mem->chunks)
+		}
+		if (mem->chunks) {
 			memcpy(n, mem->chunks, mem->nchunks * sizeof(*n));
+			memcpy(nf, mem->chunk_free, mem->nchunks * sizeof(*nf));
+		}
 		uhmm__free(mem->chunks, mem->chunks_cap * sizeof(*n));
+		uhmm__free(mem->chunk_free, mem->chunks_cap * sizeof(*nf));
 		mem->chunks = n;
+		mem->chunk_free = nf;
 		mem->chunks_cap = cap;
 	}
-	uint32_t first = arena_chunk_get(as);
+	bool fresh;
+	uint32_t first = arena_chunk_get(as, &fresh);
 	if (!first)
 		return -ENOMEM;
-	mem->chunks[mem->nchunks++] = first;
+	mem->chunks[mem->nchunks] = first;
+	mem->chunk_free[mem->nchunks] = 0;
+	mem->nchunks++;
 	uint64_t usable = mem->max_pages - (uint64_t)(mem->nchunks - 1) * CHUNK_FRAMES;
 	uint32_t n = usable < CHUNK_FRAMES ? (uint32_t)usable : CHUNK_FRAMES;
+	__atomic_store_n(&as->frames[first].order, 0, __ATOMIC_RELAXED);
+	as->frames[first].pt_clean = fresh;
 	for (uint32_t i = n; i-- > 0;) {
 		struct frame *f = &as->frames[first + i];
 		f->zone_data = NULL;
@@ -169,25 +225,130 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 		__atomic_store_n(&f->populated, 0, __ATOMIC_RELAXED);
 		f->index = (mem->nchunks - 1) * CHUNK_FRAMES + i;
 		__atomic_store_n(&f->pool, mem, __ATOMIC_RELEASE);
-		f->next_free = mem->free_head;
-		mem->free_head = first + i;
+		free_push(as, mem, first + i);
 	}
 	return 0;
+}
+
+/* pool->lock held, frame idx unlinked from the free list: one reference. */
+static void take_frame(struct uhmm__as *as, struct uhmm_devmem *mem, uint32_t idx)
+{
+	struct frame *f = &as->frames[idx];
+	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
+	f->zone_data = NULL;
+	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&f->ref, 1, __ATOMIC_RELEASE);
+	mem->allocated++;
 }
 
 /* pool->lock held, free list not empty: take its head, one reference. */
 static uint32_t pop_free(struct uhmm__as *as, struct uhmm_devmem *mem)
 {
 	uint32_t idx = mem->free_head;
-	struct frame *f = &as->frames[idx];
-	mem->free_head = f->next_free;
-	f->next_free = 0;
-	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
-	f->zone_data = NULL;
-	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
-	__atomic_store_n(&f->ref, 1, __ATOMIC_RELEASE);
-	mem->allocated++;
+	free_unlink(as, mem, idx);
+	as->frames[idx & ~(CHUNK_FRAMES - 1)].pt_clean = 0;  /* 4 KiB use: a PTE table */
+	take_frame(as, mem, idx);
 	return idx;
+}
+
+/* pool->lock held: the last reference of frame idx went; a huge page it is part of splits. */
+static void split_locked(struct uhmm__as *as, uint64_t idx)
+{
+	struct frame *h = &as->frames[idx & ~(uint64_t)(CHUNK_FRAMES - 1)];
+	if (h->order)
+		__atomic_store_n(&h->order, 0, __ATOMIC_RELEASE);
+}
+
+void uhmm__frame_split(struct uhmm__as *as, uint64_t idx)
+{
+	struct frame *f = uhmm__frame(as, idx);
+	struct uhmm_devmem *mem = f ? frame_pool(f) : NULL;
+	if (!mem)
+		return;
+	uhmm__lock(&mem->lock);
+	split_locked(as, idx);
+	uhmm__unlock(&mem->lock);
+}
+
+bool uhmm__frame_is_huge(struct uhmm__as *as, uint64_t idx)
+{
+	struct frame *f = uhmm__frame(as, idx);
+	return f && !(idx & (CHUNK_FRAMES - 1)) && frame_order(f) == HUGE_ORDER &&
+	       frame_ref(f) > 0;
+}
+
+/*
+ * Give the 2 MiB of the arena behind chunk first a fresh mapping, so that
+ * it has no page table: UFFDIO_MOVE moves a THP into it with one PMD only
+ * where the destination PMD is empty (otherwise the kernel splits the THP
+ * and moves 512 PTEs), and MADV_DONTNEED leaves the PTE table of 4 KiB use
+ * behind.  The frames are all free (nothing to lose); the new mapping gets
+ * the arena's flags and registration back, so the VMAs merge again.
+ */
+static void chunk_refresh(struct uhmm__as *as, uint32_t first)
+{
+	uint64_t a = uhmm__frame_addr(as, first);
+	void *p = (void *)syscall(SYS_mmap, a, HUGE_SIZE_BYTES, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+	if (p == MAP_FAILED) {
+		uhmm__log("cannot remap arena chunk: %s", strerror(errno));
+		return;
+	}
+	syscall(SYS_madvise, a, HUGE_SIZE_BYTES, MADV_NOHUGEPAGE);
+	syscall(SYS_madvise, a, HUGE_SIZE_BYTES, MADV_DONTDUMP);
+	struct uffdio_register reg = {
+		.range = { .start = a, .len = HUGE_SIZE_BYTES },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+	if (ioctl(as->arena_uffd, UFFDIO_REGISTER, &reg) != 0)
+		uhmm__log("cannot register arena chunk: %s", strerror(errno));
+	for (uint32_t k = 0; k < CHUNK_FRAMES; k++)
+		set_populated(&as->frames[first + k], 0);
+}
+
+/*
+ * A huge page: the 512 frames of one chunk whose frames are all free (or
+ * of a chunk the pool grows by), each with one reference, HUGE_ORDER on
+ * the first.  -ENOMEM when no chunk is wholly free and the pool cannot
+ * grow: the caller falls back to 4 KiB frames.
+ */
+int uhmm__frame_alloc_huge(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *out)
+{
+	bool sys = mem == as->syspool;
+	if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC)) {
+		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
+		STAT_ADD(alloc_failures, 1);
+		return -ENOMEM;
+	}
+	uhmm__lock(&mem->lock);
+	if (mem->dead) {
+		uhmm__unlock(&mem->lock);
+		return -EINVAL;
+	}
+	uint32_t c = mem->nchunks;
+	if (mem->nwhole)
+		for (c = 0; c < mem->nchunks && mem->chunk_free[c] != CHUNK_FRAMES; c++)
+			;
+	if (c == mem->nchunks) {
+		if (pool_grow(as, mem) != 0 || mem->chunk_free[mem->nchunks - 1] != CHUNK_FRAMES) {
+			uhmm__unlock(&mem->lock);
+			return -ENOMEM;  /* not counted: the caller falls back to 4 KiB */
+		}
+		c = mem->nchunks - 1;
+	}
+	uint32_t first = mem->chunks[c];
+	for (uint32_t k = 0; k < CHUNK_FRAMES; k++) {
+		free_unlink(as, mem, first + k);
+		take_frame(as, mem, first + k);
+	}
+	__atomic_store_n(&as->frames[first].order, HUGE_ORDER, __ATOMIC_RELEASE);
+	bool clean = as->frames[first].pt_clean;
+	as->frames[first].pt_clean = 0;  /* its use may leave a PTE table (a split) */
+	uhmm__unlock(&mem->lock);
+	if (!clean && !mem->owned)
+		chunk_refresh(as, first);
+	*out = first;
+	return 0;
 }
 
 int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *out)
@@ -264,6 +425,7 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 		uhmm__unlock(&mem->lock);
 		return;
 	}
+	split_locked(as, idx);
 	uhmm__unlock(&mem->lock);
 	if (mem->ops && mem->ops->page_free)
 		mem->ops->page_free(mem, idx);
@@ -273,8 +435,7 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
 	f->zone_data = NULL;
-	f->next_free = mem->free_head;
-	mem->free_head = (uint32_t)idx;
+	free_push(as, mem, (uint32_t)idx);
 	mem->freed++;
 	uhmm__unlock(&mem->lock);
 }
@@ -295,6 +456,8 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 		uhmm__lock(&mem->lock);
 		uhmm__assert(f->ref > 0);
 		bool last = f->ref != 0 && __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) == 0;
+		if (last)
+			split_locked(as, idx[i]);
 		uhmm__unlock(&mem->lock);
 		if (!last)
 			continue;
@@ -324,8 +487,7 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 		__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
 		f->zone_data = NULL;
-		f->next_free = mem->free_head;
-		mem->free_head = (uint32_t)idx[i];
+		free_push(as, mem, (uint32_t)idx[i]);
 		mem->freed++;
 		uhmm__unlock(&mem->lock);
 	}
@@ -532,6 +694,7 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 		arena_chunk_put(as, mem->chunks[i]);
 	}
 	uhmm__free(mem->chunks, mem->chunks_cap * sizeof(*mem->chunks));
+	uhmm__free(mem->chunk_free, mem->chunks_cap * sizeof(*mem->chunk_free));
 	pthread_mutex_destroy(&mem->lock);
 	uhmm__free(mem, sizeof(*mem));
 	return 0;
@@ -574,6 +737,34 @@ int uhmm_sys_page_alloc(uint64_t *page)
 		return -EINVAL;
 	int rc = uhmm__frame_alloc(as, as->syspool, page);
 	return rc;
+}
+
+int uhmm_devmem_alloc_huge(struct uhmm_devmem *mem, uint64_t *page)
+{
+	struct uhmm__as *as = pool_as(mem);
+	if (!as || !page)
+		return -EINVAL;
+	return uhmm__frame_alloc_huge(as, mem, page);
+}
+
+int uhmm_sys_page_alloc_huge(uint64_t *page)
+{
+	int err = 0;
+	struct uhmm__as *as = uhmm__as_get(&err);
+	if (!as)
+		return err;
+	if (!page)
+		return -EINVAL;
+	return uhmm__frame_alloc_huge(as, as->syspool, page);
+}
+
+int uhmm_page_order(uint64_t page)
+{
+	struct uhmm__as *as = uhmm__as_peek();
+	struct frame *f = as ? uhmm__frame(as, page) : NULL;
+	if (!f || !frame_pool(f) || !frame_ref(f))
+		return -EINVAL;
+	return uhmm__frame_is_huge(as, page) ? HUGE_ORDER : 0;
 }
 
 /* Which address frame f holds data for, and for whom (pool->lock). */

@@ -88,10 +88,29 @@ struct frame {
 	uint64_t addr;             /* process address it holds data for, or 0 */
 	const void *xowner;        /* exclusive holder (system frames) */
 	uint32_t ref;              /* references; 0 = free */
-	uint32_t next_free;        /* pool free-list link */
+	uint32_t next_free;        /* pool free-list links (doubly linked, */
+	uint32_t prev_free;        /*   0 = none), under the pool's lock */
 	uint8_t populated;         /* the frame may hold a page (zap before reuse) */
+	/*
+	 * HUGE_ORDER on the first frame of a chunk while its 512 frames are one
+	 * huge page (uhmm__frame_alloc_huge), else 0.  A huge page is 512
+	 * frames with a reference each; putting any one of them splits it
+	 * (order back to 0).  Under the pool's lock; read as a hint elsewhere.
+	 */
+	uint8_t order;
+	uint8_t pt_clean;          /* first frame of a chunk: its 2 MiB of the arena
+				      has no page table yet (a THP can move in
+				      with one PMD); under the pool's lock */
 	uint32_t index;            /* dense index inside its pool (device address) */
 };
+
+#define HUGE_ORDER 9
+#define HUGE_PAGES (1U << HUGE_ORDER)   /* = CHUNK_FRAMES: a huge page is a chunk */
+#define HUGE_SIZE_BYTES ((uint64_t)HUGE_PAGES << PG_SHIFT)
+static inline uint8_t frame_order(const struct frame *f)
+{
+	return __atomic_load_n(&f->order, __ATOMIC_ACQUIRE);
+}
 
 /*
  * pool, addr, xowner and ref change under the pool's lock, but are read
@@ -128,7 +147,9 @@ struct uhmm_devmem {
 	uint32_t free_head;        /* free frame list, 0 = empty */
 	uint32_t nchunks;
 	uint32_t *chunks;          /* first frame of each chunk */
+	uint16_t *chunk_free;      /* free frames of each chunk */
 	uint32_t chunks_cap;
+	uint32_t nwhole;           /* chunks whose 512 frames are all free */
 	uint64_t allocated, freed;
 	uint64_t alloc_failures;    /* atomic: also counted outside the lock */
 	bool dead;
@@ -388,6 +409,10 @@ static inline uint64_t uhmm__frame_addr(struct uhmm__as *as, uint64_t f)
 int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f);
 long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t n,
 			    uint64_t *out);
+int uhmm__frame_alloc_huge(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f);
+/* Frame f heads a huge page whose 512 frames are live (a hint: pool lock not held). */
+bool uhmm__frame_is_huge(struct uhmm__as *as, uint64_t f);
+void uhmm__frame_split(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v);
 int uhmm__move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx);
 /* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */

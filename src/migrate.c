@@ -25,9 +25,13 @@
 
 enum origin { OR_NONE = 0, OR_SYSTEM, OR_HOLE, OR_PRIVATE, OR_COHERENT };
 
+/* m->comp[]: a page's part in a compound entry (UHMM_MIGRATE_SELECT_COMPOUND) */
+enum { COMP_NONE = 0, COMP_HEAD, COMP_TAIL };
+
 struct mig {
 	struct uhmm__as *as;
 	uint8_t *origin;   /* enum origin per page */
+	uint8_t *comp;     /* COMP_* per page (NULL: no compound entry) */
 	uint64_t fault_addr;  /* the fault page (LOCK_FAULT, taken by collect), or 0 */
 };
 
@@ -316,6 +320,107 @@ static void take_run(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origi
 		take_page(as, a, origin, k);
 }
 
+/* Pages [i, i + HUGE_PAGES) become one compound entry headed by i. */
+static void mark_compound(struct uhmm_migrate *a, struct mig *m, uint64_t i, uint64_t head_mpfn)
+{
+	a->src[i] = head_mpfn | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_COMPOUND;
+	m->comp[i] = COMP_HEAD;
+	memset(&m->comp[i + 1], COMP_TAIL, HUGE_PAGES - 1);
+}
+
+/* A THP at addr (pages i..i+511, all OR_SYSTEM): one move into a huge staging page. */
+static void take_huge_sys(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m,
+			  uint64_t i, uint64_t addr)
+{
+	uint64_t h, moved = 0;
+	if (uhmm__frame_alloc_huge(as, as->syspool, &h))
+		return;  /* 4 KiB pages, by the usual runs */
+	int rc = uhmm__uffd_move(as, uhmm__frame_addr(as, h), addr, HUGE_SIZE_BYTES, false, &moved);
+	uint64_t ok = rc ? moved >> PG_SHIFT : HUGE_PAGES;
+	TR('C', addr, uhmm__frame_addr(as, h), HUGE_SIZE_BYTES, rc);
+	for (uint64_t q = 0; q < ok; q++) {
+		uhmm__frame_set_populated(as, h + q, true);
+		uhmm__frame_set_owner(as, h + q, addr + (q << PG_SHIFT), NULL);
+	}
+	if (ok == HUGE_PAGES) {
+		mark_compound(a, m, i, uhmm_migrate_pfn(h) | UHMM_MIGRATE_PFN_WRITE);
+		return;
+	}
+	/* Part of it moved: those pages are taken one by one, the rest by take_page. */
+	uhmm__frame_split(as, h);
+	for (uint64_t q = 0; q < ok; q++)
+		a->src[i + q] = uhmm_migrate_pfn(h + q) | UHMM_MIGRATE_PFN_MIGRATE |
+				UHMM_MIGRATE_PFN_WRITE;
+	uint64_t rest[HUGE_PAGES];
+	for (uint64_t q = ok; q < HUGE_PAGES; q++)
+		rest[q - ok] = h + q;
+	uhmm__frame_put_many(as, rest, HUGE_PAGES - ok);
+}
+
+/*
+ * Device pages i..i+511 at addr, all of origin o: one unsplit huge page of
+ * the selected kind whose pages sit in order?  Returns its head, or 0.
+ */
+static uint64_t huge_dev_head(struct uhmm__as *as, uint64_t addr)
+{
+	uhmm__pt_lock(as);
+	struct pmeta *pm = uhmm__pmeta(as, addr, false);
+	uint64_t h = pm ? pm->frame : 0;
+	bool ok = h && !(h & (HUGE_PAGES - 1)) && uhmm__frame_is_huge(as, h);
+	for (uint64_t k = 1; ok && k < HUGE_PAGES; k++) {
+		struct pmeta *q = uhmm__pmeta(as, addr + (k << PG_SHIFT), false);
+		ok = q && q->frame == h + k && q->state == pm->state;
+	}
+	uhmm__pt_unlock(as);
+	return ok ? h : 0;
+}
+
+/*
+ * UHMM_MIGRATE_SELECT_COMPOUND: each 2 MiB block of the range that is a
+ * THP, a hole with no page at all, or an unsplit huge device page becomes
+ * one compound entry (m->comp marks its pages; the tails' src stay 0).
+ */
+static void collect_compound(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m,
+			     const uint8_t *origin, const uint64_t *cats)
+{
+	uint64_t b = (a->start + HUGE_SIZE_BYTES - 1) & ~(HUGE_SIZE_BYTES - 1);
+	for (; b >= a->start && b + HUGE_SIZE_BYTES <= a->end; b += HUGE_SIZE_BYTES) {
+		uint64_t i = (b - a->start) >> PG_SHIFT, k;
+		uint8_t o = origin[i];
+		bool thp = true, hole = true;
+		for (k = 0; k < HUGE_PAGES; k++) {
+			uint64_t c = cats ? cats[i + k] & ~CAT_VMA_START : 0;
+			if (origin[i + k] != o || a->src[i + k] ||
+			    (k && cats && (cats[i + k] & CAT_VMA_START)))
+				break;
+			thp = thp && (c & PAGE_IS_PRESENT) && (c & PAGE_IS_HUGE) &&
+			      !(c & (PAGE_IS_PFNZERO | PAGE_IS_SWAPPED));
+			hole = hole && !(c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED));
+		}
+		if (k < HUGE_PAGES)
+			continue;
+		if (o == OR_SYSTEM && thp && cats) {
+			take_huge_sys(as, a, m, i, b);
+		} else if (o == OR_HOLE && hole && cats) {
+			mark_compound(a, m, i, 0);
+		} else if (o == OR_PRIVATE || o == OR_COHERENT) {
+			uint64_t h = huge_dev_head(as, b);
+			if (!h)
+				continue;
+			if (o == OR_COHERENT) {
+				/* its data is in the CPU view: back into its own frames, one move */
+				uint64_t moved = 0;
+				if (uhmm__uffd_move(as, uhmm__frame_addr(as, h), b, HUGE_SIZE_BYTES,
+						    false, &moved))
+					continue;  /* what moved, take_page finds gone (ENOENT) */
+				for (k = 0; k < HUGE_PAGES; k++)
+					uhmm__frame_set_populated(as, h + k, true);
+			}
+			mark_compound(a, m, i, uhmm_migrate_pfn(h) | UHMM_MIGRATE_PFN_WRITE);
+		}
+	}
+}
+
 int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 {
 	int rc = check_args(a);
@@ -350,14 +455,17 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		at = v.end;
 	}
 	uint64_t n = a->npages;
+	bool comp = (a->flags & UHMM_MIGRATE_SELECT_COMPOUND) && n >= HUGE_PAGES;
 	struct mig *m = uhmm__zalloc(sizeof(*m));
 	uint8_t *origin = uhmm__zalloc(n);
 	uint64_t *cats = uhmm__zalloc(n * sizeof(*cats));
-	rc = m && origin && cats ? 0 : -ENOMEM;
+	uint8_t *cmark = comp ? uhmm__zalloc(n) : NULL;
+	rc = m && origin && cats && (cmark || !comp) ? 0 : -ENOMEM;
 	bool fork_locked = rc == 0;
 	if (rc == 0) {
 		m->as = as;
 		m->origin = origin;
+		m->comp = cmark;
 		uhmm__fork_rdlock(as);
 	}
 	if (!sys && rc == 0) {
@@ -398,23 +506,29 @@ int uhmm_migrate_vma_setup(struct uhmm_migrate *a)
 		uhmm__free(m, sizeof(*m));
 		uhmm__free(origin, n);
 		uhmm__free(cats, n * sizeof(*cats));
+		uhmm__free(cmark, n);
 		return rc;
 	}
 	uhmm__invalidate(as, a->start, a->end, UHMM_NOTIFY_MIGRATE, a->pgmap_owner);
 	zap_zero_holes(as, a, origin, cats);
+	if (comp)
+		collect_compound(as, a, m, origin, sys ? cats : NULL);
+#define IN_COMP(i) (cmark && cmark[i])
 	for (uint64_t i = 0; i < n;) {
 		uint64_t j = i + 1;
-		if (origin[i] == OR_SYSTEM && !a->src[i]) {
+		if (origin[i] == OR_SYSTEM && !a->src[i] && !IN_COMP(i)) {
 			while (j < n && j - i < MOVE_RUN_MAX && origin[j] == OR_SYSTEM && !a->src[j] &&
-			       !(cats[j] & CAT_VMA_START))
+			       !IN_COMP(j) && !(cats[j] & CAT_VMA_START))
 				j++;
 			take_run(as, a, origin, i, j);
-		} else if (origin[i] != OR_NONE && !a->src[i]) {
+		} else if (origin[i] != OR_NONE && !a->src[i] && !IN_COMP(i)) {
 			take_page(as, a, origin, i);  /* zap_zero_holes may have taken it */
 		}
 		for (; i < j; i++)
-			a->cpages += (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) != 0;
+			a->cpages += (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) != 0 ||
+				     (IN_COMP(i) && cmark[i] == COMP_TAIL);
 	}
+#undef IN_COMP
 	uhmm__free(cats, n * sizeof(*cats));
 	a->uhmm__priv = m;
 	return 0;
@@ -469,12 +583,46 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 	return 0;
 }
 
+/*
+ * pages(), first: every compound entry is written out page by page.  With a
+ * huge destination (dst head COMPOUND, an unsplit huge page) tail k gets
+ * its page k; otherwise the driver fell back to 4 KiB pages (its dst[i + k]
+ * copied from source page k) and the source splits.  From here on each
+ * entry names its own page, and the per-page paths do the rest: a huge
+ * page is 512 pages in order, so runs of them still move in one call.
+ */
+static void expand_compound(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m)
+{
+	for (uint64_t i = 0; m->comp && i + HUGE_PAGES <= a->npages; i++) {
+		if (m->comp[i] != COMP_HEAD)
+			continue;
+		uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
+		uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
+		bool mig = a->src[i] & UHMM_MIGRATE_PFN_MIGRATE;
+		bool huge = (a->dst[i] & UHMM_MIGRATE_PFN_COMPOUND) && uhmm__frame_is_huge(as, d);
+		if (!huge)
+			a->dst[i] &= ~UHMM_MIGRATE_PFN_COMPOUND;
+		for (uint64_t k = 1; k < HUGE_PAGES; k++) {
+			if (!a->src[i + k] && mig)
+				a->src[i + k] = s ? uhmm_migrate_pfn(s + k) | UHMM_MIGRATE_PFN_MIGRATE |
+						    UHMM_MIGRATE_PFN_WRITE : UHMM_MIGRATE_PFN_MIGRATE;
+			if (huge && !a->dst[i + k])
+				a->dst[i + k] = uhmm_migrate_pfn(d + k);
+		}
+		if (!huge && s)
+			uhmm__frame_split(as, s);
+		memset(&m->comp[i], COMP_NONE, HUGE_PAGES);
+		i += HUGE_PAGES - 1;
+	}
+}
+
 void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 {
 	struct mig *m = a ? a->uhmm__priv : NULL;
 	if (!m)
 		return;
 	struct uhmm__as *as = m->as;
+	expand_compound(as, a, m);
 	uint64_t to_dev = 0, to_sys = 0;
 	for (uint64_t i = 0; i < a->npages; i++) {
 		if (!(a->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
@@ -563,7 +711,10 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 {
 	for (uint64_t i = 0; i < a->npages;) {
 		uint64_t d = sys_dst(as, a, m, i), j = i + 1;
-		while (d && j < a->npages && j - i < MOVE_RUN_MAX && sys_dst(as, a, m, j) == d + (j - i) &&
+		/* runs stop at 2 MiB boundaries: a huge page then moves with one PMD */
+		while (d && j < a->npages && j - i < MOVE_RUN_MAX &&
+		       ((a->start + (j << PG_SHIFT)) & (HUGE_SIZE_BYTES - 1)) &&
+		       sys_dst(as, a, m, j) == d + (j - i) &&
 		       frame_pool(&as->frames[d + (j - i)]) == frame_pool(&as->frames[d]))
 			j++;
 		if (!d || j - i == 1) {
@@ -606,6 +757,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	if (!m)
 		return;
 	struct uhmm__as *as = m->as;
+	expand_compound(as, a, m);  /* pages() did it, unless the driver skipped pages() */
 	uint64_t t0 = uhmm__now_ns();
 	uint64_t n_dev = 0, n_sys = 0;
 	uint8_t *inst = uhmm__zalloc(a->npages);
@@ -675,6 +827,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		uhmm__event(UHMM_EV_MIGRATE_TO_SYS, (uint32_t)n_sys, a->start, a->end - a->start, t0);
 	uhmm__free(inst, a->npages);
 	uhmm__free(m->origin, a->npages);
+	uhmm__free(m->comp, a->npages);
 	uhmm__free(m, sizeof(*m));
 	a->uhmm__priv = NULL;
 }

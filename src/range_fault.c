@@ -36,10 +36,37 @@ static unsigned int order_of(const struct vma *v, uint64_t cats)
 	return (cats & PAGE_IS_HUGE) ? 9 : 0;
 }
 
+/*
+ * Map order of device-private page a (frame fr): 9 while the 2 MiB block
+ * holding it is one unsplit huge page with its 512 pages in order (checked
+ * once per block: *ok_block caches the answer), else 0.
+ */
+static unsigned int dev_order(struct uhmm__as *as, uint64_t a, uint32_t fr, uint64_t *blk,
+			      bool *ok_block)
+{
+	uint64_t base = a & ~(HUGE_SIZE_BYTES - 1), k0 = (a - base) >> PG_SHIFT;
+	uint64_t h = fr - k0;
+	if ((fr & (HUGE_PAGES - 1)) != k0 || !uhmm__frame_is_huge(as, h))
+		return 0;
+	if (*blk != base) {
+		*blk = base;
+		*ok_block = true;
+		uhmm__pt_lock(as);
+		for (uint64_t k = 0; k < HUGE_PAGES && *ok_block; k++) {
+			struct pmeta *pm = uhmm__pmeta(as, base + (k << PG_SHIFT), false);
+			*ok_block = pm && pm->state == PS_PRIVATE && pm->frame == h + k && !pm->locked;
+		}
+		uhmm__pt_unlock(as);
+	}
+	return *ok_block ? HUGE_ORDER : 0;
+}
+
 /* Device-side state of the pages: report, or bring back if a fault is asked. */
 static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct vma *v,
 			uint64_t s, uint64_t e, uint8_t *handled)
 {
+	uint64_t blk = 1;  /* dev_order's cache: no block yet */
+	bool blk_ok = false;
 	for (uint64_t a = s; a < e; a += PG_SIZE) {
 		uint64_t i = (a - r->start) >> PG_SHIFT;
 		if (!(a & ((1ULL << BLOCK_SHIFT) - 1)) || a == s) {
@@ -73,7 +100,9 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 			if ((req & UHMM_PFN_REQ_WRITE) && !v->write)
 				return -EPERM;
 			r->hmm_pfns[i] = fr | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
-					 (v->write ? UHMM_PFN_WRITE : 0);
+					 (v->write ? UHMM_PFN_WRITE : 0) |
+					 ((uint64_t)dev_order(as, a, fr, &blk, &blk_ok)
+					  << UHMM_PFN_ORDER_SHIFT);
 			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
 			continue;
 		}
@@ -202,7 +231,8 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		if (pm && pm->state == PS_COHERENT && !pm->locked && !handled[i] &&
 		    (r->hmm_pfns[i0 + i] & UHMM_PFN_VALID))
 			r->hmm_pfns[i0 + i] = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
-					      (r->hmm_pfns[i0 + i] & UHMM_PFN_WRITE);
+					      (r->hmm_pfns[i0 + i] &
+					       (UHMM_PFN_WRITE | UHMM_PFN_ORDER_MASK));
 	}
 	uhmm__pt_unlock(as);
 	rc = 0;

@@ -86,7 +86,7 @@ static void snap_expect(const char *file, int line, struct uhmm_dmirror *dm, con
 
 /* Every page of [addr, +npages) snapshots exactly as want. */
 #define EXPECT_SNAP(dm, addr, npages, want) snap_expect(__FILE__, __LINE__, dm, addr, npages, want, 0)
-/* ... ignoring the PMD bit (uhmm device pages are 4 KiB pages). */
+/* ... ignoring the PMD bit (a fallback to 4 KiB device pages has none). */
 #define EXPECT_SNAP_ANY_ORDER(dm, addr, npages, want) \
 	snap_expect(__FILE__, __LINE__, dm, addr, npages, want, UHMM_DMIRROR_PROT_PMD)
 
@@ -617,6 +617,169 @@ static void migrate_anon_huge_zero_err(unsigned int dev)
 	finish(dm, dev, &r);
 }
 VARIANTS(migrate_anon_huge_zero_err)
+
+/* ------------------------------------------------------------------------ */
+/* migrate_anon_huge_fault: a THP becomes one huge device page               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * hmm-tests' migrate_anon_huge_fault with the current kernel's answer: a
+ * PMD-mapped THP migrates to one huge device page (device-private: the
+ * snapshot reads 0x26, DEV_PRIVATE_LOCAL | PMD | WRITE, on every page), the
+ * device reads the data, and one CPU read brings the whole 2 MiB back in
+ * one fault (the kernel migrates the folio back whole).  Coherent pages
+ * stay CPU mapped.
+ */
+static void migrate_anon_huge_fault(unsigned int dev)
+{
+	struct uhmm_dmirror *dm = open_dev(dev);
+	struct region r;
+	struct uhmm_stats s0, s1;
+	unsigned char m;
+
+	region_map(&r, PMD_PAGES, RW);
+	fill_ints(r.ptr, r.size, 7);
+	require_pmd_mapped(dm, r.ptr, "THP");
+	huge_to_dev(dm, dev, &r, 7, false, true);
+	if (!is_coherent(dev))
+		EXPECT_SNAP(dm, r.ptr, r.npages, 0x26);
+	snapshot(dm, r.ptr, 1, &m);
+	ASSERT_TRUE(m & UHMM_DMIRROR_PROT_PMD);
+	s0 = stats_now();
+	ASSERT_EQ(((volatile int *)r.ptr)[100000], 100000 + 7);
+	s1 = stats_now();
+	if (!is_coherent(dev)) {
+		ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 1);
+		ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, r.npages);
+		ASSERT_EQ(pool(dev).in_use, 0);
+	}
+	EXPECT_INTS(r.ptr, r.size, 7);
+	s1 = stats_now();
+	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, is_coherent(dev) ? 0 : 1);
+	finish(dm, dev, &r);
+}
+VARIANTS(migrate_anon_huge_fault)
+
+/* ------------------------------------------------------------------------ */
+/* huge device pages: splits, eviction, fork                                 */
+/* ------------------------------------------------------------------------ */
+
+/* A THP at r on one huge device page of dev (the snapshot says PMD). */
+static void huge_on_dev(struct uhmm_dmirror *dm, unsigned int dev, struct region *r, int base)
+{
+	unsigned char m;
+
+	region_map(r, PMD_PAGES, RW);
+	fill_ints(r->ptr, r->size, base);
+	require_pmd_mapped(dm, r->ptr, "THP");
+	huge_to_dev(dm, dev, r, base, false, true);
+	snapshot(dm, r->ptr, 1, &m);
+	ASSERT_EQ(m, dev_snap(dev, true) | UHMM_DMIRROR_PROT_PMD);
+}
+
+/* Pages [from, to) of r: device pages of dev, none of them PMD (split). */
+static void expect_split(struct uhmm_dmirror *dm, unsigned int dev, const char *p,
+			 uint64_t npages)
+{
+	EXPECT_SNAP(dm, p, npages, dev_snap(dev, true));
+}
+
+/*
+ * Partial munmap, MADV_DONTNEED, mprotect and mremap of a huge device page:
+ * it splits, the pages that stay keep their data on the device (snapshot
+ * without PMD), the pages that go return to the pool (I4).
+ */
+static void huge_split(unsigned int dev)
+{
+	struct uhmm_dmirror *dm = open_dev(dev);
+	size_t half = PMD_SIZE / 2;
+	struct region r;
+	char *q;
+
+	/* munmap of the first half */
+	huge_on_dev(dm, dev, &r, 11);
+	ASSERT_EQ(munmap(r.ptr, half), 0);
+	ASSERT_EQ(pool(dev).in_use, PMD_PAGES / 2);
+	expect_split(dm, dev, r.ptr + half, PMD_PAGES / 2);
+	ints_expect(__FILE__, __LINE__, r.ptr + half, half, 11 + (int)NINTS(half));
+	region_unmap(&r);
+	ASSERT_EQ(pool(dev).in_use, 0);
+
+	/* MADV_DONTNEED of one page in the middle: it reads zeros after */
+	huge_on_dev(dm, dev, &r, 12);
+	ASSERT_EQ(madvise(r.ptr + 100 * PS, PS, MADV_DONTNEED), 0);
+	ASSERT_EQ(pool(dev).in_use, PMD_PAGES - 1);
+	expect_split(dm, dev, r.ptr, 100);
+	expect_split(dm, dev, r.ptr + 101 * PS, PMD_PAGES - 101);
+	EXPECT_ZERO(r.ptr + 100 * PS, PS);
+	ints_expect(__FILE__, __LINE__, r.ptr, 100 * PS, 12);
+	ints_expect(__FILE__, __LINE__, r.ptr + 101 * PS, r.size - 101 * PS,
+		    12 + (int)NINTS(101 * PS));
+	region_unmap(&r);
+	ASSERT_EQ(pool(dev).in_use, 0);
+
+	/* mprotect of the second half read-only: the data stays whole */
+	huge_on_dev(dm, dev, &r, 13);
+	ASSERT_EQ(mprotect(r.ptr + half, half, PROT_READ), 0);
+	EXPECT_INTS(r.ptr, r.size, 13);
+	region_unmap(&r);
+	ASSERT_EQ(pool(dev).in_use, 0);
+
+	/* mremap of the second half elsewhere: both halves keep their data */
+	huge_on_dev(dm, dev, &r, 14);
+	q = th_mmap_isolated(half, RW, PRIV_ANON);
+	ASSERT_MAPPED(q);
+	ASSERT_EQ(mremap(r.ptr + half, half, half, MREMAP_MAYMOVE | MREMAP_FIXED, q), (void *)q);
+	/*
+	 * mremap brings the moved pages back to the CPU first (docs/design.md
+	 * section 4): a private huge page comes back whole (one migration of
+	 * its 2 MiB), coherent pages of the moved half become system pages.
+	 */
+	ASSERT_EQ(pool(dev).in_use, is_coherent(dev) ? PMD_PAGES / 2 : 0);
+	if (is_coherent(dev))
+		expect_split(dm, dev, r.ptr, PMD_PAGES / 2);
+	ints_expect(__FILE__, __LINE__, q, half, 14 + (int)NINTS(half));
+	ints_expect(__FILE__, __LINE__, r.ptr, half, 14);
+	ASSERT_EQ(munmap(q, half), 0);
+	finish(dm, dev, &r);
+}
+VARIANTS(huge_split)
+
+/* Eviction (release) and fork with a huge device page: the data comes back. */
+static void huge_evict_fork(unsigned int dev)
+{
+	struct uhmm_dmirror *dm = open_dev(dev);
+	struct uhmm_stats s0, s1;
+	struct region r;
+	int status;
+	pid_t pid;
+
+	huge_on_dev(dm, dev, &r, 21);
+	s0 = stats_now();
+	ASSERT_EQ(uhmm_dmirror_release(dm), 0);
+	s1 = stats_now();
+	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, r.npages);
+	ASSERT_EQ(pool(dev).in_use, 0);
+	EXPECT_INTS(r.ptr, r.size, 21);
+	region_unmap(&r);
+
+	huge_on_dev(dm, dev, &r, 22);
+	fflush(stdout);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		ints_expect(__FILE__, __LINE__, r.ptr, r.size, 22);
+		memset(r.ptr, 0, r.size);	/* private to the child */
+		_exit(0);
+	}
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(WEXITSTATUS(status), 0);
+	ASSERT_EQ(pool(dev).in_use, 0);	/* fork brought every page back */
+	EXPECT_INTS(r.ptr, r.size, 22);
+	finish(dm, dev, &r);
+}
+VARIANTS(huge_evict_fork)
 
 /* ------------------------------------------------------------------------ */
 /* file_read, file_write on a regular file (the kernel test's own kind)      */
