@@ -532,12 +532,12 @@ static int fault_missing(struct uhmm__as *as, uint64_t addr)
 	return rc;
 }
 
-static int add_deferred(struct uhmm__as *as, uint64_t addr, bool write)
+static int add_deferred(struct uhmm__as *as, uint64_t addr)
 {
 	struct deferred_fault *d = uhmm__zalloc(sizeof(*d));
 	if (!d)
 		return -ENOMEM;
-	*d = (struct deferred_fault){ addr, write, as->fault_tid, as->deferred_faults };
+	*d = (struct deferred_fault){ .addr = addr, .next = as->deferred_faults };
 	as->deferred_faults = d;
 	return 0;
 }
@@ -546,8 +546,10 @@ static int add_deferred(struct uhmm__as *as, uint64_t addr, bool write)
  * Serve a CPU fault at addr (page aligned), from the service thread or from
  * a thread that needs the page in the CPU view (range fault, fork, mremap).
  * The service thread never sleeps on a page lock: it parks the fault and
- * returns -EAGAIN; the unlock re-queues it.  Returns 0 when the page is back
- * in the CPU view (or never left it), else -errno (caller sends SIGBUS).
+ * returns -EAGAIN; once the page is unlocked the thread is woken to retry
+ * its access (serve_deferred), and a retry that still faults is a new
+ * message.  Returns 0 when the page is back in the CPU view (or never left
+ * it), else -errno (caller sends SIGBUS).
  */
 int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service)
 {
@@ -564,7 +566,7 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 		}
 		if (pm && pm->locked) {
 			if (from_service) {
-				int rc = add_deferred(as, addr, write);
+				int rc = add_deferred(as, addr);
 				pm->waiters = 1;
 				uhmm__pt_unlock(as);
 				return rc ? rc : -EAGAIN;
@@ -798,24 +800,52 @@ void uhmm__fault_finish(struct uhmm__as *as, uint64_t addr, int rc, pid_t tid, u
 	uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
 }
 
+/*
+ * Parked faults (a fault that found its page locked, see uhmm__cpu_fault):
+ * once the page is unlocked, its thread is woken to retry the access, as
+ * the kernel's fault that waited for a locked page returns and retries; a
+ * fault that is still needed comes back as a new message and is served
+ * then.  A parked fault is never served from here: by the time its page is
+ * unlocked it may be stale.  Measured (page trace, test_migrate
+ * migrate_fail_alloc_zero_private, a driver-owned pool): a fault worker's
+ * migrate_to_ram window held page P; the thread, woken by the install of
+ * the fault page, faulted on P and was parked; the install of P (a copy:
+ * the mapping is read-only) woke it and it went on.  Its record, re-served
+ * only after the thread's next migration had taken P to the device again,
+ * ran migrate_to_ram for a fault that no longer existed and brought P back
+ * (that migration then had 511 of 512 pages; or -ENOENT in its read-back).
+ * A re-served record could likewise make a migration lose a collected hole
+ * (LOCK_HOLE -> LOCK_LOST).  A wake of a thread that went on already is a
+ * no-op, so a fault whose page is still locked stays parked, and the rest
+ * are woken, never served.
+ */
 static void serve_deferred(struct uhmm__as *as)
 {
+	struct deferred_fault *wake = NULL, *keep = NULL;
 	uhmm__pt_lock(as);
 	struct deferred_fault *d = as->deferred_faults;
 	as->deferred_faults = NULL;
-	uhmm__pt_unlock(as);
 	while (d) {
 		struct deferred_fault *next = d->next;
-		as->fault_tid = d->tid;  /* a SIGBUS goes to the thread that faulted */
-		int rc = uhmm__cpu_fault(as, d->addr, d->write, true);
-		if (rc && rc != -EAGAIN) {
-			struct uffd_msg m = { .event = UFFD_EVENT_PAGEFAULT };
-			m.arg.pagefault.address = d->addr;
-			m.arg.pagefault.feat.ptid = (uint32_t)d->tid;
-			sigbus_thread(as, &m, rc);
+		struct pmeta *pm = uhmm__pmeta(as, d->addr, false);
+		/* a collected hole is no wait: the retried access takes it (hole_fault) */
+		if (pm && pm->locked && pm->locked != LOCK_HOLE) {
+			pm->waiters = 1;
+			d->next = keep;
+			keep = d;
+		} else {
+			d->next = wake;
+			wake = d;
 		}
-		uhmm__free(d, sizeof(*d));
 		d = next;
+	}
+	as->deferred_faults = keep;  /* under pt_lock: an unlock still signals wake_fd */
+	uhmm__pt_unlock(as);
+	while (wake) {
+		struct deferred_fault *next = wake->next;
+		uhmm__uffd_wake(as, wake->addr, PG_SIZE);
+		uhmm__free(wake, sizeof(*wake));
+		wake = next;
 	}
 }
 

@@ -185,10 +185,8 @@ struct inflight_op {               /* an intercepted call (under pt_lock) */
 	struct inflight_op *next;
 };
 
-struct deferred_fault {
+struct deferred_fault {           /* a parked fault: its thread is woken on unlock */
 	uint64_t addr;
-	bool write;
-	pid_t tid;                 /* the faulting thread (for a SIGBUS) */
 	struct deferred_fault *next;
 };
 

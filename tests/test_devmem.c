@@ -15,6 +15,8 @@
 #include "harness.h"
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/syscall.h>
 #include <uhmm.h>
 
 #define PS		UHMM_PAGE_SIZE
@@ -36,6 +38,8 @@ struct drv {
 	atomic_uint fault_errors;	/* migrate_to_ram calls that failed */
 	atomic_uint wrong_mem;		/* callbacks with a mem that is not ours */
 	atomic_uint_least64_t last_freed;
+	atomic_uint_least64_t gate_addr;	/* migrate_to_ram of this page waits ... */
+	atomic_int gate_entered;		/* ... says so here, until gate_addr is 0 */
 };
 
 static struct drv drv;
@@ -66,6 +70,11 @@ static int drv_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *
 	atomic_fetch_add(&drv.faults, 1);
 	if (mem != drv.mem)
 		atomic_fetch_add(&drv.wrong_mem, 1);
+	if (atomic_load(&drv.gate_addr) == vmf->addr) {
+		atomic_store(&drv.gate_entered, 1);
+		while (atomic_load(&drv.gate_addr) == vmf->addr)
+			usleep(1000);
+	}
 	ret = uhmm_migrate_vma_setup(&args);
 	if (ret)
 		goto fail;
@@ -623,6 +632,124 @@ TEST(migrate_three_phases)
 	ASSERT_EQ(munmap(buf, n * PS), 0);
 	free(src);
 	free(dst);
+	drv_destroy();
+}
+
+/* A reader that says when it is about to touch its page. */
+struct tid_reader {
+	const volatile int *addr;
+	int value;
+	atomic_int tid;
+};
+
+static void *tid_reader_fn(void *arg)
+{
+	struct tid_reader *r = arg;
+
+	atomic_store(&r->tid, (int)syscall(SYS_gettid));
+	r->value = *r->addr;
+	return NULL;
+}
+
+/* Thread tid sleeps ('S': after tid_reader_fn's flag, that is in its fault). */
+static bool thread_sleeping(int tid)
+{
+	char path[64], buf[256], *p;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'S';
+}
+
+/*
+ * A CPU fault that found its page locked is parked by the service thread;
+ * when the thread is woken by the operation that held the page (here the
+ * install of a migration to RAM) it goes on, and its parked record must not
+ * be served later as if the fault still were there: here the page went back
+ * to the device meanwhile, and serving the record ran migrate_to_ram for a
+ * fault that no longer existed (the page came back to RAM).  The service
+ * thread is held in the migrate_to_ram of another page (the gate) from
+ * before the record is parked until the page is on the device again.
+ */
+TEST_TIMEOUT(parked_fault_not_served_after_wake, 30)
+{
+	const uint64_t n = 3;		/* P: the parked fault, Q: the gate, S: the sync */
+	uint64_t dst[3] = { 0 }, src1 = 0, dst1 = 0, sys;
+	struct tid_reader rp = { 0 }, rq = { 0 }, rs = { 0 };
+	pthread_t tp, tq, ts;
+	struct uhmm_migrate args;
+	unsigned int faults0, faults;
+	char *buf;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 16);
+	buf = map_anon(n);
+	fill_ints(buf, n * PS, 0);
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	ASSERT_EQ(drv_stats().in_use, n);
+
+	/* P back to RAM by hand: locked from setup to finalize */
+	memset(&args, 0, sizeof(args));
+	args.start = (uint64_t)(uintptr_t)buf;
+	args.end = args.start + PS;
+	args.src = &src1;
+	args.dst = &dst1;
+	args.pgmap_owner = drv_owner;
+	args.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), 0);
+	ASSERT_EQ(args.cpages, 1);
+
+	/* a reader of P faults on the locked page: parked */
+	rp.addr = (const volatile int *)buf;
+	ASSERT_EQ(pthread_create(&tp, NULL, tid_reader_fn, &rp), 0);
+	while (!atomic_load(&rp.tid) || !thread_sleeping(atomic_load(&rp.tid)))
+		usleep(1000);
+	/*
+	 * A reader of Q: the service thread serves it in place and waits in
+	 * the gate; its message came after P's, so P's was read and parked.
+	 */
+	atomic_store(&drv.gate_addr, (uint64_t)(uintptr_t)(buf + PS));
+	faults0 = atomic_load(&drv.faults);
+	rq.addr = (const volatile int *)(buf + PS);
+	ASSERT_EQ(pthread_create(&tq, NULL, tid_reader_fn, &rq), 0);
+	while (!atomic_load(&drv.gate_entered))
+		usleep(1000);
+
+	/* P's migration ends: installed, unlocked, its reader woken and done */
+	ASSERT_EQ(uhmm_sys_page_alloc(&sys), 0);
+	ASSERT_EQ(uhmm_page_copy(sys, uhmm_migrate_pfn_to_page(src1)), 0);
+	dst1 = uhmm_migrate_pfn(sys);
+	uhmm_migrate_vma_pages(&args);
+	uhmm_migrate_vma_finalize(&args);
+	ASSERT_EQ(pthread_join(tp, NULL), 0);
+	ASSERT_EQ(rp.value, 0);
+
+	/* P goes to the device again, then the service thread goes on */
+	ASSERT_EQ(drv_migrate_to_dev(buf, 1, dst), 1);
+	atomic_store(&drv.gate_addr, 0);
+	ASSERT_EQ(pthread_join(tq, NULL), 0);
+	ASSERT_EQ(rq.value, (int)NINTS(PS));
+
+	/* A fault on S is served after the parked record was looked at. */
+	rs.addr = (const volatile int *)(buf + 2 * PS);
+	ASSERT_EQ(pthread_create(&ts, NULL, tid_reader_fn, &rs), 0);
+	ASSERT_EQ(pthread_join(ts, NULL), 0);
+	ASSERT_EQ(rs.value, (int)(2 * NINTS(PS)));
+
+	/* Q and S were faulted back, and nothing else: P stays on the device */
+	faults = atomic_load(&drv.faults) - faults0;
+	ASSERT_EQ(faults, 2);
+	ASSERT_EQ(drv_stats().in_use, 1);
+	EXPECT_INTS(buf, n * PS, 0);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(munmap(buf, n * PS), 0);
 	drv_destroy();
 }
 
