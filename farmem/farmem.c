@@ -20,14 +20,21 @@
  * replica fails: uhmm leaves those pages where they are, migrate_to_ram
  * returns -EIO and the faulting thread gets SIGBUS, with one log line.
  *
+ * Read-ahead: a fault takes back 1 page, doubling to a whole 2 MiB block
+ * while faults stream forward (fault_window).  prefetch() queues ranges to
+ * one prefetch thread; repair() re-replicates slabs after a server failure.
+ *
  * Locks: fm->x's transport lock (fmx_lock) protects the slab table, the
- * server table and the transfers; counters are atomics.  No uhmm call is
- * made with it held.
+ * server table, slabs_repaired and the transfers; pf_lock (a leaf) the
+ * prefetch queue; counters are atomics.  No uhmm call is made with either
+ * held.  Order: none nests in the other.
  */
 #define _GNU_SOURCE
 #include "xport.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +46,7 @@
 #define PAGE          UHMM_PAGE_SIZE
 #define SLAB_PAGES    512ULL
 #define CHUNK_PAGES   512ULL     /* place/fetch/evict: one migration per 2 MiB */
-#define PREFETCH_MAX  64ULL      /* read-ahead window limit, pages */
+#define PREFETCH_MAX  512ULL     /* read-ahead window limit, pages (2 MiB) */
 #define ZERO_BYTES    (256U << 10)
 #define MAX_REPLICAS  2
 #define NBUCKETS      (64 * 8)
@@ -64,6 +71,12 @@ struct srvinfo {
 	_Atomic uint64_t bytes_out, bytes_in;
 };
 
+struct pf_req {
+	struct pf_req *next;
+	void *addr;
+	size_t len;
+};
+
 struct uhmm_farmem {
 	struct fmx *x;
 	unsigned int nsrv, replicas;
@@ -78,6 +91,14 @@ struct uhmm_farmem {
 	bool quiet, closed;
 	_Atomic uint64_t pages_out, pages_in, bytes_out, bytes_in;
 	_Atomic uint64_t faults, fault_pages, fault_errors, fault_max;
+	uint64_t slabs_repaired;  /* protected by the transport lock */
+	/* asynchronous prefetch: one thread, started on first use */
+	pthread_mutex_t pf_lock;  /* protects the queue and the flags below */
+	pthread_cond_t pf_cond;
+	struct pf_req *pf_head, **pf_tail;
+	bool pf_started, pf_stop;
+	pthread_t pf_thread;
+	_Atomic uint64_t pf_pending;  /* ranges queued or being brought back */
 	_Atomic uint64_t hist[NBUCKETS];
 };
 
@@ -435,19 +456,29 @@ static void fm_page_free(struct uhmm_devmem *mem, uint64_t page)
 		atomic_store(&fm->gc_pending, 1);
 }
 
-/* Pages a fault at addr takes back: 1, doubling up to PREFETCH_MAX while the
- * faults stream forward, never past the 2 MiB block. */
+/*
+ * Pages a fault at addr takes back: 1, doubling up to PREFETCH_MAX (a whole
+ * 2 MiB block) while the faults stream forward, never past the 2 MiB block.
+ * A fault counts as streaming when it lands inside the window after the
+ * last one ([next_fault, next_fault + last window)): pages of the window
+ * that were already in RAM are skipped by the migration, so the next fault
+ * of a forward scan may come a little after next_fault.
+ */
 static uint64_t fault_window(struct uhmm_farmem *fm, uint64_t addr)
 {
 	uint64_t w = 1;
-	if (atomic_load_explicit(&fm->next_fault, memory_order_relaxed) == addr) {
-		w = atomic_load_explicit(&fm->window, memory_order_relaxed) * 2;
+	uint64_t next = atomic_load_explicit(&fm->next_fault, memory_order_relaxed);
+	uint64_t last = atomic_load_explicit(&fm->window, memory_order_relaxed);
+	if (next && addr >= next && addr < next + (last ? last : 1) * PAGE) {
+		w = last * 2;
 		w = w > PREFETCH_MAX ? PREFETCH_MAX : w ? w : 1;
 	}
 	uint64_t block_left = (((addr >> 21) + 1) << 21) - addr;
+	uint64_t span = w;
 	if (w * PAGE > block_left)
 		w = block_left / PAGE;
-	atomic_store_explicit(&fm->window, w, memory_order_relaxed);
+	/* the stream goes on in the next block with the window it had */
+	atomic_store_explicit(&fm->window, span, memory_order_relaxed);
 	atomic_store_explicit(&fm->next_fault, addr + w * PAGE, memory_order_relaxed);
 	return w;
 }
@@ -570,7 +601,8 @@ int uhmm_farmem_open(const char *servers, const struct uhmm_farmem_opts *opts,
 		opts = &defaults;
 	unsigned replicas = opts->replicas ? opts->replicas : 1;
 	bool quiet = opts->flags & UHMM_FARMEM_QUIET;
-	if (replicas > MAX_REPLICAS || (opts->flags & ~UHMM_FARMEM_QUIET) ||
+	if (replicas > MAX_REPLICAS ||
+	    (opts->flags & ~(UHMM_FARMEM_QUIET | UHMM_FARMEM_INLINE_FAULTS)) ||
 	    opts->path > UHMM_FARMEM_PATH_AM) {
 		if (!quiet)
 			fprintf(stderr, "uhmm_farmem: bad options (replicas 1 or 2)\n");
@@ -622,6 +654,9 @@ int uhmm_farmem_open(const char *servers, const struct uhmm_farmem_opts *opts,
 		return -ENOMEM;
 	fm->replicas = replicas;
 	fm->quiet = quiet;
+	pthread_mutex_init(&fm->pf_lock, NULL);
+	pthread_cond_init(&fm->pf_cond, NULL);
+	fm->pf_tail = &fm->pf_head;
 	fm->max_pages = opts->max_pages ? opts->max_pages : (1ULL << 20);
 	fm->max_pages = (fm->max_pages + SLAB_PAGES - 1) / SLAB_PAGES * SLAB_PAGES;
 	fm->nslabs = fm->max_pages / SLAB_PAGES;
@@ -653,7 +688,9 @@ int uhmm_farmem_open(const char *servers, const struct uhmm_farmem_opts *opts,
 	fmx_unlock(fm->x);
 	if (!rc)
 		rc = uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, fm, &fm_ops, &fm_copy_ops,
-					      UHMM_DEVMEM_DEFER_FAULTS, fm, fm->max_pages, &fm->pool);
+					      opts->flags & UHMM_FARMEM_INLINE_FAULTS ? 0 :
+					      UHMM_DEVMEM_DEFER_FAULTS, fm, fm->max_pages,
+					      &fm->pool);
 	if (rc) {
 		fm_teardown(fm);
 		fmx_destroy(fm->x);
@@ -676,31 +713,38 @@ static int check_range(struct uhmm_farmem *fm, void *addr, size_t len)
 	return 0;
 }
 
-int uhmm_farmem_place(struct uhmm_farmem *fm, void *addr, size_t len)
+/* place(): the 2 MiB chunks k of [start, end) with k % nthr == part
+ * (chunks end at THP bounds). */
+struct place_job {
+	struct uhmm_farmem *fm;
+	uint64_t start, end;
+	unsigned part, nthr;
+	int err;
+};
+
+static void *place_part(void *arg)
 {
-	int rc = check_range(fm, addr, len);
-	if (rc)
-		return rc;
-	fmx_lock(fm->x);
-	slab_gc(fm);
-	fmx_unlock(fm->x);
-	uint64_t start = (uint64_t)(uintptr_t)addr, end = start + len;
+	struct place_job *j = arg;
+	struct uhmm_farmem *fm = j->fm;
 	uint64_t *src = malloc(2 * CHUNK_PAGES * sizeof(uint64_t)), *dst = src + CHUNK_PAGES;
-	if (!src)
-		return -ENOMEM;
+	if (!src) {
+		j->err = -ENOMEM;
+		return NULL;
+	}
+	const uint64_t csz = CHUNK_PAGES * PAGE;
+	uint64_t base = j->start & ~(csz - 1);
 	int err = 0;
-	for (uint64_t a = start; a < end;) {
-		uint64_t e = a + CHUNK_PAGES * PAGE;
-		e = e > end ? end : e;
-		/* chunk ends at 2 MiB bounds: THP-sized runs */
-		uint64_t b = ((a >> 21) + 1) << 21;
-		if (b < e)
-			e = b;
+	for (uint64_t k = j->part;; k += j->nthr) {
+		uint64_t a = base + k * csz, e = a + csz;
+		if (a >= j->end)
+			break;
+		a = a < j->start ? j->start : a;
+		e = e > j->end ? j->end : e;
 		struct uhmm_migrate m = {
 			.start = a, .end = e, .src = src, .dst = dst, .pgmap_owner = fm,
 			.flags = UHMM_MIGRATE_SELECT_SYSTEM,
 		};
-		rc = uhmm_migrate_vma_setup(&m);
+		int rc = uhmm_migrate_vma_setup(&m);
 		if (rc) {
 			err = rc;
 			break;
@@ -723,10 +767,29 @@ int uhmm_farmem_place(struct uhmm_farmem *fm, void *addr, size_t len)
 			if (got == -ENOMEM || got == -ENOSPC)
 				break;
 		}
-		a = e;
 	}
 	free(src);
-	return err == -ENOMEM ? -ENOSPC : err;
+	j->err = err == -ENOMEM ? -ENOSPC : err;
+	return NULL;
+}
+
+/*
+ * One thread: two placing at once (alternate chunks, measured) was 2x
+ * slower here, every UFFDIO_MOVE then flushing the TLB of the other CPU
+ * running this process (an IPI per call).
+ */
+int uhmm_farmem_place(struct uhmm_farmem *fm, void *addr, size_t len)
+{
+	int rc = check_range(fm, addr, len);
+	if (rc)
+		return rc;
+	fmx_lock(fm->x);
+	slab_gc(fm);
+	fmx_unlock(fm->x);
+	uint64_t start = (uint64_t)(uintptr_t)addr;
+	struct place_job j = { fm, start, start + len, 0, 1, 0 };
+	place_part(&j);
+	return j.err;
 }
 
 static int bring_back(struct uhmm_farmem *fm, void *addr, size_t len)
@@ -773,9 +836,82 @@ int uhmm_farmem_fetch(struct uhmm_farmem *fm, void *addr, size_t len)
 	return bring_back(fm, addr, len);
 }
 
+static void *pf_main(void *arg)
+{
+	struct uhmm_farmem *fm = arg;
+	pthread_mutex_lock(&fm->pf_lock);
+	for (;;) {
+		while (!fm->pf_head && !fm->pf_stop)
+			pthread_cond_wait(&fm->pf_cond, &fm->pf_lock);
+		struct pf_req *r = fm->pf_head;
+		if (!r)
+			break;  /* stopping, queue drained */
+		fm->pf_head = r->next;
+		if (!fm->pf_head)
+			fm->pf_tail = &fm->pf_head;
+		bool stop = fm->pf_stop;
+		pthread_mutex_unlock(&fm->pf_lock);
+		if (!stop)
+			bring_back(fm, r->addr, r->len);  /* a hint: errors are not reported */
+		free(r);
+		atomic_fetch_sub(&fm->pf_pending, 1);
+		pthread_mutex_lock(&fm->pf_lock);
+	}
+	pthread_mutex_unlock(&fm->pf_lock);
+	return NULL;
+}
+
+/* Queue [addr, addr + len) to the prefetch thread (started on first use);
+ * -EAGAIN if it cannot start or is stopping. */
+static int pf_queue(struct uhmm_farmem *fm, void *addr, size_t len)
+{
+	struct pf_req *r = malloc(sizeof(*r));
+	if (!r)
+		return -EAGAIN;
+	*r = (struct pf_req){ .addr = addr, .len = len };
+	pthread_mutex_lock(&fm->pf_lock);
+	if (!fm->pf_started && !fm->pf_stop) {
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);  /* signals go to the application */
+		fm->pf_started = pthread_create(&fm->pf_thread, NULL, pf_main, fm) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	if (!fm->pf_started || fm->pf_stop) {
+		pthread_mutex_unlock(&fm->pf_lock);
+		free(r);
+		return -EAGAIN;
+	}
+	atomic_fetch_add(&fm->pf_pending, 1);
+	*fm->pf_tail = r;
+	fm->pf_tail = &r->next;
+	pthread_cond_signal(&fm->pf_cond);
+	pthread_mutex_unlock(&fm->pf_lock);
+	return 0;
+}
+
+/* Queued to the prefetch thread; fetch() if that cannot be. */
 int uhmm_farmem_prefetch(struct uhmm_farmem *fm, void *addr, size_t len)
 {
+	int rc = check_range(fm, addr, len);
+	if (rc)
+		return rc;
+	if (pf_queue(fm, addr, len) == 0)
+		return 0;
 	return bring_back(fm, addr, len);
+}
+
+/* Stop the prefetch thread; queued ranges are dropped (close brings all back). */
+static void pf_stop(struct uhmm_farmem *fm)
+{
+	pthread_mutex_lock(&fm->pf_lock);
+	fm->pf_stop = true;
+	bool join = fm->pf_started;
+	fm->pf_started = false;
+	pthread_cond_signal(&fm->pf_cond);
+	pthread_mutex_unlock(&fm->pf_lock);
+	if (join)
+		pthread_join(fm->pf_thread, NULL);
 }
 
 int uhmm_farmem_stats(struct uhmm_farmem *fm, struct uhmm_farmem_stats *st)
@@ -793,6 +929,7 @@ int uhmm_farmem_stats(struct uhmm_farmem *fm, struct uhmm_farmem_stats *st)
 	st->bytes_out = atomic_load(&fm->bytes_out);
 	st->bytes_in = atomic_load(&fm->bytes_in);
 	st->faults = atomic_load(&fm->faults);
+	st->prefetch_pending = atomic_load(&fm->pf_pending);
 	st->fault_pages = atomic_load(&fm->fault_pages);
 	st->fault_errors = atomic_load(&fm->fault_errors);
 	st->fault_p50_ns = percentile(fm, 0.50);
@@ -800,12 +937,12 @@ int uhmm_farmem_stats(struct uhmm_farmem *fm, struct uhmm_farmem_stats *st)
 	st->fault_max_ns = atomic_load(&fm->fault_max);
 	fmx_lock(fm->x);
 	slab_gc(fm);
+	unsigned alive = 0;
 	for (unsigned i = 0; i < fm->nsrv; i++) {
 		struct uhmm_farmem_server_stats *ss = &st->server[i];
 		snprintf(ss->name, sizeof(ss->name), "%s", fm->srv[i].name);
 		ss->alive = srv_ok(fm, (int)i);
-		if (!ss->alive)
-			st->degraded = 1;
+		alive += ss->alive;
 		ss->slabs = fm->srv[i].slabs;
 		ss->bytes_out = atomic_load(&fm->srv[i].bytes_out);
 		ss->bytes_in = atomic_load(&fm->srv[i].bytes_in);
@@ -819,11 +956,109 @@ int uhmm_farmem_stats(struct uhmm_farmem *fm, struct uhmm_farmem_stats *st)
 				st->server[sl->rep[r].srv].pages_remote += live;
 				ok++;
 			}
-		if (sl->nrep && live && ok < fm->replicas)
+		if (sl->nrep && live && ok < fm->replicas) {
 			st->degraded = 1;
+			if (ok)
+				st->pages_degraded += live;
+			else
+				st->pages_lost += live;
+		}
 	}
+	/* new pages too would get fewer replicas than asked */
+	if (alive < fm->replicas)
+		st->degraded = 1;
+	st->slabs_repaired = fm->slabs_repaired;
 	fmx_unlock(fm->x);
 	return 0;
+}
+
+/* One slab's new replica on server i: read from a survivor, write there
+ * (transport lock held; buf is SLAB_PAGES pages). */
+static int repair_slab(struct uhmm_farmem *fm, struct slab *sl, int i, uint8_t *buf)
+{
+	struct slab_rep *to = &sl->rep[sl->nrep];
+	int rc = fmx_alloc(fm->srv[i].s, SLAB_PAGES, &to->reg);
+	if (rc)
+		return rc == -ENOMEM ? -ENOSPC : -EIO;
+	rc = -EIO;
+	for (unsigned r = 0; r < sl->nrep && rc; r++) {
+		int j = sl->rep[r].srv;
+		if (!srv_ok(fm, j))
+			continue;
+		if (fmx_get(fm->srv[j].s, &sl->rep[r].reg, 0, buf, SLAB_PAGES * PAGE) == 0 &&
+		    fmx_wait(fm->x) == 0 && srv_ok(fm, j))
+			rc = 0;
+	}
+	if (!rc && (fmx_put(fm->srv[i].s, &to->reg, 0, buf, SLAB_PAGES * PAGE) ||
+		    fmx_wait(fm->x) || !srv_ok(fm, i)))
+		rc = -EIO;
+	if (rc) {
+		fmx_free(fm->srv[i].s, &to->reg);
+		return rc;
+	}
+	to->srv = i;
+	sl->nrep++;
+	fm->srv[i].slabs++;
+	atomic_fetch_add(&fm->srv[i].bytes_out, SLAB_PAGES * PAGE);
+	atomic_fetch_add(&fm->bytes_out, SLAB_PAGES * PAGE);
+	return 0;
+}
+
+int uhmm_farmem_repair(struct uhmm_farmem *fm)
+{
+	if (!fm)
+		return -EINVAL;
+	uint8_t *buf = malloc(SLAB_PAGES * PAGE);
+	if (!buf)
+		return -ENOMEM;
+	int done = 0, err = 0;
+	fmx_lock(fm->x);
+	slab_gc(fm);
+	for (uint64_t s = 0; s < fm->nslabs; s++) {
+		struct slab *sl = &fm->slabs[s];
+		if (!sl->nrep || !atomic_load(&sl->live))
+			continue;
+		unsigned ok = 0;
+		for (unsigned r = 0; r < sl->nrep; r++)
+			ok += srv_ok(fm, sl->rep[r].srv);
+		/* lost (nothing to copy from: it keeps its dead replicas, so that
+		 * it is never re-allocated and read as zeros) or whole */
+		if (!ok || ok >= fm->replicas)
+			continue;
+		/* drop the dead replicas */
+		ok = 0;
+		for (unsigned r = 0; r < sl->nrep; r++) {
+			struct slab_rep *sr = &sl->rep[r];
+			if (srv_ok(fm, sr->srv)) {
+				sl->rep[ok++] = *sr;
+			} else {
+				if (sr->srv >= 0 && fm->srv[sr->srv].s) {
+					fmx_free(fm->srv[sr->srv].s, &sr->reg);
+					fm->srv[sr->srv].slabs--;
+				}
+			}
+		}
+		sl->nrep = (uint8_t)ok;
+		int rc = -ENOSPC;
+		for (unsigned k = 1; k < fm->nsrv && sl->nrep < fm->replicas; k++) {
+			int i = (int)((s + k) % fm->nsrv);
+			bool holds = false;
+			for (unsigned r = 0; r < sl->nrep; r++)
+				holds |= sl->rep[r].srv == i;
+			if (holds || !srv_ok(fm, i))
+				continue;
+			rc = repair_slab(fm, sl, i, buf);
+			note_failures(fm);
+		}
+		if (rc)
+			err = -ENOSPC;
+		else
+			done++;
+	}
+	fm->slabs_repaired += (uint64_t)done;
+	fmx_unlock(fm->x);
+	free(buf);
+	return err ? err : done;
 }
 
 /* Every page of the pool back to RAM (eviction by device page); returns how
@@ -857,6 +1092,7 @@ int uhmm_farmem_close(struct uhmm_farmem *fm)
 {
 	if (!fm)
 		return -EINVAL;
+	pf_stop(fm);
 	uint64_t left = 0;
 	for (int pass = 0; pass < 3; pass++)
 		if ((left = evict_all(fm)) == 0)

@@ -10,8 +10,14 @@
  * on one fault-service thread and wait on it from another; with per-thread
  * workers every thread would need its own endpoints to every server (a
  * second connection and rkey unpack per thread and server).  On the
- * machines measured the lock costs < 1 us per fault against 10-30 us of
+ * machines measured the lock costs < 1 us per fault against 1-60 us of
  * transfer (docs/farmem.md), and UCX progress is cheaper on one worker.
+ *
+ * Waiting (wait_step): progress in a loop for SPIN_NS, then sleep on the
+ * worker's event fd.  A waiter that only spun held the CPU the server (on
+ * the same host) needed until the scheduler tick: 4 ms, the p99 of every
+ * fault.  FMX_PATH_AUTO picks the read path per connection by measuring
+ * both on the first allocation (calibrate_reads).
  */
 #define _GNU_SOURCE
 #include "xport.h"
@@ -19,6 +25,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +60,7 @@ struct fmx_srv {
 	uint64_t client_id, capacity;
 	uint32_t srv_flags;
 	bool am_reads, am_writes;
+	bool calibrate;          /* AUTO: pick the read path at the first allocation */
 	uint64_t inflight;       /* this server's transfers not yet complete */
 };
 
@@ -65,6 +73,7 @@ struct fmx {
 	struct rpc *raw;         /* fmx_raw_request: takes a reply with any id */
 	uint64_t next_id;
 	uint64_t inflight;       /* transfers and flushes not yet complete */
+	int efd;                 /* the worker's event fd, -1 if none */
 	bool failed;             /* a transfer failed since the last fmx_wait */
 	bool tcp_only;           /* UCX_TLS names tcp and no shared-memory/IB transport */
 };
@@ -95,19 +104,54 @@ static void srv_close_dead(struct fmx_srv *s)
 	s->ep = NULL;
 }
 
-static void progress(struct fmx *x)
+static unsigned progress(struct fmx *x)
 {
-	ucp_worker_progress(x->worker);
+	unsigned n = ucp_worker_progress(x->worker);
 	for (struct fmx_srv *s = x->srvs; s; s = s->next)
 		if (s->dead && !s->closed)
 			srv_close_dead(s);
+	return n;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return now_ns() / 1000000;
+}
+
+/*
+ * One step of a wait: progress the worker; once SPIN_NS have passed with
+ * nothing to do, sleep on the worker's event fd (at most SLEEP_MS) instead
+ * of spinning on.  The server may need the CPU we spin on (two processes on
+ * a small host): a spinning waiter was seen to hold it until the scheduler
+ * tick, 4 ms, the p99 of every fault.
+ */
+#define SPIN_NS  50000ull
+#define SLEEP_MS 2
+static void wait_step(struct fmx *x, uint64_t *idle_since)
+{
+	if (progress(x)) {
+		*idle_since = 0;
+		return;
+	}
+	uint64_t now = now_ns();
+	if (!*idle_since) {
+		*idle_since = now;
+		return;
+	}
+	if (now - *idle_since < SPIN_NS || x->efd < 0)
+		return;
+	if (ucp_worker_arm(x->worker) == UCS_OK) {
+		struct pollfd pf = { .fd = x->efd, .events = POLLIN };
+		poll(&pf, 1, SLEEP_MS);
+	}
+	*idle_since = 0;
 }
 
 /* ---- rpc bookkeeping ----------------------------------------------------- */
@@ -306,8 +350,9 @@ static int rpc_wait(struct rpc *r, int timeout_ms)
 {
 	struct fmx *x = r->s->x;
 	uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 10000);
+	uint64_t idle = 0;
 	while (!r->done) {
-		progress(x);
+		wait_step(x, &idle);
 		if (!r->done && now_ms() > deadline) {
 			srv_mark_dead(r->s, "no reply (timed out)");
 			srv_fail_rpcs(r->s);
@@ -354,7 +399,7 @@ int fmx_create(struct fmx **out)
 	ucp_params_t up = {
 		.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME |
 			      UCP_PARAM_FIELD_MT_WORKERS_SHARED,
-		.features = UCP_FEATURE_AM | UCP_FEATURE_RMA,
+		.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
 		.name = "uhmm_farmem",
 		.mt_workers_shared = 0,
 	};
@@ -382,6 +427,8 @@ int fmx_create(struct fmx **out)
 		.arg = x,
 	};
 	ucp_worker_set_am_recv_handler(x->worker, &hp);
+	if (ucp_worker_get_efd(x->worker, &x->efd) != UCS_OK)
+		x->efd = -1;
 	*out = x;
 	return 0;
 }
@@ -478,14 +525,16 @@ int fmx_connect(struct fmx *x, const char *hostport, const uint8_t *tok, uint32_
 			memcpy(r->req.token, tok, toklen);
 		rc = rpc_send(s, r, &r->req, sizeof(r->req), NULL, 0);
 		if (rc == 0) {
+			r->refs++;  /* keep r past rpc_wait to read the reply */
 			rc = rpc_wait(r, timeout_ms);
+			if (rc == 0) {
+				s->client_id = r->rep.a;
+				s->capacity = r->rep.b;
+				s->srv_flags = (uint32_t)r->rep.c;
+			}
+			rpc_put(r);
 		} else {
 			rpc_put(r);
-		}
-		if (rc == 0) {
-			s->client_id = r->rep.a;
-			s->capacity = r->rep.b;
-			s->srv_flags = (uint32_t)r->rep.c;
 		}
 	}
 	if (rc) {
@@ -510,6 +559,7 @@ int fmx_connect(struct fmx *x, const char *hostport, const uint8_t *tok, uint32_
 	s->am_writes = !rma || path == FMX_PATH_AM;
 	s->am_reads = !rma || path == FMX_PATH_AM || path == FMX_PATH_AM_READ ||
 		      path == FMX_PATH_AUTO;
+	s->calibrate = rma && path == FMX_PATH_AUTO;
 	*out = s;
 	return 0;
 }
@@ -573,6 +623,60 @@ bool fmx_uses_am_writes(const struct fmx_srv *s) { return s->am_writes; }
 
 /* ---- allocations ------------------------------------------------------------ */
 
+static int xfer(struct fmx_srv *s, bool put, struct fmx_region *reg, uint64_t off, void *buf,
+		size_t len);
+
+/*
+ * FMX_PATH_AUTO: reads go the faster way on this connection, measured on
+ * the first allocation (16 reads of 4 KiB each way, the medians compared).
+ * An RMA get is one-sided where the transport does it (shared memory,
+ * RDMA: under 1 us on one host) but emulated by a request to the server on
+ * TCP (one round trip more); a READ active message is one round trip
+ * everywhere.  docs/farmem.md has the numbers.
+ */
+static void calibrate_reads(struct fmx_srv *s, struct fmx_region *reg)
+{
+	enum { N = 16 };
+	uint64_t t[2][N];
+	struct fmx *x = s->x;
+	if (x->inflight)
+		return;  /* only on an idle worker: fmx_wait() would complete the caller's */
+	uint8_t *page = aligned_alloc(FM_PAGE, FM_PAGE);
+	if (!page)
+		return;
+	s->calibrate = false;
+	/* fmx_wait() below must not hide a failure from the caller's next wait */
+	bool used[64] = { 0 };
+	unsigned n = 0;
+	for (struct fmx_srv *i = x->srvs; i && n < 64; i = i->next)
+		used[n++] = i->used;
+	int rc = 0;
+	for (int i = 0; i < 2 * N && !rc; i++) {
+		int am = i & 1;
+		s->am_reads = am;
+		uint64_t t0 = now_ns();
+		rc = xfer(s, false, reg, 0, page, FM_PAGE);
+		rc = fmx_wait(x) ? -EIO : rc;
+		t[am][i / 2] = now_ns() - t0;
+	}
+	free(page);
+	n = 0;
+	for (struct fmx_srv *i = x->srvs; i && n < 64; i = i->next)
+		i->used |= used[n++];
+	if (rc) {
+		s->am_reads = true;
+		return;
+	}
+	for (int k = 0; k < 2; k++)  /* insertion sort for the medians */
+		for (int i = 1; i < N; i++)
+			for (int j = i; j > 0 && t[k][j - 1] > t[k][j]; j--) {
+				uint64_t v = t[k][j];
+				t[k][j] = t[k][j - 1];
+				t[k][j - 1] = v;
+			}
+	s->am_reads = t[1][N / 2] <= t[0][N / 2];
+}
+
 int fmx_alloc(struct fmx_srv *s, uint64_t npages, struct fmx_region *out)
 {
 	struct fmx *x = s->x;
@@ -607,6 +711,8 @@ int fmx_alloc(struct fmx_srv *s, uint64_t npages, struct fmx_region *out)
 					rc = -EPROTO;
 				else
 					out->rkey = rk;
+				if (!rc && s->calibrate)
+					calibrate_reads(s, out);
 			}
 		}
 	}
@@ -669,9 +775,9 @@ int fmx_raw_request(struct fmx_srv *s, const struct fm_req *rq, size_t hdr_len, 
 		rpc_put(r);
 		return rc;
 	}
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms, idle = 0;
 	while (!r->done && now_ms() < deadline)
-		progress(x);
+		wait_step(x, &idle);
 	if (!r->done)
 		rpc_complete(r, -ETIMEDOUT);
 	rc = r->status;
@@ -800,9 +906,9 @@ int fmx_wait(struct fmx *x)
 				srv_mark_dead(s, ucs_status_string(UCS_PTR_STATUS(q)));
 		}
 	}
-	uint64_t last = now_ms(), seen = x->inflight;
+	uint64_t last = now_ms(), seen = x->inflight, idle = 0;
 	while (x->inflight) {
-		progress(x);
+		wait_step(x, &idle);
 		if (x->inflight != seen) {
 			seen = x->inflight;
 			last = now_ms();

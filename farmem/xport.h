@@ -31,7 +31,8 @@ struct fmx_region {
 };
 
 enum fmx_path {
-	FMX_PATH_AUTO = 0,    /* RMA put, reads by active messages (measured faster on TCP and shm: farmem.md) */
+	FMX_PATH_AUTO = 0,    /* RMA put; reads by RMA get or active message, the faster
+				 one measured at the first allocation (farmem.md) */
 	FMX_PATH_RMA,         /* put and get by RMA */
 	FMX_PATH_AM,          /* every byte by active messages */
 	FMX_PATH_AM_READ,     /* put by RMA, reads by active messages */

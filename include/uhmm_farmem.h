@@ -8,7 +8,7 @@
  * The far memory is a uhmm driver-owned device-private pool (uhmm.h,
  * "Driver-owned device memory"): migration to far memory puts each run of
  * pages to its server with ucp_put_nbx; a CPU access faults the page (and a
- * read-ahead window that grows while faults stream forward) back; freeing a
+ * read-ahead window that grows to 2 MiB while faults stream forward) back; freeing a
  * page frees it on the server.  Pages are striped over the servers in 2 MiB
  * slabs; with replicas = 2 each slab is written to two servers and a server
  * that dies costs nothing but redundancy (reads go to the survivor; stats
@@ -56,6 +56,14 @@ struct uhmm_farmem_opts {
 };
 /* Do not print the one-line error messages (errors are still returned). */
 #define UHMM_FARMEM_QUIET (1U << 0)
+/*
+ * Serve CPU faults on uhmm's fault-service thread instead of its fault
+ * workers: about 10 us less per fault (one thread hand-off fewer), but a
+ * fault that waits for a slow or failing server (up to UCX's failure
+ * detection) holds up every other CPU fault on uhmm memory of the process
+ * meanwhile.  For one host or a fast fabric with one far-memory pool.
+ */
+#define UHMM_FARMEM_INLINE_FAULTS (1U << 1)
 
 /*
  * Connect to every server of "host:port,host:port,..." and authenticate.
@@ -81,8 +89,12 @@ UHMM_FARMEM_API int uhmm_farmem_place(struct uhmm_farmem *fm, void *addr, size_t
 /* Bring [addr, addr + len) back to RAM now.  -EIO: some page has no live
  * replica (it stays remote and an access to it gets SIGBUS). */
 UHMM_FARMEM_API int uhmm_farmem_fetch(struct uhmm_farmem *fm, void *addr, size_t len);
-/* fetch() as a hint: starts bringing the range back (done on return in this
- * version; errors are not reported beyond the return value). */
+/* fetch() as a hint: queues the range to a prefetch thread (started on
+ * first use) and returns; the pages come back in the background, and an
+ * access meanwhile faults as usual.  Errors of the background fetch are not
+ * reported (stats().prefetch_pending counts the ranges not done yet).
+ * Returns 0, -EINVAL (as fetch()), or fetch()'s result if no thread can
+ * start. */
 UHMM_FARMEM_API int uhmm_farmem_prefetch(struct uhmm_farmem *fm, void *addr, size_t len);
 
 #define UHMM_FARMEM_MAX_SERVERS 16
@@ -97,7 +109,10 @@ struct uhmm_farmem_server_stats {
 struct uhmm_farmem_stats {
 	unsigned int nservers;
 	unsigned int replicas;
-	int degraded;             /* a server failed: some pages have fewer replicas */
+	int degraded;             /* a server failed and some pages have fewer live
+				     replicas than asked (pages_degraded, pages_lost),
+				     or new ones would (fewer live servers than
+				     replicas); uhmm_farmem_repair() clears it */
 	uint64_t pages_remote;    /* process pages in far memory now */
 	uint64_t pages_out, pages_in;   /* migrated to / back from far memory, total */
 	uint64_t bytes_out, bytes_in;   /* over the network, replicas counted */
@@ -106,8 +121,24 @@ struct uhmm_farmem_stats {
 	uint64_t fault_errors;    /* faults answered with SIGBUS */
 	uint64_t fault_p50_ns, fault_p99_ns, fault_max_ns;  /* migrate_to_ram latency */
 	struct uhmm_farmem_server_stats server[UHMM_FARMEM_MAX_SERVERS];
+	/* Degraded mode, in pages in far memory now: */
+	uint64_t pages_degraded;  /* with fewer live replicas than asked (not lost) */
+	uint64_t pages_lost;      /* with no live replica (their accesses get SIGBUS) */
+	uint64_t slabs_repaired;  /* 2 MiB slabs copied to a new server by repair() */
+	uint64_t prefetch_pending; /* prefetch() ranges queued or in progress */
 };
 UHMM_FARMEM_API int uhmm_farmem_stats(struct uhmm_farmem *fm, struct uhmm_farmem_stats *st);
+
+/*
+ * Re-replicate after a server failure: every slab with fewer live replicas
+ * than asked gets a new one on a live server that does not hold it yet
+ * (read from a survivor, written there; faults on the slab wait meanwhile).
+ * Returns the slabs repaired (>= 0), -ENOSPC if some could not be (no
+ * server left to take them: fewer live servers than replicas, or full; the
+ * pool stays degraded), -EINVAL on NULL.  Pages with no live replica left
+ * cannot be repaired (pages_lost).
+ */
+UHMM_FARMEM_API int uhmm_farmem_repair(struct uhmm_farmem *fm);
 
 /*
  * Bring every page back, free the server memory and disconnect.  Returns 0;

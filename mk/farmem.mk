@@ -4,6 +4,7 @@
 #   $(BUILD)/tests/test_farmem*      tests (make test runs them)
 #   make farmem-demo                 the 512 MiB demo (make demo runs it too)
 #   make fuzz-memd                   libFuzzer over the server's request parser
+#   $(BUILD)/bench/bench_farmem      the far-memory figures of make bench (bench/run.sh)
 # Needs UCX (libucx-dev).  As root a missing UCX is installed with apt-get;
 # otherwise one line says what to install, farmem is not built and its tests
 # print "SKIP farmem: UCX not installed".
@@ -23,6 +24,9 @@ endif
 FARMEM_LIB    := $(BUILD)/libuhmm_farmem.so.0
 FARMEM_MEMD   := $(BUILD)/farmem/uhmm-memd
 FARMEM_DEMO   := $(BUILD)/farmem/farmem_demo
+# In $(BENCHES) (bench/*.c); the explicit rules below win over the generic
+# bench rule, which links libuhmm only.
+FARMEM_BENCH  := $(BUILD)/bench/bench_farmem
 FARMEM_OBJS   := $(BUILD)/farmem/obj/farmem.o $(BUILD)/farmem/obj/xport.o $(BUILD)/farmem/obj/proto.o
 FARMEM_TESTS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_farmem*.c))
 FARMEM_UCXLIBS := -lucp -lucs
@@ -64,6 +68,11 @@ $(BUILD)/tests/test_farmem%: tests/test_farmem%.c farmem/testutil.h tests/harnes
 		$(FARMEM_LIB) $(FARMEM_MEMD) | $(BUILD)/tests
 	$(CC) $(ALLCFLAGS) -Itests -Ifarmem -o $@ $< $(FARMEM_LINK)
 
+# The bench links the transport too: its floors are UCX transfers.
+$(FARMEM_BENCH): bench/bench_farmem.c bench/bench.h farmem/testutil.h farmem/xport.c \
+		farmem/proto.c farmem/xport.h farmem/proto.h $(FARMEM_LIB) $(FARMEM_MEMD) | $(BUILD)/bench
+	$(CC) $(ALLCFLAGS) -Ibench -Ifarmem -o $@ $< farmem/xport.c farmem/proto.c $(FARMEM_LINK) -lm
+
 farmem-demo: $(FARMEM_DEMO)
 	$(FARMEM_DEMO)
 
@@ -81,6 +90,10 @@ else
 # Without UCX the tests build as stubs that print SKIP lines.
 $(BUILD)/tests/test_farmem%: tests/test_farmem%.c farmem/testutil.h tests/harness.h $(SHARED) | $(BUILD)/tests
 	$(CC) $(ALLCFLAGS) -DUHMM_FARMEM_NO_UCX -Itests -Ifarmem -o $@ $< $(PROGLINK)
+
+# ... and the bench as a stub that reports its metrics as not measured.
+$(FARMEM_BENCH): bench/bench_farmem.c bench/bench.h | $(BUILD)/bench
+	$(CC) $(ALLCFLAGS) -DUHMM_FARMEM_NO_UCX -Ibench -o $@ $< -lm
 
 farmem farmem-demo install-farmem:
 	@echo "uhmm farmem: UCX not installed (apt-get install libucx-dev ucx-utils): skipped"

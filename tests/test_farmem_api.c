@@ -133,7 +133,8 @@ static void roundtrip(const char *variant, bool random_order)
 	uhmm_stats_get(&u1);
 	ASSERT_GE(u1.pages_to_device - u0.pages_to_device, npages);
 	/* RssAnon drops by >= 95 % of what moved */
-	ASSERT_GE(rss0 - rss1, (long)(len / 1024) * 95 / 100);
+	if (tu_rss_exact())
+		ASSERT_GE(rss0 - rss1, (long)(len / 1024) * 95 / 100);
 	struct uhmm_farmem_stats st;
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.pages_remote, npages);
@@ -283,6 +284,66 @@ static void replicas(const char *variant)
 	munmap(p, len);
 }
 TEST_TIMEOUT(farmem_replicas_kill_sm, 60) { replicas("sm"); }
+
+/* ---- replicas=2 on 3 servers: repair after a kill, then a second kill ---- */
+
+static void repair(const char *variant)
+{
+	setup(variant);
+	struct tu_server s[3];
+	char list[240] = "";
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(tu_server_start(&s[i], "64M", g_tok, NULL), 0);
+		snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? "," : "",
+			 s[i].addr);
+	}
+	struct uhmm_farmem *fm = open_fm(list, 2);
+	size_t len = 12 * MiB, npages = len / PS, nslabs = len / (2 * MiB);
+	uint8_t *p = map(len);
+	fill(p, len, 17);
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	struct uhmm_farmem_stats st;
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.server[0].pages_remote + st.server[1].pages_remote +
+		  st.server[2].pages_remote, 2 * npages);
+	ASSERT_EQ(st.degraded, 0);
+	ASSERT_EQ(uhmm_farmem_repair(fm), 0);  /* nothing to do */
+	uint64_t on0 = st.server[0].slabs;
+	ASSERT_GT(on0, 0);
+	tu_server_stop(&s[0], SIGKILL);
+	/* a fault notices the failure: read one page of a slab held on server 0 */
+	for (size_t i = 0; i < npages; i += 512)
+		ASSERT_EQ(check_page(p, i * PS, 17), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.server[0].alive, 0);
+	ASSERT_EQ(st.degraded, 1);
+	ASSERT_GT(st.pages_degraded, 0);
+	ASSERT_EQ(st.pages_lost, 0);
+	/* repair: every slab that was on server 0 gets a replica on the third */
+	ASSERT_EQ(uhmm_farmem_repair(fm), (int)on0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.degraded, 0);
+	ASSERT_EQ(st.pages_degraded, 0);
+	ASSERT_EQ(st.slabs_repaired, on0);
+	ASSERT_EQ(st.server[1].slabs, nslabs);
+	ASSERT_EQ(st.server[2].slabs, nslabs);
+	ASSERT_EQ(st.server[0].slabs, 0);
+	/* a second server dies: nothing is lost either */
+	tu_server_stop(&s[1], SIGKILL);
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(check_page(p, i * PS, 17), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, 0);
+	ASSERT_EQ(st.fault_errors, 0);
+	ASSERT_EQ(st.degraded, 1);  /* one live server for two replicas */
+	ASSERT_EQ(uhmm_farmem_repair(fm), 0);  /* no pages remote: nothing to repair */
+	ASSERT_EQ(uhmm_farmem_close(fm), 0);
+	ASSERT_EQ(server_used(&s[2]), 0);
+	ASSERT_EQ(tu_server_stop(&s[2], SIGTERM), 0);
+	munmap(p, len);
+}
+TEST_TIMEOUT(farmem_repair_sm, 60) { repair("sm"); }
+TEST_TIMEOUT(farmem_repair_tcp, 60) { repair("tcp"); }
 TEST_TIMEOUT(farmem_replicas_kill_tcp, 60) { replicas("tcp"); }
 
 /* ---- replicas=1: the server is gone, the access gets SIGBUS ------------- */
@@ -314,12 +375,16 @@ static void lost(const char *variant)
 			_exit(5);
 		kill(s.pid, SIGKILL);
 		usleep(200000);
+		/* the default action: UCX's backtrace handler (UCX_HANDLE_ERRORS)
+		 * and ASan's would report the signal instead of dying of it */
+		signal(SIGBUS, SIG_DFL);
 		volatile uint8_t v = p[len / 2 + 100];  /* SIGBUS here, never a zero */
 		fprintf(stderr, "read %d instead of SIGBUS\n", v);
 		_exit(6);
 	}
 	int st;
 	waitpid(pid, &st, 0);
+	kill(s.pid, SIGKILL);  /* the child kills it; not if it failed before that */
 	waitpid(s.pid, NULL, 0);
 	char log[4096] = "";
 	FILE *f = fopen(errf, "r");
@@ -418,6 +483,50 @@ static void errors(const char *variant)
 }
 TEST_TIMEOUT(farmem_errors_sm, 60) { errors("sm"); }
 TEST_TIMEOUT(farmem_errors_tcp, 60) { errors("tcp"); }
+
+/* ---- prefetch: asynchronous, the pages come back without faults ---------- */
+
+static void prefetch(const char *variant)
+{
+	setup(variant);
+	struct tu_server s;
+	ASSERT_EQ(tu_server_start(&s, "64M", g_tok, NULL), 0);
+	struct uhmm_farmem *fm = open_fm(s.addr, 1);
+	size_t len = 8 * MiB, npages = len / PS;
+	uint8_t *p = map(len);
+	fill(p, len, 31);
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	ASSERT_EQ(uhmm_farmem_prefetch(fm, p + 1, PS), -EINVAL);
+	/* two ranges queued; returns before they are back (usually) */
+	ASSERT_EQ(uhmm_farmem_prefetch(fm, p, len / 2), 0);
+	ASSERT_EQ(uhmm_farmem_prefetch(fm, p + len / 2, len / 2), 0);
+	struct uhmm_farmem_stats st;
+	for (int i = 0; i < 1000; i++) {
+		ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+		if (st.pages_remote == 0 && st.prefetch_pending == 0)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(st.pages_remote, 0);
+	ASSERT_EQ(st.prefetch_pending, 0);
+	ASSERT_EQ(st.pages_in, npages);
+	ASSERT_EQ(st.faults, 0);  /* nothing was touched: no CPU fault */
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(check_page(p, i * PS, 31), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.faults, 0);
+	/* queued work at close is dropped, close brings everything back */
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	ASSERT_EQ(uhmm_farmem_prefetch(fm, p, len), 0);
+	ASSERT_EQ(uhmm_farmem_close(fm), 0);
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(check_page(p, i * PS, 31), 0);
+	ASSERT_EQ(server_used(&s), 0);
+	ASSERT_EQ(tu_server_stop(&s, SIGTERM), 0);
+	munmap(p, len);
+}
+TEST_TIMEOUT(farmem_prefetch_sm, 60) { prefetch("sm"); }
+TEST_TIMEOUT(farmem_prefetch_tcp, 60) { prefetch("tcp"); }
 
 /* ---- two clients on one server ----------------------------------------- */
 
