@@ -613,11 +613,17 @@ int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_se
 			STAT_ADD(cpu_faults_private, 1);
 			STAT_ADD(cpu_faults, 1);
 		}
-		/* A slow pool's fault goes to a worker; the service thread goes on. */
-		if (from_service && (pool->flags & UHMM_DEVMEM_DEFER_FAULTS) &&
+		/*
+		 * A slow pool's fault goes to a worker and the service thread
+		 * goes on; a pool whose migrate_to_ram is fast in fact is served
+		 * in place (the hand-off costs more than it saves: faultwork.c).
+		 */
+		if (from_service && uhmm__fault_should_defer(pool) &&
 		    uhmm__fault_defer(as, pool, addr, fr, write, as->fault_tid, t0) == 0)
 			return 0;
+		uint64_t m0 = uhmm__now_ns();
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
+		uhmm__fault_timed(pool, uhmm__now_ns() - m0);
 		uhmm__pt_lock(as);
 		pm = uhmm__pmeta(as, addr, false);
 		if (pm)  /* kept while locked: it cannot have gone */

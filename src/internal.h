@@ -161,6 +161,7 @@ struct uhmm_devmem {
 	bool owned;
 	unsigned int flags;        /* UHMM_DEVMEM_DEFER_FAULTS */
 	const struct uhmm_devmem_copy_ops *copy_ops;
+	uint64_t mtr_ns;           /* atomic: recent migrate_to_ram time (faultwork.c) */
 	struct uhmm_devmem *next;  /* as->pools list (under as->arena_lock) */
 };
 
@@ -431,6 +432,8 @@ void uhmm__service_follow(pid_t tid);
 /* faultwork.c: deferred faults (UHMM_DEVMEM_DEFER_FAULTS) */
 int uhmm__fault_defer(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t addr,
 		      uint64_t page, bool write, pid_t tid, uint64_t t0);
+bool uhmm__fault_should_defer(struct uhmm_devmem *pool);
+void uhmm__fault_timed(struct uhmm_devmem *pool, uint64_t ns);
 /* aspace.c: the end of a deferred fault (page unlocked, thread woken or SIGBUS) */
 void uhmm__fault_finish(struct uhmm__as *as, uint64_t addr, int rc, pid_t tid, uint64_t t0);
 
