@@ -42,6 +42,7 @@
 #include <time.h>
 #include <uhmm.h>
 #include <uhmm_farmem.h>
+#include <sys/mman.h>
 
 #define PAGE          UHMM_PAGE_SIZE
 #define SLAB_PAGES    512ULL
@@ -590,6 +591,54 @@ static void fm_teardown(struct uhmm_farmem *fm)
 	fmx_unlock(fm->x);
 }
 
+/*
+ * UCX's memory hooks (libucm), in their default "bistro" mode, patch the
+ * code of the process's munmap when libucs loads, and the patched entry
+ * calls libc's: uhmm's interposers, which notify devices before an unmap
+ * (invariant I2), then never run, in any program that links far memory
+ * (measured: a notifier on an unmapped range saw 0 invalidations).  With
+ * the hooks off (UCX_MEM_EVENTS=no: far memory registers its own buffers
+ * and needs no memory events) uhmm's run.  (Relocation mode keeps them
+ * too, but the far-memory tests hung with it.)  The
+ * environment must say so before the program starts (UCX reads it as it
+ * loads, before any code of ours), so open checks that an munmap still
+ * reaches uhmm and refuses otherwise, saying what to set.
+ */
+static int fm_unmap_seen;
+
+static bool fm_probe_invalidate(struct uhmm_interval_notifier *n,
+				const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	(void)r;
+	__atomic_fetch_add(&fm_unmap_seen, 1, __ATOMIC_RELAXED);
+	uhmm_interval_set_seq(n, seq);
+	return true;
+}
+
+static int fm_check_interposition(bool quiet)
+{
+	static const struct uhmm_interval_notifier_ops ops = { .invalidate = fm_probe_invalidate };
+	struct uhmm_interval_notifier n = { 0 };
+	void *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	int rc = uhmm_interval_notifier_insert(&n, (uintptr_t)p, PAGE, &ops);
+	if (rc) {
+		munmap(p, PAGE);
+		return rc;
+	}
+	int before = __atomic_load_n(&fm_unmap_seen, __ATOMIC_RELAXED);
+	munmap(p, PAGE);
+	bool seen = __atomic_load_n(&fm_unmap_seen, __ATOMIC_RELAXED) != before;
+	uhmm_interval_notifier_remove(&n);
+	if (seen)
+		return 0;
+	if (!quiet)
+		fprintf(stderr, "uhmm_farmem: UCX's memory hooks bypass uhmm's munmap (devices would "
+			"not be told of unmaps): start the program with UCX_MEM_EVENTS=no\n");
+	return -ENOTSUP;
+}
+
 int uhmm_farmem_open(const char *servers, const struct uhmm_farmem_opts *opts,
 		     struct uhmm_farmem **out)
 {
@@ -608,6 +657,9 @@ int uhmm_farmem_open(const char *servers, const struct uhmm_farmem_opts *opts,
 			fprintf(stderr, "uhmm_farmem: bad options (replicas 1 or 2)\n");
 		return -EINVAL;
 	}
+	int irc = fm_check_interposition(quiet);
+	if (irc)
+		return irc;
 	uint8_t tok[FM_TOKEN_MAX];
 	uint32_t toklen = 0;
 	if (opts->token_file) {

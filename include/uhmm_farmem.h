@@ -71,7 +71,10 @@ struct uhmm_farmem_opts {
  * opts); -ECONNREFUSED (nothing listens there, or the server went away at
  * connect); -EACCES (token refused); -ETIMEDOUT; -EHOSTUNREACH (name does
  * not resolve); -ENODEV (UCX failed to start); -ENOMEM; a uhmm_init()
- * error.  One line on stderr names the server and the reason.
+ * error; -ENOTSUP when UCX's memory hooks route munmap around uhmm's
+ * interposer (UCX's default "bistro" hook mode patches munmap as UCX
+ * loads): start the program with UCX_MEM_EVENTS=no (far memory
+ * registers its buffers itself and needs no memory events).  One line on stderr names the server and the reason.
  */
 UHMM_FARMEM_API int uhmm_farmem_open(const char *servers, const struct uhmm_farmem_opts *opts,
 				     struct uhmm_farmem **out);

@@ -21,6 +21,10 @@ ifneq ($(FARMEM_UCX),yes)
 $(info uhmm farmem: UCX not installed, far memory is not built: apt-get install libucx-dev ucx-utils)
 endif
 
+# UCX's default memory hooks patch munmap around uhmm's interposer (see
+# uhmm_farmem_open): everything make runs has them off.
+export UCX_MEM_EVENTS ?= no
+
 FARMEM_LIB    := $(BUILD)/libuhmm_farmem.so.0
 FARMEM_MEMD   := $(BUILD)/farmem/uhmm-memd
 FARMEM_DEMO   := $(BUILD)/farmem/farmem_demo

@@ -562,5 +562,57 @@ static void two_clients(const char *variant)
 TEST_TIMEOUT(farmem_two_clients_sm, 60) { two_clients("sm"); }
 TEST_TIMEOUT(farmem_two_clients_tcp, 60) { two_clients("tcp"); }
 
+/*
+ * UCX's default memory hooks patch munmap as libucs loads and route it
+ * around uhmm's interposer: open must refuse (-ENOTSUP, one line saying
+ * what to set) rather than run with devices never told of unmaps.  The
+ * hook mode is read as the process starts, so the check runs this program
+ * again without UCX_MEM_EVENTS (make exports =no for the tests).
+ */
+TEST_TIMEOUT(farmem_hooks_checked, 60)
+{
+	if (getenv("UHMM_FARMEM_HOOK_CHILD")) {
+		struct tu_server s;
+		setup("sm");
+		if (tu_server_start(&s, "16M", g_tok, NULL))
+			_exit(90);
+		struct uhmm_farmem_opts o = { .token_file = g_tok };
+		struct uhmm_farmem *fm = NULL;
+		int rc = uhmm_farmem_open(s.addr, &o, &fm);
+		printf("child open: %d\n", rc);
+		fflush(stdout);
+		if (fm)
+			uhmm_farmem_close(fm);
+		tu_server_stop(&s, SIGTERM);
+		_exit(rc == 0 ? 0 : rc == -ENOTSUP ? 95 : 91);
+	}
+	char self[512], cmd[1400], outf[64], out[4096];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	ASSERT_GT(n, 0);
+	self[n] = 0;
+	snprintf(outf, sizeof(outf), "/tmp/uhmm_farmem_hooks_%d", (int)getpid());
+	for (int pass = 0; pass < 2; pass++) {
+		/* pass 0: UCX's default hooks; pass 1: hooks off */
+		snprintf(cmd, sizeof(cmd), "%s UHMM_FARMEM_HOOK_CHILD=1 timeout 40 %s "
+			 "farmem_hooks_checked > %s 2>&1 < /dev/null",
+			 pass ? "env UCX_MEM_EVENTS=no" :
+				"env -u UCX_MEM_MMAP_HOOK_MODE -u UCX_MEM_EVENTS",
+			 self, outf);
+		ASSERT_TRUE(system(cmd) != -1);
+		FILE *f = fopen(outf, "r");
+		ASSERT_NOT_NULL(f);
+		size_t got = fread(out, 1, sizeof(out) - 1, f);
+		out[got] = 0;
+		fclose(f);
+		unlink(outf);
+		if (pass == 0) {
+			ASSERT_TRUE(strstr(out, "child open: -95") != NULL);
+			ASSERT_TRUE(strstr(out, "UCX_MEM_EVENTS=no") != NULL);
+		} else {
+			ASSERT_TRUE(strstr(out, "child open: 0") != NULL);
+		}
+	}
+}
+
 TEST_MAIN()
 #endif

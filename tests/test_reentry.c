@@ -21,7 +21,8 @@
 #define PS	UHMM_PAGE_SIZE
 #define NPAGES	64
 
-static volatile sig_atomic_t g_handled, g_handler_failed;
+/* the handler runs on any thread of the process (uhmm's included): atomics */
+static int g_handled, g_handler_failed;
 static struct uhmm_devmem *g_pool;
 static const int g_owner;
 
@@ -64,13 +65,13 @@ static void on_alarm(int sig)
 	int e = errno;
 	void *p = mmap(NULL, PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED) {
-		g_handler_failed = 1;
+		__atomic_store_n(&g_handler_failed, 1, __ATOMIC_RELAXED);
 	} else {
 		((volatile char *)p)[0] = 1;
 		if (madvise(p, PS, MADV_DONTNEED) || mprotect(p, PS, PROT_READ) || munmap(p, PS))
-			g_handler_failed = 1;
+			__atomic_store_n(&g_handler_failed, 1, __ATOMIC_RELAXED);
 	}
-	g_handled++;
+	__atomic_fetch_add(&g_handled, 1, __ATOMIC_RELAXED);
 	errno = e;
 }
 
@@ -122,13 +123,13 @@ TEST_TIMEOUT(signal_handler_mm_calls, 60)
 			bumps += r % (PS / 8) == in_page;
 		ASSERT_EQ(buf[i], i + bumps);
 	}
-	ASSERT_EQ(g_handler_failed, 0);
-	ASSERT_GT(g_handled, 10);
+	ASSERT_EQ(__atomic_load_n(&g_handler_failed, __ATOMIC_RELAXED), 0);
+	ASSERT_GT(__atomic_load_n(&g_handled, __ATOMIC_RELAXED), 10);
 	ASSERT_EQ(after.pages_to_device - before.pages_to_device, migrated);
 	ASSERT_EQ(after.pages_to_system - before.pages_to_system, migrated);
 	ASSERT_EQ(after.cpu_faults_private - before.cpu_faults_private, migrated);
 	printf("reentry: %d signal-handler mm calls during %" PRIu64 " page migrations\n",
-	       (int)g_handled, migrated);
+	       __atomic_load_n(&g_handled, __ATOMIC_RELAXED), migrated);
 	struct uhmm_devmem_stats st;
 	ASSERT_EQ(uhmm_devmem_stats(g_pool, &st), 0);
 	ASSERT_EQ(st.in_use, 0);
