@@ -306,6 +306,31 @@ static void chunk_refresh(struct uhmm__as *as, uint32_t first)
 		set_populated(&as->frames[first + k], 0);
 }
 
+/* A failed allocation, in the pool's and the process's counters. */
+static void count_alloc_failure(struct uhmm_devmem *mem)
+{
+	__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
+	STAT_ADD(alloc_failures, 1);
+}
+
+/*
+ * Start of a single allocation: an injected failure (-ENOMEM, counted), a
+ * destroyed pool (-EINVAL), or 0 with mem->lock held.
+ */
+static int alloc_begin(struct uhmm__as *as, struct uhmm_devmem *mem)
+{
+	if (uhmm__inject(mem == as->syspool ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC)) {
+		count_alloc_failure(mem);
+		return -ENOMEM;
+	}
+	uhmm__lock(&mem->lock);
+	if (mem->dead) {
+		uhmm__unlock(&mem->lock);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /*
  * A huge page: the 512 frames of one chunk whose frames are all free (or
  * of a chunk the pool grows by), each with one reference, HUGE_ORDER on
@@ -314,17 +339,9 @@ static void chunk_refresh(struct uhmm__as *as, uint32_t first)
  */
 int uhmm__frame_alloc_huge(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *out)
 {
-	bool sys = mem == as->syspool;
-	if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC)) {
-		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
-		STAT_ADD(alloc_failures, 1);
-		return -ENOMEM;
-	}
-	uhmm__lock(&mem->lock);
-	if (mem->dead) {
-		uhmm__unlock(&mem->lock);
-		return -EINVAL;
-	}
+	int rc = alloc_begin(as, mem);
+	if (rc)
+		return rc;
 	uint32_t c = mem->nchunks;
 	if (mem->nwhole)
 		for (c = 0; c < mem->nchunks && mem->chunk_free[c] != CHUNK_FRAMES; c++)
@@ -353,21 +370,12 @@ int uhmm__frame_alloc_huge(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_
 
 int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *out)
 {
-	bool sys = mem == as->syspool;
-	if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC)) {
-		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
-		STAT_ADD(alloc_failures, 1);
-		return -ENOMEM;
-	}
-	uhmm__lock(&mem->lock);
-	if (mem->dead) {
-		uhmm__unlock(&mem->lock);
-		return -EINVAL;
-	}
+	int rc = alloc_begin(as, mem);
+	if (rc)
+		return rc;
 	if (!mem->free_head && pool_grow(as, mem) != 0) {
-		__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
 		uhmm__unlock(&mem->lock);
-		STAT_ADD(alloc_failures, 1);
+		count_alloc_failure(mem);
 		return -ENOMEM;
 	}
 	*out = pop_free(as, mem);
@@ -396,8 +404,7 @@ long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64
 	while (got < n && !mem->dead) {
 		if (uhmm__inject(sys ? INJ_SYS_ALLOC : INJ_DEVICE_ALLOC) ||
 		    (!mem->free_head && pool_grow(as, mem) != 0)) {
-			__atomic_fetch_add(&mem->alloc_failures, 1, __ATOMIC_RELAXED);
-			STAT_ADD(alloc_failures, 1);
+			count_alloc_failure(mem);
 			break;
 		}
 		out[got++] = pop_free(as, mem);
@@ -415,29 +422,7 @@ void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v)
 /* Drop a reference; the last one frees the frame (page_free, zap, free list). */
 void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 {
-	struct frame *f = uhmm__frame(as, idx);
-	struct uhmm_devmem *mem = f ? frame_pool(f) : NULL;
-	if (!mem)
-		return;
-	uhmm__lock(&mem->lock);
-	uhmm__assert(f->ref > 0);  /* a put without its get */
-	if (f->ref == 0 || __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) > 0) {
-		uhmm__unlock(&mem->lock);
-		return;
-	}
-	split_locked(as, idx);
-	uhmm__unlock(&mem->lock);
-	if (mem->ops && mem->ops->page_free)
-		mem->ops->page_free(mem, idx);
-	if (is_populated(f))
-		uhmm__frame_zap(as, idx);
-	uhmm__lock(&mem->lock);
-	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
-	f->zone_data = NULL;
-	free_push(as, mem, (uint32_t)idx);
-	mem->freed++;
-	uhmm__unlock(&mem->lock);
+	uhmm__frame_put_many(as, &idx, 1);
 }
 
 /*
