@@ -135,6 +135,18 @@ static inline const void *frame_xowner(const struct frame *f)
 {
 	return __atomic_load_n(&f->xowner, __ATOMIC_RELAXED);
 }
+/*
+ * The populated flag is handed between threads through the kernel (a
+ * fault, a wake-up), which the sanitizers cannot see: relaxed atomics.
+ */
+static inline void frame_mark_populated(struct frame *f, int v)
+{
+	__atomic_store_n(&f->populated, (uint8_t)v, __ATOMIC_RELAXED);
+}
+static inline bool frame_populated(const struct frame *f)
+{
+	return __atomic_load_n(&f->populated, __ATOMIC_RELAXED);
+}
 
 struct uhmm_devmem {
 	struct uhmm__as *as;       /* runtime it belongs to (stale in a fork child) */
@@ -334,18 +346,25 @@ static inline void uhmm__pt_wait(struct uhmm__as *as)
 /* Where a comment says "caller holds pt_lock". */
 #define uhmm__assert_pt_held(as) uhmm__assert((as)->pt_owner == &uhmm__tls_locks)
 
-/* The runtime, or NULL with *err set.  Creates it on first use. */
-struct uhmm__as *uhmm__as_get(int *err);
-/* The runtime if it exists in this process, without creating it. */
-struct uhmm__as *uhmm__as_peek(void);
+/*
+ * The internal entry points, file by file in layer order, bottom first
+ * (docs/layers.txt; make check-layers fails on a call into a higher layer).
+ */
 
+/* runtime.c: the log, thread flags, process-wide facts */
 void uhmm__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+bool uhmm__in_service_thread(void);
+void uhmm__set_service_thread(void);
+void uhmm__set_fault_worker(void);
+bool uhmm__in_fault_worker(void);
+void uhmm__set_cow_possible(void);   /* the process forked: pages may be COW shared */
+bool uhmm__cow_possible(void);
 
 /* alloc.c: fault-path-safe memory (never the libc heap); zeroed */
 void *uhmm__zalloc(size_t size);
 void uhmm__free(void *p, size_t size);
 
-/* uffd.c */
+/* uffd.c: the userfaultfds and their ioctls */
 int uhmm__uffd_open(uint64_t *features_out);
 int uhmm__uffd_open_arena(void);
 int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing);
@@ -357,11 +376,10 @@ int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wa
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len);
 int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len);
 const char *uhmm__uffd_why(int err);
+ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len);
+bool uhmm__uffd_drain(struct uhmm__as *as);
 
-/* aspace.c: VMAs, registration, page metadata, fault service */
-int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out);
-int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
-			    uint64_t end, bool missing);
+/* page.c: page metadata and the page lock (pt_lock held for all of these) */
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
 bool uhmm__pmeta_valid(struct uhmm__as *as, const struct pmeta *pm);
 bool uhmm__has_block(struct uhmm__as *as, uint64_t addr);
@@ -373,34 +391,43 @@ static inline uint64_t uhmm__block_end(uint64_t addr)
 void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);
-int uhmm__cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service);
-void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end);
-void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__page_release(struct uhmm__as *as, uint64_t addr);   /* takes pt_lock */
+
+/* ranges.c: registered ranges and intercepted calls in flight (pt_lock) */
+bool uhmm__reg_covers(struct uhmm__as *as, uint64_t s, uint64_t e, bool missing);
+void uhmm__reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e);
+void uhmm__reg_add(struct uhmm__as *as, struct reg_range *r, uint64_t s, uint64_t e,
+		   bool missing);
+void uhmm__reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, uint64_t *gs, uint64_t *ge);
+bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
+bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr);
+struct inflight_op *uhmm__inflight_begin(struct uhmm__as *as, uint64_t s, uint64_t e,
+					 bool teardown);
+void uhmm__inflight_end(struct uhmm__as *as, struct inflight_op *op, bool ok);
+bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end, uint64_t seq);
+bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr);
+bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
+
+/* vma.c: mappings, registration, page scan, populate */
+int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out);
+int uhmm__ensure_registered(struct uhmm__as *as, const struct vma *v, uint64_t start,
+			    uint64_t end, bool missing);
 int uhmm__page_scan(struct uhmm__as *as, uint64_t start, uint64_t end,
 		    uint64_t *cats, uint64_t npages, bool excl);
 int uhmm__populate(struct uhmm__as *as, const struct vma *v, uint64_t start, uint64_t end,
 		   bool write);
-int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 
-/* intercept.c */
-void uhmm__intercept_link(void);
-int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
-bool uhmm__inflight_consume(struct uhmm__as *as, uint64_t start, uint64_t end, uint64_t seq);
-ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len);
-bool uhmm__torn_down(struct uhmm__as *as, uint64_t addr);
-bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
-bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr);
-bool uhmm__torn_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
-void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg, uint64_t seq);
-
-/* notifier.c */
-void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
-		      enum uhmm_notify_event ev, const void *owner);
-void uhmm__notifier_release_all(struct uhmm__as *as);
-
-/* devmem.c */
+/* frame.c: the arena, pools' free lists, frame references */
 int uhmm__arena_init(struct uhmm__as *as);
-struct frame *uhmm__frame(struct uhmm__as *as, uint64_t f);
+/* Frame number f names a frame of the arena (0 is never one). */
+static inline bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f)
+{
+	return f > 0 && f < as->arena_frames;
+}
+static inline struct frame *uhmm__frame(struct uhmm__as *as, uint64_t f)
+{
+	return uhmm__frame_valid(as, f) ? &as->frames[f] : NULL;
+}
 static inline uint64_t uhmm__frame_addr(struct uhmm__as *as, uint64_t f)
 {
 	return (uint64_t)(uintptr_t)as->arena + (f << PG_SHIFT);
@@ -413,48 +440,80 @@ int uhmm__frame_alloc_huge(struct uhmm__as *as, struct uhmm_devmem *pool, uint64
 bool uhmm__frame_is_huge(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_split(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v);
-int uhmm__move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx);
-/* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */
-#define MOVE_RUN_MAX 512
 void uhmm__frame_put(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *f, uint64_t n);
-bool uhmm__frame_valid(struct uhmm__as *as, uint64_t f);
-int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wake);
-int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t f);
-int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool may_copy);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
+void uhmm__pool_release_chunks(struct uhmm__as *as, struct uhmm_devmem *mem);
 
-/* placement.c: the service thread follows a pinned faulting thread */
-void uhmm__service_placement_init(void);
-void uhmm__service_follow(pid_t tid);
+/* pagemove.c: a page into or out of the CPU view (the page lock is the caller's) */
+/* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */
+#define MOVE_RUN_MAX 512
+int uhmm__move_out_exists(struct uhmm__as *as, uint64_t addr, uint64_t idx);
+int uhmm__move_out_of_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool may_copy);
+int uhmm__move_into_cpu(struct uhmm__as *as, uint64_t addr, uint64_t f, bool wake);
+int uhmm__move_into_cpu_writable(struct uhmm__as *as, uint64_t addr, uint64_t f);
+int uhmm__zap_app_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+
+/* invalidate.c: interval notifiers called before a change */
+enum { NS_DETACHED = 0, NS_INSERTED, NS_DEFERRED };   /* uhmm__state */
+enum { DEF_NONE = 0, DEF_ADD, DEF_REMOVE };           /* uhmm__deferred_op */
+void uhmm__invalidate(struct uhmm__as *as, uint64_t start, uint64_t end,
+		      enum uhmm_notify_event ev, const void *owner);
+void uhmm__notifier_release_all(struct uhmm__as *as);
+
+/* revoke.c: exclusive pages back to the CPU */
+int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault);
+void uhmm__revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, const void *owner,
+			bool any);
+void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end);
+
+/*
+ * fault.c: the CPU fault.  uhmm__fault_serve: the service thread serves a
+ * fault message (never sleeps on a page lock: -EAGAIN parks it);
+ * uhmm__fault_in: a thread needs the page in the CPU view and waits.
+ */
+int uhmm__fault_serve(struct uhmm__as *as, uint64_t addr, bool write);
+int uhmm__fault_in(struct uhmm__as *as, uint64_t addr, bool write);
+int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__sigbus_thread(struct uhmm__as *as, uint64_t addr, pid_t tid, int err);
+/* The end of a fault a worker served (page unlocked, thread woken or SIGBUS). */
+void uhmm__fault_finish(struct uhmm__as *as, uint64_t addr, int rc, pid_t tid, uint64_t t0);
 
 /* faultwork.c: deferred faults (UHMM_DEVMEM_DEFER_FAULTS) */
 int uhmm__fault_defer(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t addr,
 		      uint64_t page, bool write, pid_t tid, uint64_t t0);
 bool uhmm__fault_should_defer(struct uhmm_devmem *pool);
 void uhmm__fault_timed(struct uhmm_devmem *pool, uint64_t ns);
-/* aspace.c: the end of a deferred fault (page unlocked, thread woken or SIGBUS) */
-void uhmm__fault_finish(struct uhmm__as *as, uint64_t addr, int rc, pid_t tid, uint64_t t0);
+
+/* placement.c: the service thread follows a pinned faulting thread */
+void uhmm__service_placement_init(void);
+void uhmm__service_follow(pid_t tid);
+
+/* teardown.c: a range goes away */
+void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+
+/* events.c: a range changes (intercepted, or a uffd event) */
+void uhmm__before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e, enum uhmm_notify_event ev);
+void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msg, uint64_t seq);
+
+/* service.c: the fault-service thread */
+void *uhmm__service_main(void *arg);
+
+/* lifecycle.c: the runtime's creation, fork lock, exit */
+/* The runtime, or NULL with *err set.  Creates it on first use. */
+struct uhmm__as *uhmm__as_get(int *err);
+/* The runtime if it exists in this process, without creating it. */
+struct uhmm__as *uhmm__as_peek(void);
+void uhmm__fork_rdlock(struct uhmm__as *as);   /* readers: page-moving operations */
+void uhmm__fork_unlock(struct uhmm__as *as);
 
 /* devcopy.c: the driver's copies of a migration, in runs */
 struct uhmm_devmem *uhmm__pool_of(struct uhmm__as *as, uint64_t page);
 
-/* exclusive.c */
-int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault);
-void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end);
-
-/* migrate.c */
-bool uhmm__hole_fault(struct uhmm__as *as, struct pmeta *pm);
-
-/* aspace.c: fork lock (readers: page-moving operations) */
-void uhmm__fork_rdlock(struct uhmm__as *as);
-void uhmm__fork_unlock(struct uhmm__as *as);
-bool uhmm__in_service_thread(void);   /* runtime.c */
-void uhmm__set_service_thread(void);
-void uhmm__set_fault_worker(void);
-bool uhmm__in_fault_worker(void);
-bool uhmm__service_drain(struct uhmm__as *as);
+/* intercept.c: the interposers */
+void uhmm__intercept_link(void);
 
 /* stats.c */
 extern struct uhmm_stats uhmm__stats;

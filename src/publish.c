@@ -265,7 +265,7 @@ static void remove_stale_files(pid_t self)
 	closedir(d);
 }
 
-/* At runtime creation (aspace.c as_create). */
+/* At runtime creation (lifecycle.c as_create). */
 void uhmm__publish_start(struct uhmm__as *as)
 {
 	pthread_once(&g_pub_once, pub_install_atfork);
@@ -333,7 +333,7 @@ void uhmm__publish_start(struct uhmm__as *as)
 }
 
 /*
- * At exit (aspace.c as_exit, after the service thread stopped): the
+ * At exit (lifecycle.c as_exit, after the service thread stopped): the
  * timeline is written and the file removed.  The mapping stays: a counter
  * bumped later still has somewhere to go.
  */

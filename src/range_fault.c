@@ -113,7 +113,7 @@ static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct 
 			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
 			continue;
 		}
-		int rc = uhmm__cpu_fault(as, a, req & UHMM_PFN_REQ_WRITE, false);
+		int rc = uhmm__fault_in(as, a, req & UHMM_PFN_REQ_WRITE);
 		if (rc)
 			return -EFAULT;
 	}

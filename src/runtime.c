@@ -51,3 +51,20 @@ bool uhmm__in_service_thread(void)
 {
 	return tls_in_service;
 }
+
+/*
+ * Set for good at the first fork() after uhmm started (in the parent, and
+ * so in the child): from then on private pages may be shared copy-on-write,
+ * and the page scan (vma.c) must read the kernel's "exclusively mapped" bit.
+ */
+static bool g_cow_possible;
+
+void uhmm__set_cow_possible(void)
+{
+	__atomic_store_n(&g_cow_possible, true, __ATOMIC_RELAXED);
+}
+
+bool uhmm__cow_possible(void)
+{
+	return __atomic_load_n(&g_cow_possible, __ATOMIC_RELAXED);
+}

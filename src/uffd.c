@@ -105,7 +105,7 @@ static bool wait_again(struct uhmm__as *as, uint64_t *t0)
 		*t0 = uhmm__now_ns();
 	else if (uhmm__now_ns() - *t0 > 10000000000ull)
 		return false;
-	if (!uhmm__in_service_thread() || !uhmm__service_drain(as))
+	if (!uhmm__in_service_thread() || !uhmm__uffd_drain(as))
 		sched_yield();
 	return true;
 }
@@ -228,3 +228,36 @@ int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len)
 	struct uffdio_range r = { .start = start, .len = len };
 	return ioctl(as->uffd, UFFDIO_WAKE, &r) == 0 ? 0 : -errno;
 }
+/* Read uffd messages, counting them under read_lock (see as->ev_read). */
+ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len)
+{
+	uhmm__lock(&as->read_lock);
+	ssize_t n = read(as->uffd, buf, len);
+	if (n > 0)
+		as->ev_read += (uint64_t)n / sizeof(struct uffd_msg);
+	uhmm__unlock(&as->read_lock);
+	return n;
+}
+
+/*
+ * The service thread, inside an operation that got EAGAIN: read what is
+ * pending on the uffd without handling it (that may need locks the
+ * operation holds), so that an munmap/mremap waiting for its event to be
+ * read can finish.  The messages wait in as->pending for the service loop.
+ * Returns true if anything was read.
+ */
+bool uhmm__uffd_drain(struct uhmm__as *as)
+{
+	if (!as->pending)
+		return false;
+	unsigned room = 256 - as->npending;
+	if (!room)
+		return false;
+	ssize_t n = uhmm__uffd_read_msgs(as, as->pending + as->npending,
+					 room * sizeof(struct uffd_msg));
+	if (n <= 0)
+		return false;
+	as->npending += (unsigned)(n / (ssize_t)sizeof(struct uffd_msg));
+	return true;
+}
+

@@ -10,8 +10,10 @@ objdir=${1:-build/obj}
 table=${2:-docs/layers.txt}
 declare -A layer_of public_only def
 n=0
+declare -A link_only
 while read -r name rest; do
 	[[ -z $name || $name == \#* ]] && continue
+	if [ "$name" = link: ]; then link_only[$rest]=0; continue; fi
 	po=0
 	if [[ $rest == public-only:* ]]; then po=1; rest=${rest#public-only:}; fi
 	name=${name%:}
@@ -39,6 +41,7 @@ done
 while read -r f t s; do
 	lf=${layer_of[$f]:-} lt=${layer_of[$t]:-}
 	[ -z "$lf" ] || [ -z "$lt" ] && continue
+	if [ -n "${link_only["$f $t $s"]+x}" ]; then link_only["$f $t $s"]=1; continue; fi
 	if [ "$lt" -gt "$lf" ]; then
 		echo "check-layers: $f calls up into $t ($s)"; bad=1
 	fi
@@ -46,6 +49,11 @@ while read -r f t s; do
 		echo "check-layers: $f (public-only) uses internal $s of $t"; bad=1
 	fi
 done <"$edges"
+for k in "${!link_only[@]}"; do
+	if [ "${link_only[$k]}" = 0 ]; then
+		echo "check-layers: link-only reference '$k' of $table does not exist"; bad=1
+	fi
+done
 # strongly connected components of the file graph (for the report)
 scc=$(awk '{print $1, $2}' "$edges" | sort -u | python3 -c '
 import sys, collections
