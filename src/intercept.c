@@ -128,7 +128,7 @@ __attribute__((visibility("default"))) int mprotect(void *addr, size_t len, int 
 static bool advice_discards(int advice)
 {
 	return advice == MADV_DONTNEED || advice == MADV_REMOVE ||
-	       advice == 24 /* MADV_DONTNEED_LOCKED */;
+	       advice == MADV_DONTNEED_LOCKED;
 }
 
 __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int advice)
