@@ -26,29 +26,33 @@ void uhmm__before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e, enum uhmm_n
 }
 
 
+static int remap_page(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
+{
+	const int64_t *delta = arg;
+	if (pm->state == PS_SYSTEM)
+		return 0;
+	uint64_t to = addr + (uint64_t)*delta;
+	struct pmeta *npm = uhmm__pmeta(as, to, true);
+	if (!npm)
+		return 0;
+	pm = uhmm__pmeta(as, addr, false);  /* looked up again after the allocation */
+	npm->state = pm->state;
+	npm->frame = pm->frame;
+	if (uhmm__frame(as, pm->frame))
+		uhmm__frame_set_owner(as, pm->frame, to, NULL);
+	pm->state = PS_SYSTEM;
+	pm->frame = 0;
+	uhmm__pmeta_changed(as, addr, pm);
+	return 0;
+}
+
 /* Move metadata of an mremap done behind our back, so device data follows. */
 static void remap_unseen(struct uhmm__as *as, uint64_t from, uint64_t to, uint64_t len)
 {
 	uhmm__invalidate(as, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
+	int64_t delta = (int64_t)(to - from);
 	uhmm__pt_lock(as);
-	for (uint64_t o = 0; o < len; o += PG_SIZE) {
-		uhmm__page_lock_wait(as, from + o);
-		struct pmeta *pm = uhmm__pmeta(as, from + o, false);
-		if (!pm || pm->state == PS_SYSTEM)
-			continue;
-		struct pmeta *npm = uhmm__pmeta(as, to + o, true);
-		if (!npm)
-			continue;
-		/* The pointer may have moved if the table grew: look it up again. */
-		pm = uhmm__pmeta(as, from + o, false);
-		npm->state = pm->state;
-		npm->frame = pm->frame;
-		if (uhmm__frame(as, pm->frame))
-			uhmm__frame_set_owner(as, pm->frame, to + o, NULL);
-		pm->state = PS_SYSTEM;
-		pm->frame = 0;
-		uhmm__pmeta_changed(as, from + o, pm);
-	}
+	uhmm__walk(as, from, from + len, WALK_UNLOCKED, remap_page, &delta, NULL);
 	uhmm__pt_unlock(as);
 }
 

@@ -219,29 +219,10 @@ int uhmm_device_exclusive_release(uint64_t start, uint64_t npages, const void *o
 	struct uhmm__as *as = uhmm__as_peek();
 	if (!as)
 		return 0;
-	uint64_t end = npages ? start + (npages << PG_SHIFT) : (1ULL << 47);
-	if (!npages) {
-		/* Whole address space: walk the metadata, not the pages. */
-		for (;;) {
-			uint64_t hit = 0;
-			uhmm__pt_lock(as);
-			for (uint64_t h = 0; h < as->hash_size && !hit; h++)
-				for (struct block *b = as->hash[h]; b && !hit; b = b->hnext)
-					for (unsigned i = 0; i < BLOCK_PAGES; i++) {
-						struct pmeta *pm = &b->pg[i];
-						if (pm->state == PS_EXCLUSIVE && !pm->locked &&
-						    frame_xowner(&as->frames[pm->frame]) == owner) {
-							hit = b->base + ((uint64_t)i << PG_SHIFT);
-							break;
-						}
-					}
-			uhmm__pt_unlock(as);
-			if (!hit)
-				return 0;
-			uhmm__exclusive_revoke(as, hit, false);
-		}
-	}
-	uhmm__revoke_range(as, start, end, owner, false);
+	if (!npages)  /* the whole address space: walk the metadata, not the pages */
+		uhmm__revoke_all(as, owner);
+	else
+		uhmm__revoke_range(as, start, start + (npages << PG_SHIFT), owner, false);
 	return 0;
 }
 

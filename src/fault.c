@@ -177,44 +177,37 @@ int uhmm__fault_in(struct uhmm__as *as, uint64_t addr, bool write)
 
 #define BRING_BACK_TRIES 1000
 
+static int off_cpu(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
+{
+	(void)as, (void)addr, (void)arg;
+	return pm->state == PS_PRIVATE || pm->state == PS_EXCLUSIVE;
+}
+
 /* Bring every device-private/exclusive page of [start, end) back to the CPU. */
 int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
-	for (uint64_t a = start; a < end;) {
-		uint64_t bend = uhmm__block_end(a);
-		if (bend > end)
-			bend = end;
+	for (uint64_t a = start; a < end; a += PG_SIZE) {
 		uhmm__pt_lock(as);
-		bool any = uhmm__has_block(as, a);  /* none: nothing device-side here */
+		int hit = uhmm__walk(as, a, end, WALK_UNLOCKED, off_cpu, NULL, &a);
 		uhmm__pt_unlock(as);
-		if (!any) {
-			a = bend;
-			continue;
+		if (!hit)
+			return 0;
+		/*
+		 * A failure may be passing (an allocation, the driver's copy):
+		 * the callers (mremap, mprotect, fork) cannot fail for it, and a
+		 * page left behind would be lost, so retry.
+		 */
+		int rc = 0;
+		for (int t = 0; t < BRING_BACK_TRIES; t++) {
+			rc = uhmm__fault_in(as, a, false);
+			if (rc == 0)
+				break;
+			sched_yield();
 		}
-		for (; a < bend; a += PG_SIZE) {
-			uhmm__pt_lock(as);
-			uhmm__page_lock_wait(as, a);
-			struct pmeta *pm = uhmm__pmeta(as, a, false);
-			int st = pm ? pm->state : PS_SYSTEM;
-			uhmm__pt_unlock(as);
-			/*
-			 * A failure may be passing (an allocation, the driver's
-			 * copy): the callers (mremap, mprotect, fork) cannot fail
-			 * for it, and a page left behind would be lost, so retry.
-			 */
-			int rc = 0;
-			for (int t = 0; t < BRING_BACK_TRIES &&
-			     (st == PS_PRIVATE || st == PS_EXCLUSIVE); t++) {
-				rc = uhmm__fault_in(as, a, false);
-				if (rc == 0)
-					break;
-				sched_yield();
-			}
-			if (rc) {
-				uhmm__log("page 0x%llx could not be brought back: %s",
-					  (unsigned long long)a, strerror(-rc));
-				return rc;
-			}
+		if (rc) {
+			uhmm__log("page 0x%llx could not be brought back: %s",
+				  (unsigned long long)a, strerror(-rc));
+			return rc;
 		}
 	}
 	return 0;

@@ -392,6 +392,13 @@ void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);
 void uhmm__page_release(struct uhmm__as *as, uint64_t addr);   /* takes pt_lock */
+/* The page walker (page.c): fn per page with metadata; nonzero stops the walk. */
+typedef int (*uhmm__walk_fn)(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg);
+#define WALK_UNLOCKED 1U   /* wait for each page's lock to be free first */
+int uhmm__walk(struct uhmm__as *as, uint64_t start, uint64_t end, unsigned flags,
+	       uhmm__walk_fn fn, void *arg, uint64_t *at);
+typedef bool (*uhmm__page_pred)(struct uhmm__as *as, const struct pmeta *pm, const void *arg);
+uint64_t uhmm__page_find_any(struct uhmm__as *as, uhmm__page_pred pred, const void *arg);
 
 /* ranges.c: registered ranges and intercepted calls in flight (pt_lock) */
 bool uhmm__reg_covers(struct uhmm__as *as, uint64_t s, uint64_t e, bool missing);
@@ -467,6 +474,7 @@ int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault);
 void uhmm__revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, const void *owner,
 			bool any);
 void uhmm__bring_back_exclusive(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__revoke_all(struct uhmm__as *as, const void *owner);
 
 /*
  * fault.c: the CPU fault.  uhmm__fault_serve: the service thread serves a

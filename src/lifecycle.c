@@ -36,6 +36,35 @@ void uhmm__fork_unlock(struct uhmm__as *as)
 		pthread_rwlock_unlock(&as->fork_lock);
 }
 
+static bool off_cpu(struct uhmm__as *as, const struct pmeta *pm, const void *arg)
+{
+	(void)as, (void)arg;
+	return pm->state == PS_PRIVATE || pm->state == PS_EXCLUSIVE;
+}
+
+static bool coherent_unlocked(struct uhmm__as *as, const struct pmeta *pm, const void *arg)
+{
+	(void)as, (void)arg;
+	return pm->state == PS_COHERENT && !pm->locked;
+}
+
+struct coherent_batch {
+	uint64_t frames[BLOCK_PAGES];
+	unsigned n;
+};
+
+static int coherent_to_system(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
+{
+	struct coherent_batch *cb = arg;
+	if (!coherent_unlocked(as, pm, NULL))
+		return 0;
+	cb->frames[cb->n++] = pm->frame;
+	pm->state = PS_SYSTEM;
+	pm->frame = 0;
+	uhmm__pmeta_changed(as, addr, pm);
+	return 0;
+}
+
 /*
  * Before fork(): every page that is not in the CPU view comes back (device
  * private through its owner's migrate_to_ram, exclusive by revocation), and
@@ -51,16 +80,8 @@ static void atfork_prepare(void)
 	pthread_rwlock_wrlock(&as->fork_lock);
 	tls_fork_holder = true;
 	for (;;) {
-		uint64_t addr = 0;
 		uhmm__pt_lock(as);
-		for (uint64_t h = 0; h < as->hash_size && !addr; h++)
-			for (struct block *b = as->hash[h]; b && !addr; b = b->hnext)
-				for (unsigned i = 0; i < BLOCK_PAGES; i++)
-					if (b->pg[i].state == PS_PRIVATE ||
-					    b->pg[i].state == PS_EXCLUSIVE) {
-						addr = b->base + ((uint64_t)i << PG_SHIFT);
-						break;
-					}
+		uint64_t addr = uhmm__page_find_any(as, off_cpu, NULL);
 		uhmm__pt_unlock(as);
 		if (!addr)
 			break;
@@ -79,27 +100,18 @@ static void atfork_prepare(void)
 	 * shared like any anonymous page, and the first write gives each side
 	 * a system page of its own.
 	 */
-	for (uint64_t h = 0; h < as->hash_size; h++) {
+	for (;;) {
+		struct coherent_batch cb = { .n = 0 };
 		uhmm__pt_lock(as);
-		uint32_t frames[BLOCK_PAGES];
-		unsigned n = 0;
-		for (struct block *b = as->hash[h]; b && !n; b = b->hnext) {
-			for (unsigned i = 0; i < BLOCK_PAGES; i++) {
-				struct pmeta *pm = &b->pg[i];
-				if (pm->state != PS_COHERENT || pm->locked)
-					continue;
-				frames[n++] = pm->frame;
-				pm->state = PS_SYSTEM;
-				pm->frame = 0;
-			}
-			if (n)
-				uhmm__pmeta_changed(as, b->base, &b->pg[0]);
+		uint64_t addr = uhmm__page_find_any(as, coherent_unlocked, NULL);
+		if (addr) {  /* the whole 2 MiB block of that page at once */
+			uint64_t base = addr & ~((1ULL << BLOCK_SHIFT) - 1);
+			uhmm__walk(as, base, uhmm__block_end(base), 0, coherent_to_system, &cb, NULL);
 		}
 		uhmm__pt_unlock(as);
-		for (unsigned i = 0; i < n; i++)
-			uhmm__frame_put(as, frames[i]);
-		if (n)
-			h--;  /* the chain may hold more blocks: look again */
+		if (!addr)
+			break;
+		uhmm__frame_put_many(as, cb.frames, cb.n);
 	}
 }
 

@@ -127,3 +127,60 @@ void uhmm__page_release(struct uhmm__as *as, uint64_t addr)
 		uhmm__page_unlock(as, addr, pm);
 	uhmm__pt_unlock(as);
 }
+
+/* ---- the page walker --------------------------------------------------- */
+
+/*
+ * Caller holds pt_lock.  Calls fn for every page of [start, end) that has
+ * metadata, in address order; a 2 MiB block without metadata is skipped
+ * whole (all its pages are plain SYSTEM pages).  With WALK_UNLOCKED the walk
+ * first waits until the page's lock is free (uhmm__page_lock_wait), so fn
+ * sees it unlocked.  fn may drop and retake pt_lock: the walk looks the
+ * next page up again.  A nonzero return of fn stops the walk, which returns
+ * it with *at (if not NULL) at that page; 0 when it ran to the end.
+ */
+int uhmm__walk(struct uhmm__as *as, uint64_t start, uint64_t end, unsigned flags,
+	       uhmm__walk_fn fn, void *arg, uint64_t *at)
+{
+	uhmm__assert_pt_held(as);
+	for (uint64_t a = start; a < end;) {
+		uint64_t bend = uhmm__block_end(a);
+		if (bend > end || bend < a)
+			bend = end;
+		if (!uhmm__has_block(as, a)) {
+			a = bend;
+			continue;
+		}
+		for (; a < bend; a += PG_SIZE) {
+			if (flags & WALK_UNLOCKED)
+				uhmm__page_lock_wait(as, a);
+			struct pmeta *pm = uhmm__pmeta(as, a, false);
+			if (!pm)
+				continue;  /* the block went idle while fn waited */
+			int rc = fn(as, a, pm, arg);
+			if (rc) {
+				if (at)
+					*at = a;
+				return rc;
+			}
+		}
+	}
+	return 0;
+}
+
+/*
+ * Caller holds pt_lock: a page anywhere in the address space whose
+ * metadata satisfies pred (blocks in hash order, not address order), or 0.
+ * For whole-process scans (fork, releasing every page of an owner), which
+ * visit the blocks that exist instead of the address space.
+ */
+uint64_t uhmm__page_find_any(struct uhmm__as *as, uhmm__page_pred pred, const void *arg)
+{
+	uhmm__assert_pt_held(as);
+	for (uint64_t h = 0; h < as->hash_size; h++)
+		for (struct block *b = as->hash[h]; b; b = b->hnext)
+			for (unsigned i = 0; i < BLOCK_PAGES; i++)
+				if (pred(as, &b->pg[i], arg))
+					return b->base + ((uint64_t)i << PG_SHIFT);
+	return 0;
+}

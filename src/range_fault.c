@@ -39,7 +39,7 @@ static unsigned int order_of(const struct vma *v, uint64_t cats)
 /*
  * Map order of device-private page a (frame fr): 9 while the 2 MiB block
  * holding it is one unsplit huge page with its 512 pages in order (checked
- * once per block: *ok_block caches the answer), else 0.
+ * once per block: *ok_block caches the answer), else 0.  Caller holds pt_lock.
  */
 static unsigned int dev_order(struct uhmm__as *as, uint64_t a, uint32_t fr, uint64_t *blk,
 			      bool *ok_block)
@@ -51,72 +51,93 @@ static unsigned int dev_order(struct uhmm__as *as, uint64_t a, uint32_t fr, uint
 	if (*blk != base) {
 		*blk = base;
 		*ok_block = true;
-		uhmm__pt_lock(as);
 		for (uint64_t k = 0; k < HUGE_PAGES && *ok_block; k++) {
 			struct pmeta *pm = uhmm__pmeta(as, base + (k << PG_SHIFT), false);
 			*ok_block = pm && pm->state == PS_PRIVATE && pm->frame == h + k && !pm->locked;
 		}
-		uhmm__pt_unlock(as);
 	}
 	return *ok_block ? HUGE_ORDER : 0;
 }
 
-/* Device-side state of the pages: report, or bring back if a fault is asked. */
+struct dev_walk {
+	struct uhmm_range *r;
+	const struct vma *v;
+	uint8_t *handled;     /* per page of the chunk: reported here, not by the scan */
+	uint64_t s;           /* the chunk's start */
+	uint64_t blk;         /* dev_order's cache: no block yet */
+	bool blk_ok;
+};
+#define DEV_FAULT 1       /* dev_page: the page must come back first */
+
+/* Caller holds pt_lock: page a of the chunk, if it is not a plain system page. */
+static int dev_page(struct uhmm__as *as, uint64_t a, struct pmeta *pm, void *arg)
+{
+	struct dev_walk *w = arg;
+	struct uhmm_range *r = w->r;
+	uint64_t i = (a - r->start) >> PG_SHIFT;
+	uint8_t *handled = &w->handled[(a - w->s) >> PG_SHIFT];
+	int st = pm->state;
+	/* A fault page already back in the CPU view is not busy (LOCK_FAULT). */
+	bool locked = pm->locked && !(pm->locked == LOCK_FAULT && st == PS_SYSTEM);
+	uint64_t req = req_of(r, i);
+	if (st == PS_SYSTEM && !locked)
+		return 0;
+	struct frame *f = uhmm__frame(as, pm->frame);
+	if (!locked && st == PS_PRIVATE && f && frame_pool(f)->owner == r->dev_private_owner &&
+	    r->dev_private_owner) {
+		if ((req & UHMM_PFN_REQ_WRITE) && !w->v->write)
+			return -EPERM;
+		r->hmm_pfns[i] = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
+				 (w->v->write ? UHMM_PFN_WRITE : 0) |
+				 ((uint64_t)dev_order(as, a, pm->frame, &w->blk, &w->blk_ok)
+				  << UHMM_PFN_ORDER_SHIFT);
+		*handled = 1;
+		return 0;
+	}
+	if (!locked && st == PS_COHERENT)
+		return 0;  /* CPU mapped: the scan reports it, tagged below */
+	if (!(req & UHMM_PFN_REQ_FAULT)) {
+		r->hmm_pfns[i] = 0;
+		*handled = 1;
+		return 0;
+	}
+	return DEV_FAULT;
+}
+
+/*
+ * Device-side state of the pages: report, or bring back if a fault is
+ * asked.  One walk under pt_lock; it stops only where a page must come back
+ * (the fault is served without pt_lock) and goes on after it.
+ */
 static int device_pages(struct uhmm__as *as, struct uhmm_range *r, const struct vma *v,
 			uint64_t s, uint64_t e, uint8_t *handled)
 {
-	uint64_t blk = 1;  /* dev_order's cache: no block yet */
-	bool blk_ok = false;
+	struct dev_walk w = { .r = r, .v = v, .handled = handled, .s = s, .blk = 1 };
+	memset(handled, 0, (e - s) >> PG_SHIFT);
 	for (uint64_t a = s; a < e; a += PG_SIZE) {
-		uint64_t i = (a - r->start) >> PG_SHIFT;
-		if (!(a & ((1ULL << BLOCK_SHIFT) - 1)) || a == s) {
-			/* No metadata for the whole 2 MiB block: all plain system pages. */
-			uhmm__pt_lock(as);
-			bool any = uhmm__has_block(as, a);
-			uhmm__pt_unlock(as);
-			if (!any) {
-				uint64_t bend = uhmm__block_end(a);
-				uint64_t stop = bend < e ? bend : e;
-				memset(&handled[i - ((s - r->start) >> PG_SHIFT)], 0,
-				       (stop - a) >> PG_SHIFT);
-				a = stop - PG_SIZE;
-				continue;
-			}
-		}
 		uhmm__pt_lock(as);
-		struct pmeta *pm = uhmm__pmeta(as, a, false);
-		int st = pm ? pm->state : PS_SYSTEM;
-		/* A fault page already back in the CPU view is not busy (LOCK_FAULT). */
-		bool locked = pm && pm->locked && !(pm->locked == LOCK_FAULT && st == PS_SYSTEM);
-		uint32_t fr = pm ? pm->frame : 0;
+		int rc = uhmm__walk(as, a, e, 0, dev_page, &w, &a);
 		uhmm__pt_unlock(as);
-		uint64_t req = req_of(r, i);
-		handled[i - ((s - r->start) >> PG_SHIFT)] = 0;
-		if (st == PS_SYSTEM && !locked)
-			continue;
-		struct frame *f = uhmm__frame(as, fr);
-		if (!locked && st == PS_PRIVATE && f && frame_pool(f)->owner == r->dev_private_owner &&
-		    r->dev_private_owner) {
-			if ((req & UHMM_PFN_REQ_WRITE) && !v->write)
-				return -EPERM;
-			r->hmm_pfns[i] = fr | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
-					 (v->write ? UHMM_PFN_WRITE : 0) |
-					 ((uint64_t)dev_order(as, a, fr, &blk, &blk_ok)
-					  << UHMM_PFN_ORDER_SHIFT);
-			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
-			continue;
-		}
-		if (!locked && st == PS_COHERENT)
-			continue;  /* CPU mapped: the scan reports it, tagged below */
-		if (!(req & UHMM_PFN_REQ_FAULT)) {
-			r->hmm_pfns[i] = 0;
-			handled[i - ((s - r->start) >> PG_SHIFT)] = 1;
-			continue;
-		}
-		int rc = uhmm__fault_in(as, a, req & UHMM_PFN_REQ_WRITE);
-		if (rc)
+		if (rc != DEV_FAULT)
+			return rc;
+		uint64_t req = req_of(r, (a - r->start) >> PG_SHIFT);
+		if (uhmm__fault_in(as, a, req & UHMM_PFN_REQ_WRITE))
 			return -EFAULT;
 	}
+	return 0;
+}
+
+/* Caller holds pt_lock: a coherent page the scan reported names its device page. */
+static int coherent_page(struct uhmm__as *as, uint64_t a, struct pmeta *pm, void *arg)
+{
+	struct dev_walk *w = arg;
+	uint64_t i = (a - w->r->start) >> PG_SHIFT;
+	uint64_t *pfn = &w->r->hmm_pfns[i];
+	(void)as;
+	if (pm->state == PS_COHERENT && !pm->locked && !w->handled[(a - w->s) >> PG_SHIFT] &&
+	    (*pfn & UHMM_PFN_VALID))
+		*pfn = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
+		       (*pfn & (UHMM_PFN_WRITE | UHMM_PFN_ORDER_MASK));
 	return 0;
 }
 
@@ -219,21 +240,9 @@ static int fault_chunk(struct uhmm__as *as, struct uhmm_range *r, const struct v
 		r->hmm_pfns[i0 + i] = out;
 	}
 	/* Coherent device pages are CPU mapped; name the device page instead. */
+	struct dev_walk w = { .r = r, .v = v, .handled = handled, .s = s };
 	uhmm__pt_lock(as);
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t a = s + (i << PG_SHIFT);
-		if ((!(a & ((1ULL << BLOCK_SHIFT) - 1)) || i == 0) && !uhmm__has_block(as, a)) {
-			uint64_t bend = uhmm__block_end(a);
-			i = ((bend < e ? bend : e) - s - PG_SIZE) >> PG_SHIFT;
-			continue;
-		}
-		struct pmeta *pm = uhmm__pmeta(as, a, false);
-		if (pm && pm->state == PS_COHERENT && !pm->locked && !handled[i] &&
-		    (r->hmm_pfns[i0 + i] & UHMM_PFN_VALID))
-			r->hmm_pfns[i0 + i] = pm->frame | UHMM_PFN_VALID | UHMM_PFN_DEVICE |
-					      (r->hmm_pfns[i0 + i] &
-					       (UHMM_PFN_WRITE | UHMM_PFN_ORDER_MASK));
-	}
+	uhmm__walk(as, s, e, 0, coherent_page, &w, NULL);
 	uhmm__pt_unlock(as);
 	rc = 0;
 out:

@@ -64,28 +64,56 @@ int uhmm__exclusive_revoke(struct uhmm__as *as, uint64_t addr, bool cpu_fault)
 	return rc;
 }
 
-/* Revoke every exclusive page of [start, end) held by owner (any if NULL). */
-void uhmm__revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, const void *owner,
-			 bool any)
+struct revoke_sel {
+	const void *owner;
+	bool any;
+};
+
+static bool held_by(struct uhmm__as *as, const struct pmeta *pm, const void *arg)
 {
-	for (uint64_t a = start; a < end;) {
-		uint64_t bend = uhmm__block_end(a);
+	const struct revoke_sel *sel = arg;
+	return pm->state == PS_EXCLUSIVE &&
+	       (sel->any || frame_xowner(&as->frames[pm->frame]) == sel->owner);
+}
+
+static bool held_unlocked(struct uhmm__as *as, const struct pmeta *pm, const void *arg)
+{
+	return !pm->locked && held_by(as, pm, arg);
+}
+
+static int revoke_hit(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
+{
+	(void)addr;
+	return held_by(as, pm, arg);
+}
+
+/* Revoke every exclusive page of [start, end) held by owner (any if any). */
+void uhmm__revoke_range(struct uhmm__as *as, uint64_t start, uint64_t end, const void *owner,
+			bool any)
+{
+	struct revoke_sel sel = { owner, any };
+	for (uint64_t a = start; a < end; a += PG_SIZE) {
 		uhmm__pt_lock(as);
-		bool has = uhmm__has_block(as, a);
+		int hit = uhmm__walk(as, a, end, 0, revoke_hit, &sel, &a);
 		uhmm__pt_unlock(as);
-		if (!has) {
-			a = bend;
-			continue;
-		}
-		for (; a < end && a < bend; a += PG_SIZE) {
-			uhmm__pt_lock(as);
-			struct pmeta *pm = uhmm__pmeta(as, a, false);
-			bool hit = pm && pm->state == PS_EXCLUSIVE &&
-				   (any || frame_xowner(&as->frames[pm->frame]) == owner);
-			uhmm__pt_unlock(as);
-			while (hit && uhmm__exclusive_revoke(as, a, false) == -EAGAIN)
-				;
-		}
+		if (!hit)
+			return;
+		while (uhmm__exclusive_revoke(as, a, false) == -EAGAIN)
+			;
+	}
+}
+
+/* Revoke, anywhere in the process, each unlocked exclusive page of owner. */
+void uhmm__revoke_all(struct uhmm__as *as, const void *owner)
+{
+	struct revoke_sel sel = { owner, false };
+	for (;;) {
+		uhmm__pt_lock(as);
+		uint64_t hit = uhmm__page_find_any(as, held_unlocked, &sel);
+		uhmm__pt_unlock(as);
+		if (!hit)
+			return;
+		uhmm__exclusive_revoke(as, hit, false);
 	}
 }
 

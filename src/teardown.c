@@ -8,20 +8,48 @@
 #include "internal.h"
 #include "compat.h"
 
+static int no_op(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
+{
+	(void)as, (void)addr, (void)pm, (void)arg;
+	return 0;
+}
+
 /* Wait until no page of [start, end) is locked by an operation. */
 void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
 	uhmm__pt_lock(as);
-	for (uint64_t a = start; a < end;) {
-		uint64_t bend = uhmm__block_end(a);
-		if (!uhmm__has_block(as, a)) {
-			a = bend;
-			continue;
-		}
-		for (; a < end && a < bend; a += PG_SIZE)
-			uhmm__page_lock_wait(as, a);
-	}
+	uhmm__walk(as, start, end, WALK_UNLOCKED, no_op, NULL, NULL);
 	uhmm__pt_unlock(as);
+}
+
+struct forget {
+	uint64_t batch[256];
+	unsigned n;
+};
+
+/* The frames of forgotten pages go back in batches, pt_lock dropped. */
+static void forget_flush(struct uhmm__as *as, struct forget *fg)
+{
+	uhmm__frame_put_many(as, fg->batch, fg->n);
+	fg->n = 0;
+}
+
+static int forget_page(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
+{
+	struct forget *fg = arg;
+	if (pm->state == PS_SYSTEM)
+		return 0;
+	if (pm->frame)
+		fg->batch[fg->n++] = pm->frame;
+	pm->state = PS_SYSTEM;
+	pm->frame = 0;
+	uhmm__pmeta_changed(as, addr, pm);
+	if (fg->n == ARRAY_SIZE(fg->batch)) {
+		uhmm__pt_unlock(as);
+		forget_flush(as, fg);
+		uhmm__pt_lock(as);
+	}
+	return 0;
 }
 
 /*
@@ -31,8 +59,7 @@ void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end
  */
 void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 {
-	uint32_t batch[256];
-	unsigned n = 0;
+	struct forget fg = { .n = 0 };
 	TR('G', start, 0, end - start, 0);
 	/*
 	 * Under reg_lock: a registration that passed its teardown check before
@@ -44,32 +71,7 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	uhmm__pt_unlock(as);
 	uhmm__unlock(&as->reg_lock);
 	uhmm__pt_lock(as);
-	for (uint64_t a = start; a < end;) {
-		uint64_t bend = uhmm__block_end(a);
-		if (!uhmm__has_block(as, a)) {
-			a = bend;
-			continue;
-		}
-		for (; a < end && a < bend; a += PG_SIZE) {
-			uhmm__page_lock_wait(as, a);
-			struct pmeta *pm = uhmm__pmeta(as, a, false);
-			if (!pm || pm->state == PS_SYSTEM)
-				continue;
-			if (pm->frame)
-				batch[n++] = pm->frame;
-			pm->state = PS_SYSTEM;
-			pm->frame = 0;
-			uhmm__pmeta_changed(as, a, pm);
-			if (n == ARRAY_SIZE(batch)) {
-				uhmm__pt_unlock(as);
-				for (unsigned i = 0; i < n; i++)
-					uhmm__frame_put(as, batch[i]);
-				n = 0;
-				uhmm__pt_lock(as);
-			}
-		}
-	}
+	uhmm__walk(as, start, end, WALK_UNLOCKED, forget_page, &fg, NULL);
 	uhmm__pt_unlock(as);
-	for (unsigned i = 0; i < n; i++)
-		uhmm__frame_put(as, batch[i]);
+	forget_flush(as, &fg);
 }
