@@ -9,12 +9,15 @@
 # otherwise one line says what to install, farmem is not built and its tests
 # print "SKIP farmem: UCX not installed".
 
-FARMEM_UCX := $(shell printf '\#include <ucp/api/ucp.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+# A '#' for the probe below: in GNU make 4.3 a \# inside $(shell ...) stays
+# \#, the probe then compiles a stray backslash and says yes without UCX.
+FARMEM_HASH := \#
+FARMEM_UCX := $(shell printf '$(FARMEM_HASH)include <ucp/api/ucp.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
 ifneq ($(FARMEM_UCX),yes)
 ifeq ($(shell id -u),0)
 $(info uhmm farmem: UCX headers missing, installing libucx-dev ucx-utils with apt-get)
 FARMEM_APT := $(shell (apt-get install -y libucx-dev ucx-utils || (apt-get update && apt-get install -y libucx-dev ucx-utils)) >/dev/null 2>&1; echo done)
-FARMEM_UCX := $(shell printf '\#include <ucp/api/ucp.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+FARMEM_UCX := $(shell printf '$(FARMEM_HASH)include <ucp/api/ucp.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
 endif
 endif
 ifneq ($(FARMEM_UCX),yes)
