@@ -71,9 +71,29 @@ static const char *fb_err(int r)
 	return strerror(r < 0 ? -r : r);
 }
 
-static void fb_metric(char *buf, size_t len, const char *base)
+/*
+ * Emit metric base with the group's suffix: v, or NAN when bad pages came
+ * back with wrong data (a note says so, for what).
+ */
+static void fb_emit(const char *base, double v, const char *unit, double floor_v, size_t bad,
+		    const char *what)
 {
-	snprintf(buf, len, "%s%s", base, g_sfx);
+	char m[64];
+
+	if (bad)
+		bench_note("%s: %zu pages with wrong data", what, bad);
+	snprintf(m, sizeof(m), "%s%s", base, g_sfx);
+	bench_emit(m, bad ? NAN : v, unit, floor_v);
+}
+
+/* Place len bytes at buf on the server; 0, or -errno with a note. */
+static int fb_place(struct uhmm_farmem *fm, char *buf, size_t len)
+{
+	int r = uhmm_farmem_place(fm, buf, len);
+
+	if (r)
+		bench_note("place: %s", fb_err(r));
+	return r;
 }
 
 /* The group's transport and server; 0 or -errno (with a note). */
@@ -103,6 +123,25 @@ static int fb_start(const char *size)
 static void fb_stop(void)
 {
 	tu_server_stop(&g_srv, SIGTERM);
+}
+
+/*
+ * fb_start(size) and the FB_BYTES buffer of a bandwidth group, every page
+ * tagged; NULL (the server stopped again) when either fails.
+ */
+static char *fb_start_tagged(const char *size)
+{
+	char *buf;
+
+	if (fb_start(size))
+		return NULL;
+	buf = bench_map(FB_BYTES);
+	if (!buf) {
+		fb_stop();
+		return NULL;
+	}
+	bench_fill_tags(buf, FB_BYTES);
+	return buf;
 }
 
 /* ---- the transport alone (floors) --------------------------------------- */
@@ -308,17 +347,14 @@ static size_t fb_bad_tags(const char *buf, size_t npages)
 
 static void group_migrate(void)
 {
-	char m[64], *buf;
+	char *buf;
 	double put, v[FB_REPS];
 	size_t n = 0, np = FB_BYTES / BENCH_PAGE;
 	struct fb_conn c;
 
-	if (fb_start("700M"))
-		return;
-	buf = bench_map(FB_BYTES);
+	buf = fb_start_tagged("700M");
 	if (!buf)
-		goto out;
-	bench_fill_tags(buf, FB_BYTES);
+		return;
 	/* floor: ucp_put_nbx of 256 MiB in 2 MiB runs, one flush */
 	if (fb_connect(&c, FMX_PATH_AUTO, FB_BYTES) == 0)
 		put = fb_stream_median(&c, true, buf, FB_BYTES);
@@ -330,24 +366,19 @@ static void group_migrate(void)
 		goto out;
 	for (int i = 0; i < FB_REPS && bench_group_left_s() > 8; i++) {
 		uint64_t t0 = bench_now_ns();
-		int r = uhmm_farmem_place(fm, buf, FB_BYTES);
+		int r = fb_place(fm, buf, FB_BYTES);
 		uint64_t t1 = bench_now_ns();
 
-		if (r) {
-			bench_note("place: %s", fb_err(r));
+		if (r)
 			break;
-		}
 		v[n++] = bench_gbps(FB_BYTES, t1 - t0);
 		if ((r = uhmm_farmem_fetch(fm, buf, FB_BYTES))) {
 			bench_note("fetch: %s", fb_err(r));
 			break;
 		}
 	}
-	size_t bad = fb_bad_tags(buf, np);
-	if (bad)
-		bench_note("place/fetch: %zu pages with wrong data", bad);
-	fb_metric(m, sizeof(m), "farmem_migrate_gbps");
-	bench_emit(m, bad ? NAN : bench_median(v, n), "GB/s", put);
+	fb_emit("farmem_migrate_gbps", bench_median(v, n), "GB/s", put, fb_bad_tags(buf, np),
+		"place/fetch");
 	uhmm_farmem_close(fm);
 out:
 	fb_stop();
@@ -359,13 +390,10 @@ static double fb_fault_p50(struct uhmm_farmem *fm, char *buf, size_t npages, siz
 {
 	static double s[FB_LAT_SAMPLES];
 	size_t n = 0, k, i;
-	int r;
 
 	bench_fill_tags(buf, npages * BENCH_PAGE);
-	if ((r = uhmm_farmem_place(fm, buf, npages * BENCH_PAGE))) {
-		bench_note("place: %s", fb_err(r));
+	if (fb_place(fm, buf, npages * BENCH_PAGE))
 		return NAN;
-	}
 	for (k = 0, i = 0; k < FB_LAT_SAMPLES + 200 && k < npages; k++, i = (i + 101) % npages) {
 		uint64_t t0 = bench_now_ns();
 		uint64_t v = *(volatile uint64_t *)(buf + i * BENCH_PAGE);
@@ -388,7 +416,7 @@ static double fb_fault_p50(struct uhmm_farmem *fm, char *buf, size_t npages, siz
 
 static void group_fault(void)
 {
-	char m[64], *buf, *page;
+	char *buf, *page;
 	size_t bad = 0, np = FB_LAT_PAGES;
 	struct fb_conn c;
 	double uf, rt = NAN, v, vi = NAN;
@@ -413,10 +441,7 @@ static void group_fault(void)
 		vi = fb_fault_p50(fm, buf, np, &bad);
 		uhmm_farmem_close(fm);
 	}
-	if (bad)
-		bench_note("random faults: %zu pages with wrong data", bad);
-	fb_metric(m, sizeof(m), "farmem_fault_p50");
-	bench_emit(m, bad ? NAN : v, "us", uf + rt);
+	fb_emit("farmem_fault_p50", v, "us", uf + rt, bad, "random faults");
 	if (!*g_sfx)
 		bench_emit("farmem_fault_inline_p50", bad ? NAN : vi, "us", uf + rt);
 out:
@@ -425,18 +450,15 @@ out:
 
 static void group_seq(void)
 {
-	char m[64], *buf;
+	char *buf;
 	size_t np = FB_BYTES / BENCH_PAGE, n = 0, bad = 0;
 	double v[FB_REPS], am = NAN, rma = NAN, fl;
 	struct fb_conn c;
 	uint64_t faults = 0;
 
-	if (fb_start("700M"))
-		return;
-	buf = bench_map(FB_BYTES);
+	buf = fb_start_tagged("700M");
 	if (!buf)
-		goto out;
-	bench_fill_tags(buf, FB_BYTES);
+		return;
 	/* floor: reads of 256 MiB in 2 MiB pieces, by active message and by RMA get */
 	if (fb_connect(&c, FMX_PATH_AUTO, FB_BYTES) == 0 &&
 	    isfinite(fb_stream(&c, true, buf, FB_BYTES)))
@@ -455,12 +477,9 @@ static void group_seq(void)
 		goto out;
 	for (int i = 0; i < FB_REPS && bench_group_left_s() > 8; i++) {
 		struct uhmm_farmem_stats st0, st1;
-		int r = uhmm_farmem_place(fm, buf, FB_BYTES);
 
-		if (r) {
-			bench_note("place: %s", fb_err(r));
+		if (fb_place(fm, buf, FB_BYTES))
 			break;
-		}
 		uhmm_farmem_stats(fm, &st0);
 		uint64_t t0 = bench_now_ns();
 		bad += fb_bad_tags(buf, np);
@@ -470,34 +489,33 @@ static void group_seq(void)
 		v[n++] = bench_gbps(FB_BYTES, t1 - t0);
 	}
 	printf("  %llu faults per 256 MiB pass\n", (unsigned long long)faults);
-	if (bad)
-		bench_note("sequential fault-in: %zu pages with wrong data", bad);
-	fb_metric(m, sizeof(m), "farmem_seq_gbps");
-	bench_emit(m, bad ? NAN : bench_median(v, n), "GB/s", fl);
+	fb_emit("farmem_seq_gbps", bench_median(v, n), "GB/s", fl, bad, "sequential fault-in");
 	uhmm_farmem_close(fm);
 out:
 	fb_stop();
 }
 
-static void group_migrate_tcp(void)
+/* A group again over TCP alone, its metrics named ..._tcp. */
+static void fb_over_tcp(void (*group)(void))
 {
 	g_tls = "tcp";
 	g_sfx = "_tcp";
-	group_migrate();
+	group();
+}
+
+static void group_migrate_tcp(void)
+{
+	fb_over_tcp(group_migrate);
 }
 
 static void group_fault_tcp(void)
 {
-	g_tls = "tcp";
-	g_sfx = "_tcp";
-	group_fault();
+	fb_over_tcp(group_fault);
 }
 
 static void group_seq_tcp(void)
 {
-	g_tls = "tcp";
-	g_sfx = "_tcp";
-	group_seq();
+	fb_over_tcp(group_seq);
 }
 
 int main(int argc, char **argv)

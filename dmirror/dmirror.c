@@ -715,6 +715,31 @@ static int check_cmd(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 	return 0;
 }
 
+static int check_mapped(struct uhmm_dmirror *dm, uint64_t start, uint64_t end);
+
+/* What a command needs besides a valid range (cmd_range). */
+#define CMD_NEED_PTR	1u	/* a buffer at cmd->ptr */
+#define CMD_NEED_MAPPED	2u	/* every page of the range mapped and readable */
+
+/*
+ * The prologue of the commands: cmd checked (cpages and faults reset), the
+ * range it names in [*start, *end), and what need asks for; 0 or -errno.
+ */
+static int cmd_range(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, unsigned int need,
+		     uint64_t *start, uint64_t *end)
+{
+	int rc = check_cmd(dm, cmd);
+	if (rc)
+		return rc;
+	if ((need & CMD_NEED_PTR) && !cmd->ptr)
+		return -EINVAL;
+	*start = cmd->addr;
+	*end = cmd->addr + cmd->npages * PAGE;
+	if (need & CMD_NEED_MAPPED)
+		return check_mapped(dm, *start, *end);
+	return 0;
+}
+
 /* One device fault over [start, end): fill the mirror, window by window. */
 static int dm_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool write)
 {
@@ -807,12 +832,10 @@ static int dm_access(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, char
 
 static int dm_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, bool write)
 {
-	int rc = check_cmd(dm, cmd);
+	uint64_t start, end;
+	int rc = cmd_range(dm, cmd, CMD_NEED_PTR, &start, &end);
 	if (rc)
 		return rc;
-	if (!cmd->ptr)
-		return -EINVAL;
-	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
 	char *bounce = malloc(cmd->npages * PAGE);
 	if (!bounce)
 		return -ENOMEM;
@@ -970,11 +993,8 @@ static int mapped_count(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, u
 
 int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 {
-	int rc = check_cmd(dm, cmd);
-	if (rc)
-		return rc;
-	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
-	rc = check_mapped(dm, start, end);
+	uint64_t start, end;
+	int rc = cmd_range(dm, cmd, CMD_NEED_MAPPED, &start, &end);
 	if (rc)
 		return rc;
 	uint64_t migrated = 0;
@@ -1016,11 +1036,8 @@ int uhmm_dmirror_migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd
 
 int uhmm_dmirror_migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 {
-	int rc = check_cmd(dm, cmd);
-	if (rc)
-		return rc;
-	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
-	rc = check_mapped(dm, start, end);
+	uint64_t start, end;
+	int rc = cmd_range(dm, cmd, CMD_NEED_MAPPED, &start, &end);
 	if (rc)
 		return rc;
 	return migrate_range(dm, start, end, false, &cmd->cpages);
@@ -1056,16 +1073,14 @@ static uint8_t snapshot_byte(struct uhmm_dmirror *dm, uint64_t p)
 
 int uhmm_dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 {
-	int rc = check_cmd(dm, cmd);
+	uint64_t start, end;
+	int rc = cmd_range(dm, cmd, CMD_NEED_PTR, &start, &end);
 	if (rc)
 		return rc;
-	if (!cmd->ptr)
-		return -EINVAL;
 	uint8_t *out = malloc(cmd->npages);
 	if (!out)
 		return -ENOMEM;
 	uint64_t pfns[FAULT_WINDOW];
-	uint64_t start = cmd->addr, end = cmd->addr + cmd->npages * PAGE;
 	for (uint64_t a = start; a < end;) {
 		uint64_t e = window_end(a, end);
 		struct uhmm_range r = {

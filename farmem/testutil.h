@@ -3,7 +3,9 @@
  * testutil.h - helpers of the farmem tests and the demo: start uhmm-memd on
  * loopback with a free port (--listen 127.0.0.1:0, the port read back from
  * its first line) or in another network namespace, write a token file, pick the UCX transport variant, read
- * RssAnon.  Header-only, used by tests/test_farmem*.c and farmem_demo.c.
+ * RssAnon, fill and check the data pattern of the cases.  Header-only, used by
+ * tests/test_farmem*.c and farmem_demo.c; the tu_case_* helpers at the end
+ * exist only after tests/harness.h (they SKIP or fail the case).
  */
 #ifndef UHMM_FARMEM_TESTUTIL_H
 #define UHMM_FARMEM_TESTUTIL_H
@@ -221,5 +223,69 @@ static inline int tu_quick(void)
 	const char *q = getenv("UHMM_TEST_QUICK");
 	return q && *q && *q != '0';
 }
+
+/* The data of the cases: the 8-byte word at offset off of a buffer filled with seed. */
+static inline uint64_t tu_pat(uint64_t off, uint64_t seed)
+{
+	return (off + seed) * 0x9e3779b97f4a7c15ULL;
+}
+
+static inline void tu_fill(uint8_t *p, size_t len, uint64_t seed)
+{
+	for (size_t i = 0; i < len; i += 8) {
+		uint64_t v = tu_pat(i, seed);
+		memcpy(p + i, &v, 8);
+	}
+}
+
+#define TU_PAGE 4096UL
+
+/* The 4 KiB page at offset off holds the pattern of seed: 0, or -1 when it differs. */
+static inline int tu_check_page(const uint8_t *p, size_t off, uint64_t seed)
+{
+	for (size_t i = 0; i < TU_PAGE; i += 8) {
+		uint64_t v;
+		memcpy(&v, p + off + i, 8);
+		if (v != tu_pat(off + i, seed))
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Built without UCX (mk/farmem.mk passes -DUHMM_FARMEM_NO_UCX): the whole of
+ * a farmem test is this main, which says so and passes.
+ */
+#define TU_MAIN_NO_UCX()                                                      \
+int main(void)                                                                \
+{                                                                             \
+	printf("SKIP farmem: UCX not installed (apt-get install libucx-dev ucx-utils)\n"); \
+	return 0;                                                             \
+}
+
+#ifdef SKIP
+#include <uhmm.h>
+
+/*
+ * The start of every farmem case: seed rand() (the server's error-file
+ * names) and write the token file tok (its path into path).
+ */
+static inline void tu_case_token(char *path, size_t len, const char *tok)
+{
+	srand((unsigned)getpid());
+	ASSERT_EQ(tu_token_file(path, len, tok), 0);
+}
+
+/* uhmm running with UFFDIO_MOVE (far memory moves pages), or SKIP saying what is missing. */
+static inline void tu_case_uhmm(void)
+{
+	int rc = uhmm_init();
+	if (rc == -EPERM || rc == -ENOSYS)
+		SKIP("userfaultfd not available (%d)", rc);
+	ASSERT_EQ(rc, 0);
+	if (!(uhmm_features() & UHMM_FEAT_MOVE))
+		SKIP("kernel without UFFDIO_MOVE");
+}
+#endif
 
 #endif

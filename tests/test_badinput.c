@@ -13,12 +13,11 @@
  * uhmm_make_device_exclusive, uhmm_device_read/write, uhmm_pfn_to_virt.
  */
 #include "harness.h"
+#include "dmtest.h"
 #include <uhmm.h>
 #include <uhmm_dmirror.h>
 
 #define PS UHMM_PAGE_SIZE
-
-typedef int (*dm_cmd_fn)(struct uhmm_dmirror *, struct uhmm_dmirror_cmd *);
 
 static const struct {
 	const char *name;
@@ -46,41 +45,6 @@ static const struct {
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void *map_anon(size_t size, int prot)
-{
-	void *p = mmap(NULL, size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	ASSERT_MAPPED(p);
-	return p;
-}
-
-static struct uhmm_dmirror *open_dev(unsigned int dev)
-{
-	struct uhmm_dmirror *dm = NULL;
-	int ret = uhmm_dmirror_open(dev, &dm);
-
-	if (ret == -ENOSYS)
-		SKIP("kernel has no userfaultfd");
-	if (ret == -EPERM)
-		SKIP("userfaultfd not permitted for this user");
-	ASSERT_EQ(ret, 0);
-	ASSERT_NOT_NULL(dm);
-	return dm;
-}
-
-static int run_cmd(dm_cmd_fn fn, struct uhmm_dmirror *dm, uint64_t addr, void *ptr,
-		   uint64_t npages, struct uhmm_dmirror_cmd *out)
-{
-	struct uhmm_dmirror_cmd cmd = {
-		.addr = addr, .ptr = (uint64_t)(uintptr_t)ptr, .npages = npages,
-	};
-	int ret = fn(dm, &cmd);
-
-	if (out)
-		*out = cmd;
-	return ret;
-}
-
 /*
  * A page-aligned address with nothing mapped there: the lowest page of a
  * 63-page hole above a page kept mapped, so that the small mappings other
@@ -88,7 +52,7 @@ static int run_cmd(dm_cmd_fn fn, struct uhmm_dmirror *dm, uint64_t addr, void *p
  */
 static uint64_t hole_addr(void)
 {
-	char *p = map_anon(64 * PS, PROT_NONE);
+	char *p = map_anon(64 * PS, PROT_NONE, MAP_PRIVATE);
 
 	ASSERT_EQ(munmap(p + PS, 63 * PS), 0);
 	return (uint64_t)(uintptr_t)(p + PS);
@@ -108,7 +72,7 @@ static const struct uhmm_interval_notifier_ops noop_ops = { .invalidate = noop_i
 static void assert_runtime_ok(void)
 {
 	const uint64_t np = 4;
-	int *p = map_anon(np * PS, PROT_READ | PROT_WRITE);
+	int *p = map_anon(np * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	int *m = malloc(np * PS);
 	struct uhmm_interval_notifier n;
 	struct uhmm_dmirror *dm = open_dev(0);
@@ -119,12 +83,12 @@ static void assert_runtime_ok(void)
 	ASSERT_NOT_NULL(m);
 	for (size_t i = 0; i < nint; i++)
 		m[i] = (int)i * 3;
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, (uint64_t)(uintptr_t)p, m, np, &cmd), 0);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_write, dm, (uint64_t)(uintptr_t)p, m, np, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, np);
 	for (size_t i = 0; i < nint; i++)
 		ASSERT_EQ(p[i], (int)i * 3);
 	memset(m, 0, np * PS);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, (uint64_t)(uintptr_t)p, m, np, &cmd), 0);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_read, dm, (uint64_t)(uintptr_t)p, m, np, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, np);
 	for (size_t i = 0; i < nint; i++)
 		ASSERT_EQ(m[i], (int)i * 3);
@@ -147,7 +111,7 @@ static void assert_runtime_ok(void)
 TEST(dmirror_null)
 {
 	struct uhmm_dmirror *dm = open_dev(0);
-	char *p = map_anon(PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	struct uhmm_dmirror_cmd cmd = {
 		.addr = (uint64_t)(uintptr_t)p, .ptr = (uint64_t)(uintptr_t)p, .npages = 1,
 	};
@@ -178,14 +142,14 @@ static void all_cmds_einval(struct uhmm_dmirror *dm, uint64_t addr, uint64_t npa
 			    void *buf)
 {
 	for (size_t i = 0; i < NCMDS; i++)
-		CHECK_RET(cmds[i].name, run_cmd(cmds[i].fn, dm, addr, buf, npages, NULL),
+		CHECK_RET(cmds[i].name, run_cmd_at(cmds[i].fn, dm, addr, buf, npages, NULL),
 			  -EINVAL);
 }
 
 TEST(dmirror_unaligned)
 {
 	struct uhmm_dmirror *dm = open_dev(0);
-	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	char *buf = malloc(2 * PS);
 	uint64_t a = (uint64_t)(uintptr_t)p;
 
@@ -208,7 +172,7 @@ TEST(dmirror_unaligned)
 TEST(dmirror_npages_zero)
 {
 	struct uhmm_dmirror *dm = open_dev(0);
-	char *p = map_anon(PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	char buf[64];
 
 	all_cmds_einval(dm, (uint64_t)(uintptr_t)p, 0, buf);
@@ -220,7 +184,7 @@ TEST(dmirror_npages_zero)
 TEST(dmirror_overflow)
 {
 	struct uhmm_dmirror *dm = open_dev(0);
-	char *p = map_anon(PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p;
 	char buf[64];
 
@@ -245,15 +209,15 @@ TEST(dmirror_unmapped)
 
 	ASSERT_NOT_NULL(buf);
 	memset(buf, 0x77, PS);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, hole, buf, 1, NULL), -EFAULT);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_read, dm, hole, buf, 1, NULL), -EFAULT);
 	ASSERT_EQ(buf[0], 0x77);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, hole, buf, 1, NULL), -EFAULT);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, 0, buf, 1, NULL), -EFAULT);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, 0, buf, 1, NULL), -EFAULT);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_write, dm, hole, buf, 1, NULL), -EFAULT);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_read, dm, 0, buf, 1, NULL), -EFAULT);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_write, dm, 0, buf, 1, NULL), -EFAULT);
 	/* migration of a hole: -EINVAL */
-	ASSERT_EQ(run_cmd(uhmm_dmirror_migrate_to_dev, dm, hole, buf, 1, NULL), -EINVAL);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_migrate_to_dev, dm, hole, buf, 1, NULL), -EINVAL);
 	/* a snapshot reports the hole without failing */
-	ASSERT_EQ(run_cmd(uhmm_dmirror_snapshot, dm, hole, buf, 1, &cmd), 0);
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_snapshot, dm, hole, buf, 1, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, 1);
 	ASSERT_EQ(buf[0], UHMM_DMIRROR_PROT_ERROR);
 
@@ -266,14 +230,14 @@ TEST(dmirror_unmapped)
 TEST(dmirror_bad_ptr)
 {
 	struct uhmm_dmirror *dm = open_dev(0);
-	char *p = map_anon(PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p;
 	int ret;
 
 	memset(p, 0x42, PS);
-	ret = run_cmd(uhmm_dmirror_read, dm, a, NULL, 1, NULL);
+	ret = run_cmd_at(uhmm_dmirror_read, dm, a, NULL, 1, NULL);
 	ASSERT_TRUE(ret == -EFAULT || ret == -EINVAL);
-	ret = run_cmd(uhmm_dmirror_write, dm, a, (void *)(uintptr_t)hole_addr(), 1, NULL);
+	ret = run_cmd_at(uhmm_dmirror_write, dm, a, (void *)(uintptr_t)hole_addr(), 1, NULL);
 	ASSERT_TRUE(ret == -EFAULT || ret == -EINVAL);
 	ASSERT_EQ(p[0], 0x42);
 	ASSERT_EQ(p[PS - 1], 0x42);
@@ -286,7 +250,7 @@ TEST(dmirror_bad_ptr)
 TEST(dmirror_atomic_unaligned)
 {
 	struct uhmm_dmirror *dm = open_dev(0);
-	uint64_t *p = map_anon(PS, PROT_READ | PROT_WRITE);
+	uint64_t *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p, old = 99;
 
 	p[0] = 1000;
@@ -312,7 +276,7 @@ TEST(dmirror_set_flags_unknown)
 {
 	const uint64_t np = 4;
 	struct uhmm_dmirror *dm = open_dev(0);
-	int *p = map_anon(np * PS, PROT_READ | PROT_WRITE);
+	int *p = map_anon(np * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	char *buf = malloc(np * PS);
 	struct uhmm_dmirror_cmd cmd;
 	struct uhmm_devmem_stats st;
@@ -327,7 +291,7 @@ TEST(dmirror_set_flags_unknown)
 	ASSERT_EQ(uhmm_dmirror_set_flags(dm, 0), 0);
 
 	/* no allocation failure was armed by the rejected calls */
-	ASSERT_EQ(run_cmd(uhmm_dmirror_migrate_to_dev, dm, (uint64_t)(uintptr_t)p, buf, np,
+	ASSERT_EQ(run_cmd_at(uhmm_dmirror_migrate_to_dev, dm, (uint64_t)(uintptr_t)p, buf, np,
 			  &cmd), 0);
 	ASSERT_EQ(cmd.cpages, np);
 	ASSERT_EQ(uhmm_dmirror_devmem_stats(0, &st), 0);
@@ -350,7 +314,7 @@ TEST(dmirror_set_flags_unknown)
 
 TEST(notifier_bad)
 {
-	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p;
 	struct uhmm_interval_notifier n, never;
 
@@ -381,7 +345,7 @@ TEST(notifier_bad)
 
 TEST(range_fault_bad)
 {
-	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p, pfns[2];
 	struct uhmm_interval_notifier n;
 	struct uhmm_range ok, r;
@@ -523,7 +487,7 @@ TEST(devmem_page_bad)
 
 TEST(migrate_setup_bad)
 {
-	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE);
+	char *p = map_anon(2 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p, src[2], dst[2];
 	struct uhmm_migrate ok = {
 		.start = a, .end = a + 2 * PS, .src = src, .dst = dst,
@@ -558,7 +522,7 @@ TEST(migrate_setup_bad)
 
 TEST(exclusive_and_dma_bad)
 {
-	uint64_t *p = map_anon(PS, PROT_READ | PROT_WRITE);
+	uint64_t *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	uint64_t a = (uint64_t)(uintptr_t)p, pages[1], v = 0;
 
 	p[0] = 77;

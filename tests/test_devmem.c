@@ -13,6 +13,7 @@
  * uhmm_sys_page_alloc and uhmm_page_copy, as lib/test_hmm.c does.
  */
 #include "harness.h"
+#include "dmtest.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -147,14 +148,6 @@ static struct uhmm_devmem_stats drv_stats(void)
 	return st;
 }
 
-static struct uhmm_stats stats_now(void)
-{
-	struct uhmm_stats st;
-
-	uhmm_stats_get(&st);
-	return st;
-}
-
 static uint64_t drv_alloc(void)
 {
 	uint64_t page = 0;
@@ -169,45 +162,6 @@ static void *xcalloc(size_t n, size_t size)
 	void *p = calloc(n, size);
 
 	ASSERT_NOT_NULL(p);
-	return p;
-}
-
-static void fill_ints(void *buf, size_t size, int base)
-{
-	int *p = buf;
-
-	for (size_t i = 0; i < NINTS(size); i++)
-		p[i] = (int)i + base;
-}
-
-static void ints_expect(const char *file, int line, const void *buf, size_t size, int base)
-{
-	const int *p = buf;
-
-	for (size_t i = 0; i < NINTS(size); i++)
-		if (p[i] != (int)i + base)
-			th_fail(file, line, "int %zu of %p is %d, want %d", i, buf, p[i],
-				(int)i + base);
-}
-
-#define EXPECT_INTS(buf, size, base) ints_expect(__FILE__, __LINE__, buf, size, base)
-
-static void zero_expect(const char *file, int line, const void *buf, size_t size)
-{
-	const unsigned char *p = buf;
-
-	for (size_t i = 0; i < size; i++)
-		if (p[i])
-			th_fail(file, line, "byte %zu of %p is 0x%x, want 0", i, buf, p[i]);
-}
-
-#define EXPECT_ZERO(buf, size) zero_expect(__FILE__, __LINE__, buf, size)
-
-static char *map_anon(uint64_t npages)
-{
-	char *p = mmap(NULL, npages * PS, RW, PRIV_ANON, -1, 0);
-
-	ASSERT_MAPPED(p);
 	return p;
 }
 
@@ -568,8 +522,8 @@ TEST(migrate_three_phases)
 	unsigned int faults;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 512);
-	buf = map_anon(n);
-	fill_ints(buf, n * PS, 0);
+	buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
 	memset(dst, 0x77, n * sizeof(*dst));		/* setup must zero it */
 	s0 = stats_now();
 
@@ -617,7 +571,7 @@ TEST(migrate_three_phases)
 	}
 
 	/* The CPU reads everything back, one migrate_to_ram per page. */
-	EXPECT_INTS(buf, n * PS, 0);
+	EXPECT_INTS(buf, n * PS, 0, 1);
 	s2 = stats_now();
 	ASSERT_EQ(atomic_load(&drv.faults), n);
 	ASSERT_EQ(atomic_load(&drv.frees), n);
@@ -626,8 +580,8 @@ TEST(migrate_three_phases)
 	ASSERT_EQ(s2.pages_to_system - s0.pages_to_system, n);
 
 	/* the pages are plain memory again: writes stick, no more faults */
-	fill_ints(buf, n * PS, 9);
-	EXPECT_INTS(buf, n * PS, 9);
+	fill_ints(buf, n * PS, 9, 1);
+	EXPECT_INTS(buf, n * PS, 9, 1);
 	ASSERT_EQ(atomic_load(&drv.faults), n);
 	ASSERT_EQ(munmap(buf, n * PS), 0);
 	free(src);
@@ -690,8 +644,8 @@ TEST_TIMEOUT(parked_fault_not_served_after_wake, 30)
 	char *buf;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 16);
-	buf = map_anon(n);
-	fill_ints(buf, n * PS, 0);
+	buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
 	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
 	ASSERT_EQ(drv_stats().in_use, n);
 
@@ -747,7 +701,7 @@ TEST_TIMEOUT(parked_fault_not_served_after_wake, 30)
 	faults = atomic_load(&drv.faults) - faults0;
 	ASSERT_EQ(faults, 2);
 	ASSERT_EQ(drv_stats().in_use, 1);
-	EXPECT_INTS(buf, n * PS, 0);
+	EXPECT_INTS(buf, n * PS, 0, 1);
 	ASSERT_EQ(drv_stats().in_use, 0);
 	ASSERT_EQ(munmap(buf, n * PS), 0);
 	drv_destroy();
@@ -765,7 +719,7 @@ TEST_TIMEOUT(migrate_malloc_buffer, 30)
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 64);
 	ASSERT_EQ(posix_memalign((void **)&buf, PS, n * PS), 0);
-	fill_ints(buf, n * PS, 0);
+	fill_ints(buf, n * PS, 0, 1);
 	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
 	ASSERT_EQ(drv_stats().in_use, n);
 
@@ -775,7 +729,7 @@ TEST_TIMEOUT(migrate_malloc_buffer, 30)
 		ASSERT_NOT_NULL(more[i]);
 		memset(more[i], i, 8192);
 	}
-	EXPECT_INTS(buf, n * PS, 0);
+	EXPECT_INTS(buf, n * PS, 0, 1);
 	ASSERT_EQ(atomic_load(&drv.faults), n);
 	ASSERT_EQ(drv_stats().in_use, 0);
 	for (int i = 0; i < 64; i++)
@@ -793,8 +747,8 @@ TEST(unmap_frees)
 	char *buf;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 64);
-	buf = map_anon(n);
-	fill_ints(buf, n * PS, 0);
+	buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
 	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
 	ASSERT_EQ(drv_stats().in_use, n);
 	ASSERT_EQ(uhmm_page_addr(uhmm_migrate_pfn_to_page(dst[3])),
@@ -847,10 +801,10 @@ TEST(evict_device_range)
 	char *a, *b;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 128);
-	a = map_anon(n / 2);
-	b = map_anon(n / 2);
-	fill_ints(a, n / 2 * PS, 100);
-	fill_ints(b, n / 2 * PS, 200);
+	a = map_anon(n / 2 * PS, RW, MAP_PRIVATE);
+	b = map_anon(n / 2 * PS, RW, MAP_PRIVATE);
+	fill_ints(a, n / 2 * PS, 100, 1);
+	fill_ints(b, n / 2 * PS, 200, 1);
 	ASSERT_EQ(drv_migrate_to_dev(a, n / 2, dst), n / 2);
 	ASSERT_EQ(drv_migrate_to_dev(b, n / 2, dst + n / 2), n / 2);
 	ASSERT_EQ(drv_stats().in_use, n);
@@ -863,8 +817,8 @@ TEST(evict_device_range)
 	ASSERT_EQ(atomic_load(&drv.frees), n);
 
 	/* the data is back at its addresses, without any CPU fault on device pages */
-	EXPECT_INTS(a, n / 2 * PS, 100);
-	EXPECT_INTS(b, n / 2 * PS, 200);
+	EXPECT_INTS(a, n / 2 * PS, 100, 1);
+	EXPECT_INTS(b, n / 2 * PS, 200, 1);
 	ASSERT_EQ(atomic_load(&drv.faults), 0);
 	ASSERT_EQ(munmap(a, n / 2 * PS), 0);
 	ASSERT_EQ(munmap(b, n / 2 * PS), 0);
@@ -882,13 +836,13 @@ TEST(coherent_migrate)
 	char *buf;
 
 	drv_create(UHMM_DEVMEM_COHERENT, 64);
-	buf = map_anon(n);
-	fill_ints(buf, n * PS, 0);
+	buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
 	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
 	ASSERT_EQ(drv_stats().in_use, n);
 	s0 = stats_now();
-	EXPECT_INTS(buf, n * PS, 0);		/* no fault: the CPU maps them */
-	fill_ints(buf, n * PS, 1);
+	EXPECT_INTS(buf, n * PS, 0, 1);		/* no fault: the CPU maps them */
+	fill_ints(buf, n * PS, 1, 1);
 	s1 = stats_now();
 	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 0);
 	ASSERT_EQ(drv_stats().in_use, n);
@@ -915,7 +869,7 @@ TEST(coherent_migrate)
 	uhmm_migrate_vma_finalize(&args);
 	ASSERT_EQ(drv_stats().in_use, 0);
 	ASSERT_EQ(atomic_load(&drv.frees), n);
-	EXPECT_INTS(buf, n * PS, 1);
+	EXPECT_INTS(buf, n * PS, 1, 1);
 
 	/* and once more in, then unmapped: freed (I4) */
 	memset(dst, 0, n * sizeof(*dst));
@@ -937,8 +891,8 @@ TEST(bad_dst_entry)
 	char *buf;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 16);
-	buf = map_anon(n);
-	fill_ints(buf, n * PS, 0);
+	buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
 	s0 = stats_now();
 	memset(&args, 0, sizeof(args));
 	args.start = (uint64_t)(uintptr_t)buf;
@@ -960,7 +914,7 @@ TEST(bad_dst_entry)
 	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, n - 1);
 	ASSERT_EQ(drv_stats().in_use, n - 1);
 
-	EXPECT_INTS(buf, n * PS, 0);
+	EXPECT_INTS(buf, n * PS, 0, 1);
 	ASSERT_EQ(atomic_load(&drv.faults), n - 1);	/* page 0 never left */
 	ASSERT_EQ(drv_stats().in_use, 0);
 	ASSERT_EQ(munmap(buf, n * PS), 0);
@@ -1020,8 +974,8 @@ TEST(migrate_bad_args)
 	char *buf, *hole;
 
 	drv_create(UHMM_DEVMEM_PRIVATE, 16);
-	buf = map_anon(n);
-	fill_ints(buf, n * PS, 0);
+	buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
 	a = (uint64_t)(uintptr_t)buf;
 	s0 = stats_now();
 
@@ -1034,7 +988,7 @@ TEST(migrate_bad_args)
 	ASSERT_EQ(setup_range(a, a + n * PS, src, NULL), -EINVAL);
 
 	/* nothing mapped there at all */
-	hole = map_anon(n);
+	hole = map_anon(n * PS, RW, MAP_PRIVATE);
 	gone = (uint64_t)(uintptr_t)hole;
 	ASSERT_EQ(munmap(hole, n * PS), 0);
 	ASSERT_EQ(setup_range(gone, gone + n * PS, src, dst), -EFAULT);
@@ -1042,7 +996,7 @@ TEST(migrate_bad_args)
 	s1 = stats_now();
 	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 0);
 	ASSERT_EQ(drv_stats().allocated, 0);
-	EXPECT_INTS(buf, n * PS, 0);
+	EXPECT_INTS(buf, n * PS, 0, 1);
 	ASSERT_EQ(atomic_load(&drv.faults), 0);
 	ASSERT_EQ(munmap(buf, n * PS), 0);
 	drv_destroy();

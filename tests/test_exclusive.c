@@ -14,6 +14,7 @@
  * code is our own.
  */
 #include "harness.h"
+#include "dmtest.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -42,26 +43,6 @@ static void init_or_skip(void)
 	ASSERT_EQ(ret, 0);
 }
 
-static struct uhmm_dmirror *open_dev(unsigned int dev)
-{
-	struct uhmm_dmirror *dm = NULL;
-	int ret;
-
-	init_or_skip();
-	ret = uhmm_dmirror_open(dev, &dm);
-	ASSERT_EQ(ret, 0);
-	ASSERT_NOT_NULL(dm);
-	return dm;
-}
-
-static void *map_anon(size_t size, int prot, int flags)
-{
-	void *p = mmap(NULL, size, prot, flags | MAP_ANONYMOUS, -1, 0);
-
-	ASSERT_MAPPED(p);
-	return p;
-}
-
 /*
  * Anonymous memory where nothing else maps, so that a hole punched in it
  * stays a hole (see th_mmap_isolated in harness.h).
@@ -84,56 +65,22 @@ static void xbuf_init(struct xbuf *b, uint64_t npages)
 	memset(b->mirror, 0xEE, SZ(npages));
 }
 
-static void fill_ints(void *p, size_t size, int base)
-{
-	int *ip = p;
-
-	for (size_t i = 0; i < size / sizeof(int); i++)
-		ip[i] = (int)i + base;
-}
-
-/* Index of the first int that differs from i + base, or -1. */
-static long check_ints(const void *p, size_t size, int base)
-{
-	const int *ip = p;
-
-	for (size_t i = 0; i < size / sizeof(int); i++)
-		if (ip[i] != (int)i + base)
-			return (long)i;
-	return -1;
-}
-
-typedef int (*dm_fn)(struct uhmm_dmirror *, struct uhmm_dmirror_cmd *);
-
-static int dm_cmd(dm_fn fn, struct uhmm_dmirror *dm, const void *addr, void *buf,
-		  uint64_t npages, struct uhmm_dmirror_cmd *cmd)
-{
-	*cmd = (struct uhmm_dmirror_cmd){
-		.addr = (uint64_t)(uintptr_t)addr,
-		.ptr = (uint64_t)(uintptr_t)buf,
-		.npages = npages,
-		.cpages = 0xDEAD,
-		.faults = 0xDEAD,
-	};
-	return fn(dm, cmd);
-}
-
 static int check_excl(struct uhmm_dmirror *dm, const void *addr, uint64_t npages)
 {
 	struct uhmm_dmirror_cmd cmd;
 
-	return dm_cmd(uhmm_dmirror_check_exclusive, dm, addr, NULL, npages, &cmd);
+	return run_cmd(uhmm_dmirror_check_exclusive, dm, addr, NULL, npages, &cmd);
 }
 
 /* Make b's whole buffer exclusive and check cpages and the data returned. */
 static void make_all_exclusive(struct xbuf *b, int base)
 {
 	struct uhmm_dmirror_cmd cmd;
-	int ret = dm_cmd(uhmm_dmirror_exclusive, b->dm, b->ptr, b->mirror, b->npages, &cmd);
+	int ret = run_cmd(uhmm_dmirror_exclusive, b->dm, b->ptr, b->mirror, b->npages, &cmd);
 
 	ASSERT_EQ(ret, 0);
 	ASSERT_EQ(cmd.cpages, b->npages);
-	ASSERT_EQ(check_ints(b->mirror, SZ(b->npages), base), -1);
+	ASSERT_EQ(diff_ints(b->mirror, SZ(b->npages), base, 1), -1);
 }
 
 static uint64_t inval_count(struct uhmm_dmirror *dm, enum uhmm_notify_event ev)
@@ -166,7 +113,7 @@ TEST(exclusive)
 
 	xbuf_init(&b, NPAGES);
 	ptr = b.ptr;
-	fill_ints(b.ptr, SZ(NPAGES), 0);
+	fill_ints(b.ptr, SZ(NPAGES), 0, 1);
 	ASSERT_EQ(check_excl(b.dm, b.ptr, NPAGES), 0);
 
 	uhmm_stats_get(&s0);
@@ -179,7 +126,7 @@ TEST(exclusive)
 
 	for (size_t i = 0; i < SZ(NPAGES) / sizeof(int); i++)
 		ASSERT_EQ(ptr[i]++, (int)i);
-	ASSERT_EQ(check_ints(b.ptr, SZ(NPAGES), 1), -1);
+	ASSERT_EQ(diff_ints(b.ptr, SZ(NPAGES), 1, 1), -1);
 
 	uhmm_stats_get(&s2);
 	ASSERT_EQ(s2.exclusive_revokes - s1.exclusive_revokes, NPAGES);
@@ -190,9 +137,9 @@ TEST(exclusive)
 
 	/* The device sees the CPU's increments. */
 	struct uhmm_dmirror_cmd cmd;
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, NPAGES, &cmd), 0);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, NPAGES, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, NPAGES);
-	ASSERT_EQ(check_ints(b.mirror, SZ(NPAGES), 1), -1);
+	ASSERT_EQ(diff_ints(b.mirror, SZ(NPAGES), 1, 1), -1);
 
 	uhmm_dmirror_close(b.dm);
 	ASSERT_EQ(pool_in_use(0), 0);
@@ -206,22 +153,22 @@ TEST(exclusive_mprotect)
 	uint64_t inv0, old = 0;
 
 	xbuf_init(&b, NPAGES);
-	fill_ints(b.ptr, SZ(NPAGES), 0);
+	fill_ints(b.ptr, SZ(NPAGES), 0, 1);
 	make_all_exclusive(&b, 0);
 	inv0 = inval_count(b.dm, UHMM_NOTIFY_PROTECTION_VMA);
 
 	ASSERT_EQ(mprotect(b.ptr, SZ(NPAGES), PROT_READ), 0);
 	ASSERT_GT(inval_count(b.dm, UHMM_NOTIFY_PROTECTION_VMA), inv0);
 
-	fill_ints(b.mirror, SZ(NPAGES), 7);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_write, b.dm, b.ptr, b.mirror, NPAGES, &cmd), -EPERM);
+	fill_ints(b.mirror, SZ(NPAGES), 7, 1);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_write, b.dm, b.ptr, b.mirror, NPAGES, &cmd), -EPERM);
 	ASSERT_EQ(uhmm_dmirror_atomic_add(b.dm, (uint64_t)(uintptr_t)b.ptr, 1, &old), -EPERM);
 
 	/* Nothing was written, by either side. */
-	ASSERT_EQ(check_ints(b.ptr, SZ(NPAGES), 0), -1);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, NPAGES, &cmd), 0);
+	ASSERT_EQ(diff_ints(b.ptr, SZ(NPAGES), 0, 1), -1);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, NPAGES, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, NPAGES);
-	ASSERT_EQ(check_ints(b.mirror, SZ(NPAGES), 0), -1);
+	ASSERT_EQ(diff_ints(b.mirror, SZ(NPAGES), 0, 1), -1);
 	uhmm_dmirror_close(b.dm);
 }
 
@@ -235,18 +182,18 @@ static int cow_child(int *ptr, size_t size, void *mirror)
 	struct uhmm_dmirror_cmd cmd;
 	struct uhmm_dmirror *dm = NULL;
 
-	if (check_ints(ptr, size, 0) != -1)
+	if (diff_ints(ptr, size, 0, 1) != -1)
 		return 10;
 	for (size_t i = 0; i < size / sizeof(int); i++)
 		ptr[i] += 1;
-	if (check_ints(ptr, size, 1) != -1)
+	if (diff_ints(ptr, size, 1, 1) != -1)
 		return 11;
 	if (uhmm_dmirror_open(0, &dm) != 0)
 		return 12;
 	memset(mirror, 0, size);
-	if (dm_cmd(uhmm_dmirror_read, dm, ptr, mirror, size / PAGE, &cmd) != 0)
+	if (run_cmd(uhmm_dmirror_read, dm, ptr, mirror, size / PAGE, &cmd) != 0)
 		return 13;
-	if (cmd.cpages != size / PAGE || check_ints(mirror, size, 1) != -1)
+	if (cmd.cpages != size / PAGE || diff_ints(mirror, size, 1, 1) != -1)
 		return 14;
 	uhmm_dmirror_close(dm);
 	return 0;
@@ -261,7 +208,7 @@ TEST(exclusive_cow)
 
 	xbuf_init(&b, NPAGES);
 	ptr = b.ptr;
-	fill_ints(b.ptr, SZ(NPAGES), 0);
+	fill_ints(b.ptr, SZ(NPAGES), 0, 1);
 	make_all_exclusive(&b, 0);
 
 	fflush(stdout);
@@ -277,7 +224,7 @@ TEST(exclusive_cow)
 	ASSERT_EQ(WEXITSTATUS(status), 0);
 
 	/* The child's increments stayed in the child. */
-	ASSERT_EQ(check_ints(b.ptr, SZ(NPAGES), 2), -1);
+	ASSERT_EQ(diff_ints(b.ptr, SZ(NPAGES), 2, 1), -1);
 	ASSERT_EQ(check_excl(b.dm, b.ptr, NPAGES), 0);
 	uhmm_dmirror_close(b.dm);
 	ASSERT_EQ(pool_in_use(0), 0);
@@ -329,11 +276,11 @@ TEST(exclusive_thp)
 	ASSERT_NOT_NULL(mirror);
 	a = map_huge_region(&raw);
 	thp_fill(a);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_snapshot, dm, a, mirror, np, &cmd), 0);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_snapshot, dm, a, mirror, np, &cmd), 0);
 	printf("# exclusive_thp: region %s\n", (mirror[0] & UHMM_DMIRROR_PROT_PMD) ?
 	       "is PMD mapped" : "is not PMD mapped (no THP given)");
 
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, dm, a, mirror, np, &cmd), 0);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, dm, a, mirror, np, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, np);
 	ASSERT_EQ(thp_check(mirror), -1);
 	ASSERT_EQ(check_excl(dm, a, np), -EPERM);
@@ -342,7 +289,7 @@ TEST(exclusive_thp)
 
 	/* A sub-range in the middle: the rest of the huge page stays usable. */
 	uhmm_stats_get(&s0);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, dm, a + SZ(sub), mirror, nsub, &cmd), 0);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, dm, a + SZ(sub), mirror, nsub, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, nsub);
 	uhmm_stats_get(&s1);
 	ASSERT_EQ(s1.exclusive_grants - s0.exclusive_grants, nsub);
@@ -375,9 +322,9 @@ static void shared_case(struct uhmm_dmirror *dm, void *p, uint64_t np)
 	int errs[8], ret;
 
 	ASSERT_LE(np, 8);
-	fill_ints(p, SZ(np), 3);
+	fill_ints(p, SZ(np), 3, 1);
 	uhmm_stats_get(&s0);
-	ret = dm_cmd(uhmm_dmirror_exclusive, dm, p, mirror, np, &cmd);
+	ret = run_cmd(uhmm_dmirror_exclusive, dm, p, mirror, np, &cmd);
 	ASSERT_TRUE(ret == -EOPNOTSUPP || ret == 0);
 	if (ret == 0)
 		ASSERT_EQ(cmd.cpages, 0);
@@ -393,7 +340,7 @@ static void shared_case(struct uhmm_dmirror *dm, void *p, uint64_t np)
 	uhmm_stats_get(&s1);
 	ASSERT_EQ(s1.exclusive_grants, s0.exclusive_grants);
 	ASSERT_EQ(s1.cpu_faults_exclusive, s0.cpu_faults_exclusive);
-	ASSERT_EQ(check_ints(p, SZ(np), 3), -1);
+	ASSERT_EQ(diff_ints(p, SZ(np), 3, 1), -1);
 }
 
 TEST(exclusive_shared)
@@ -735,7 +682,7 @@ TEST(exclusive_munmap)
 	void *again;
 
 	xbuf_init(&b, NPAGES);
-	fill_ints(b.ptr, SZ(NPAGES), 0);
+	fill_ints(b.ptr, SZ(NPAGES), 0, 1);
 	make_all_exclusive(&b, 0);
 	inv0 = inval_count(b.dm, UHMM_NOTIFY_UNMAP);
 
@@ -745,7 +692,7 @@ TEST(exclusive_munmap)
 	ASSERT_EQ(check_excl(b.dm, b.ptr, NPAGES), 0);		/* mirror empty */
 
 	memset(b.mirror, 0x11, SZ(NPAGES));
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, NPAGES, &cmd), -EFAULT);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, NPAGES, &cmd), -EFAULT);
 	ASSERT_EQ(((unsigned char *)b.mirror)[0], 0x11);
 	uint64_t old = 0;
 	ASSERT_EQ(uhmm_dmirror_atomic_add(b.dm, (uintptr_t)b.ptr, 1, &old), -EFAULT);
@@ -754,7 +701,7 @@ TEST(exclusive_munmap)
 	again = mmap(b.ptr, SZ(NPAGES), PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	if (again == b.ptr) {
-		ASSERT_EQ(dm_cmd(uhmm_dmirror_read, b.dm, again, b.mirror, NPAGES, &cmd), 0);
+		ASSERT_EQ(run_cmd(uhmm_dmirror_read, b.dm, again, b.mirror, NPAGES, &cmd), 0);
 		ASSERT_EQ(cmd.cpages, NPAGES);
 		for (size_t i = 0; i < SZ(NPAGES); i += 512)
 			ASSERT_EQ(((unsigned char *)b.mirror)[i] | ((char *)again)[i], 0);
@@ -775,7 +722,7 @@ TEST(exclusive_close)
 	uint64_t *w, old = 0;
 
 	xbuf_init(&b, 64);
-	fill_ints(b.ptr, SZ(64), 0);
+	fill_ints(b.ptr, SZ(64), 0, 1);
 	make_all_exclusive(&b, 0);
 	w = b.ptr;
 	for (uint64_t pg = 0; pg < 64; pg += 3) {
@@ -798,15 +745,15 @@ TEST(exclusive_close)
 		ASSERT_EQ(*p, want);
 		memcpy(p, (char *)b.mirror + (size_t)((char *)p - (char *)b.ptr), 8);
 	}
-	ASSERT_EQ(check_ints(b.ptr, SZ(64), 0), -1);
+	ASSERT_EQ(diff_ints(b.ptr, SZ(64), 0, 1), -1);
 	uhmm_stats_get(&s1);
 	ASSERT_EQ(s1.cpu_faults_exclusive, s0.cpu_faults_exclusive);
 	ASSERT_EQ(pool_in_use(0), 0);
 
 	/* A new device sees the same data. */
 	b.dm = open_dev(0);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, 64, &cmd), 0);
-	ASSERT_EQ(check_ints(b.mirror, SZ(64), 0), -1);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_read, b.dm, b.ptr, b.mirror, 64, &cmd), 0);
+	ASSERT_EQ(diff_ints(b.mirror, SZ(64), 0, 1), -1);
 	uhmm_dmirror_close(b.dm);
 }
 
@@ -819,23 +766,23 @@ TEST(exclusive_bad_input)
 	char *none, *hole;
 
 	xbuf_init(&b, 16);
-	fill_ints(b.ptr, SZ(16), 0);
+	fill_ints(b.ptr, SZ(16), 0, 1);
 	none = map_anon(SZ(4), PROT_NONE, MAP_PRIVATE);
 	hole = map_far(SZ(4));
 	ASSERT_EQ(munmap(hole, SZ(4)), 0);
 	uhmm_stats_get(&s0);
 
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, b.dm, (char *)b.ptr + 8, b.mirror, 1, &cmd),
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, b.dm, (char *)b.ptr + 8, b.mirror, 1, &cmd),
 		  -EINVAL);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, b.dm, b.ptr, b.mirror, 0, &cmd), -EINVAL);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, b.dm, b.ptr, b.mirror,
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, b.dm, b.ptr, b.mirror, 0, &cmd), -EINVAL);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, b.dm, b.ptr, b.mirror,
 			 UINT64_MAX / PAGE, &cmd), -EINVAL);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, NULL, b.ptr, b.mirror, 1, &cmd), -EINVAL);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, b.dm, none, b.mirror, 4, &cmd), -EFAULT);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_exclusive, b.dm, hole, b.mirror, 4, &cmd), -EFAULT);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_check_exclusive, b.dm, (char *)b.ptr + 1, NULL, 1, &cmd),
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, NULL, b.ptr, b.mirror, 1, &cmd), -EINVAL);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, b.dm, none, b.mirror, 4, &cmd), -EFAULT);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_exclusive, b.dm, hole, b.mirror, 4, &cmd), -EFAULT);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_check_exclusive, b.dm, (char *)b.ptr + 1, NULL, 1, &cmd),
 		  -EINVAL);
-	ASSERT_EQ(dm_cmd(uhmm_dmirror_check_exclusive, b.dm, b.ptr, NULL, 0, &cmd), -EINVAL);
+	ASSERT_EQ(run_cmd(uhmm_dmirror_check_exclusive, b.dm, b.ptr, NULL, 0, &cmd), -EINVAL);
 
 	uint64_t *w = b.ptr, old = 0xABCD;
 	ASSERT_EQ(uhmm_dmirror_atomic_add(b.dm, (uintptr_t)b.ptr + 4, 1, &old), -EINVAL);
@@ -847,7 +794,7 @@ TEST(exclusive_bad_input)
 	uhmm_stats_get(&s1);
 	ASSERT_EQ(s1.exclusive_grants, s0.exclusive_grants);
 	ASSERT_EQ(check_excl(b.dm, b.ptr, 16), 0);
-	ASSERT_EQ(check_ints(b.ptr, SZ(16), 0), -1);
+	ASSERT_EQ(diff_ints(b.ptr, SZ(16), 0, 1), -1);
 	ASSERT_EQ(w[0], ((uint64_t)1 << 32) | 0);
 
 	/* The public call validates the same way. */
@@ -882,7 +829,7 @@ TEST(api_make_exclusive)
 
 	init_or_skip();
 	p = map_far(SZ(np));
-	fill_ints(p, SZ(np), 9);
+	fill_ints(p, SZ(np), 9, 1);
 	ASSERT_EQ(munmap(p + SZ(3), SZ(2)), 0);		/* hole: pages 3 and 4 */
 
 	uhmm_stats_get(&s0);
@@ -903,7 +850,7 @@ TEST(api_make_exclusive)
 		int *dev = uhmm_pfn_to_virt(pages[i]);
 		ASSERT_NOT_NULL(dev);
 		/* The frame holds the page's data; a device atomic through it. */
-		ASSERT_EQ(check_ints(dev, PAGE, 9 + (int)(i * PAGE / sizeof(int))), -1);
+		ASSERT_EQ(diff_ints(dev, PAGE, 9 + (int)(i * PAGE / sizeof(int)), 1), -1);
 		__atomic_fetch_add(&dev[1], 1000, __ATOMIC_SEQ_CST);
 	}
 
@@ -934,7 +881,7 @@ TEST(api_make_exclusive)
 		if (i == 3 || i == 4)
 			continue;
 		((int *)(p + SZ(i)))[1] -= 1000;
-		ASSERT_EQ(check_ints(p + SZ(i), PAGE, 9 + (int)(i * PAGE / sizeof(int))), -1);
+		ASSERT_EQ(diff_ints(p + SZ(i), PAGE, 9 + (int)(i * PAGE / sizeof(int)), 1), -1);
 	}
 	ASSERT_EQ(munmap(p, SZ(np)), 0);
 }

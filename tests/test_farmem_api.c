@@ -12,16 +12,12 @@
  * 32 MiB instead of 256 MiB.
  */
 #include "harness.h"
+#include "testutil.h"
 
 #ifdef UHMM_FARMEM_NO_UCX
-int main(void)
-{
-	printf("SKIP farmem: UCX not installed (apt-get install libucx-dev ucx-utils)\n");
-	return 0;
-}
+TU_MAIN_NO_UCX()
 #else
 
-#include "testutil.h"
 #include <pthread.h>
 #include <uhmm.h>
 #include <uhmm_farmem.h>
@@ -39,34 +35,8 @@ static size_t big(void)
 static void setup(const char *variant)
 {
 	tu_set_tls(variant);
-	srand((unsigned)getpid());
-	ASSERT_EQ(tu_token_file(g_tok, sizeof(g_tok), "farmem-test-token"), 0);
-	int rc = uhmm_init();
-	if (rc == -EPERM || rc == -ENOSYS)
-		SKIP("userfaultfd not available (%d)", rc);
-	ASSERT_EQ(rc, 0);
-	if (!(uhmm_features() & UHMM_FEAT_MOVE))
-		SKIP("kernel without UFFDIO_MOVE");
-}
-
-static uint64_t pat(uint64_t addr_off, uint64_t seed)
-{
-	return (addr_off + seed) * 0x9e3779b97f4a7c15ULL;
-}
-
-static void fill(uint8_t *p, size_t len, uint64_t seed)
-{
-	for (size_t i = 0; i < len; i += 8)
-		*(uint64_t *)(p + i) = pat(i, seed);
-}
-
-/* checks one page; returns 0 when exact */
-static int check_page(const uint8_t *p, size_t off, uint64_t seed)
-{
-	for (size_t i = 0; i < PS; i += 8)
-		if (*(const uint64_t *)(p + off + i) != pat(off + i, seed))
-			return -1;
-	return 0;
+	tu_case_token(g_tok, sizeof(g_tok), "farmem-test-token");
+	tu_case_uhmm();
 }
 
 static struct uhmm_farmem *open_fm(const char *servers, unsigned replicas)
@@ -122,7 +92,7 @@ static void roundtrip(const char *variant, bool random_order)
 	struct uhmm_farmem *fm = open_fm(s.addr, 1);
 	size_t len = big(), npages = len / PS;
 	uint8_t *p = map(len);
-	fill(p, len, 42);
+	tu_fill(p, len, 42);
 	long rss0 = tu_rss_anon_kb();
 	struct uhmm_stats u0, u1;
 	uhmm_stats_get(&u0);
@@ -158,14 +128,14 @@ static void roundtrip(const char *variant, bool random_order)
 		}
 		/* half by faults, in random order, the rest by fetch */
 		for (size_t i = 0; i < npages / 2; i++)
-			ASSERT_EQ(check_page(p, (size_t)ord[i] * PS, 42), 0);
+			ASSERT_EQ(tu_check_page(p, (size_t)ord[i] * PS, 42), 0);
 		ASSERT_EQ(uhmm_farmem_fetch(fm, p, len), 0);
 		for (size_t i = 0; i < npages; i++)
-			ASSERT_EQ(check_page(p, i * PS, 42), 0);
+			ASSERT_EQ(tu_check_page(p, i * PS, 42), 0);
 		free(ord);
 	} else {
 		for (size_t i = 0; i < npages; i++)
-			ASSERT_EQ(check_page(p, i * PS, 42), 0);
+			ASSERT_EQ(tu_check_page(p, i * PS, 42), 0);
 	}
 	uint64_t t3 = th_now_ns();
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
@@ -207,7 +177,7 @@ static void *reader(void *a)
 	/* strided, so that each access is its own fault */
 	for (size_t stride = 0; stride < 16; stride++)
 		for (size_t i = t->from + stride; i < t->to; i += 16)
-			t->bad += check_page(t->p, i * PS, 7) != 0;
+			t->bad += tu_check_page(t->p, i * PS, 7) != 0;
 	return NULL;
 }
 
@@ -219,7 +189,7 @@ static void threads(const char *variant)
 	struct uhmm_farmem *fm = open_fm(s.addr, 1);
 	size_t len = (tu_quick() ? 8 : 32) * MiB, npages = len / PS;
 	uint8_t *p = map(len);
-	fill(p, len, 7);
+	tu_fill(p, len, 7);
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
 	struct tharg a = { p, 0, npages / 2, 0 }, b = { p, npages / 2, npages, 0 };
 	pthread_t ta, tb;
@@ -254,7 +224,7 @@ static void replicas(const char *variant)
 	struct uhmm_farmem *fm = open_fm(list, 2);
 	size_t len = (tu_quick() ? 16 : 64) * MiB, npages = len / PS;
 	uint8_t *p = map(len);
-	fill(p, len, 3);
+	tu_fill(p, len, 3);
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
 	struct uhmm_farmem_stats st;
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
@@ -264,10 +234,10 @@ static void replicas(const char *variant)
 	ASSERT_EQ(st.bytes_out, 2 * len);
 	/* read a quarter, kill one server, read the rest */
 	for (size_t i = 0; i < npages / 4; i++)
-		ASSERT_EQ(check_page(p, i * PS, 3), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 3), 0);
 	tu_server_stop(&s1, SIGKILL);
 	for (size_t i = npages / 4; i < npages; i++)
-		ASSERT_EQ(check_page(p, i * PS, 3), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 3), 0);
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.pages_remote, 0);
 	ASSERT_EQ(st.fault_errors, 0);
@@ -277,7 +247,7 @@ static void replicas(const char *variant)
 	/* new placements go to the survivor only (degraded) */
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len / 2), 0);
 	for (size_t i = 0; i < npages / 2; i++)
-		ASSERT_EQ(check_page(p, i * PS, 3), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 3), 0);
 	ASSERT_EQ(uhmm_farmem_close(fm), 0);
 	ASSERT_EQ(server_used(&s2), 0);
 	ASSERT_EQ(tu_server_stop(&s2, SIGTERM), 0);
@@ -300,7 +270,7 @@ static void repair(const char *variant)
 	struct uhmm_farmem *fm = open_fm(list, 2);
 	size_t len = 12 * MiB, npages = len / PS, nslabs = len / (2 * MiB);
 	uint8_t *p = map(len);
-	fill(p, len, 17);
+	tu_fill(p, len, 17);
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
 	struct uhmm_farmem_stats st;
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
@@ -313,7 +283,7 @@ static void repair(const char *variant)
 	tu_server_stop(&s[0], SIGKILL);
 	/* a fault notices the failure: read one page of a slab held on server 0 */
 	for (size_t i = 0; i < npages; i += 512)
-		ASSERT_EQ(check_page(p, i * PS, 17), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 17), 0);
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.server[0].alive, 0);
 	ASSERT_EQ(st.degraded, 1);
@@ -331,7 +301,7 @@ static void repair(const char *variant)
 	/* a second server dies: nothing is lost either */
 	tu_server_stop(&s[1], SIGKILL);
 	for (size_t i = 0; i < npages; i++)
-		ASSERT_EQ(check_page(p, i * PS, 17), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 17), 0);
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.pages_remote, 0);
 	ASSERT_EQ(st.fault_errors, 0);
@@ -351,8 +321,7 @@ TEST_TIMEOUT(farmem_replicas_kill_tcp, 60) { replicas("tcp"); }
 static void lost(const char *variant)
 {
 	tu_set_tls(variant);
-	srand((unsigned)getpid());
-	ASSERT_EQ(tu_token_file(g_tok, sizeof(g_tok), "farmem-test-token"), 0);
+	tu_case_token(g_tok, sizeof(g_tok), "farmem-test-token");
 	struct tu_server s;
 	ASSERT_EQ(tu_server_start(&s, "64M", g_tok, NULL), 0);
 	char errf[128];
@@ -494,7 +463,7 @@ static void prefetch(const char *variant)
 	struct uhmm_farmem *fm = open_fm(s.addr, 1);
 	size_t len = 8 * MiB, npages = len / PS;
 	uint8_t *p = map(len);
-	fill(p, len, 31);
+	tu_fill(p, len, 31);
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
 	ASSERT_EQ(uhmm_farmem_prefetch(fm, p + 1, PS), -EINVAL);
 	/* two ranges queued; returns before they are back (usually) */
@@ -512,7 +481,7 @@ static void prefetch(const char *variant)
 	ASSERT_EQ(st.pages_in, npages);
 	ASSERT_EQ(st.faults, 0);  /* nothing was touched: no CPU fault */
 	for (size_t i = 0; i < npages; i++)
-		ASSERT_EQ(check_page(p, i * PS, 31), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 31), 0);
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.faults, 0);
 	/* queued work at close is dropped, close brings everything back */
@@ -520,7 +489,7 @@ static void prefetch(const char *variant)
 	ASSERT_EQ(uhmm_farmem_prefetch(fm, p, len), 0);
 	ASSERT_EQ(uhmm_farmem_close(fm), 0);
 	for (size_t i = 0; i < npages; i++)
-		ASSERT_EQ(check_page(p, i * PS, 31), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 31), 0);
 	ASSERT_EQ(server_used(&s), 0);
 	ASSERT_EQ(tu_server_stop(&s, SIGTERM), 0);
 	munmap(p, len);
@@ -538,8 +507,8 @@ static void two_clients(const char *variant)
 	struct uhmm_farmem *a = open_fm(s.addr, 1), *b = open_fm(s.addr, 1);
 	size_t len = 8 * MiB, npages = len / PS;
 	uint8_t *pa = map(len), *pb = map(len);
-	fill(pa, len, 11);
-	fill(pb, len, 22);
+	tu_fill(pa, len, 11);
+	tu_fill(pb, len, 22);
 	ASSERT_EQ(uhmm_farmem_place(a, pa, len), 0);
 	ASSERT_EQ(uhmm_farmem_place(b, pb, len), 0);
 	ASSERT_EQ(server_used(&s), 2 * (long)npages);
@@ -549,8 +518,8 @@ static void two_clients(const char *variant)
 	ASSERT_EQ(sa.pages_remote, npages);
 	ASSERT_EQ(sb.pages_remote, npages);
 	for (size_t i = 0; i < npages; i++) {
-		ASSERT_EQ(check_page(pa, i * PS, 11), 0);
-		ASSERT_EQ(check_page(pb, i * PS, 22), 0);
+		ASSERT_EQ(tu_check_page(pa, i * PS, 11), 0);
+		ASSERT_EQ(tu_check_page(pb, i * PS, 22), 0);
 	}
 	ASSERT_EQ(uhmm_farmem_close(a), 0);
 	ASSERT_EQ(uhmm_farmem_stats(b, &sb), 0);  /* frees b's empty slabs */

@@ -12,16 +12,12 @@
  * ends (a janitor process waits for the case's exit).
  */
 #include "harness.h"
+#include "testutil.h"
 
 #ifdef UHMM_FARMEM_NO_UCX
-int main(void)
-{
-	printf("SKIP farmem: UCX not installed (apt-get install libucx-dev ucx-utils)\n");
-	return 0;
-}
+TU_MAIN_NO_UCX()
 #else
 
-#include "testutil.h"
 #include <stdarg.h>
 #include <uhmm.h>
 #include <uhmm_farmem.h>
@@ -111,35 +107,10 @@ static uint64_t if_bytes(const char *dev, const char *what)
 	return v;
 }
 
-static uint64_t pat(uint64_t off, uint64_t seed)
-{
-	return (off + seed) * 0x9e3779b97f4a7c15ULL;
-}
-
-static void fill(uint8_t *p, size_t len, uint64_t seed)
-{
-	for (size_t i = 0; i < len; i += 8)
-		*(uint64_t *)(p + i) = pat(i, seed);
-}
-
-static int check_page(const uint8_t *p, size_t off, uint64_t seed)
-{
-	for (size_t i = 0; i < PS; i += 8)
-		if (*(const uint64_t *)(p + off + i) != pat(off + i, seed))
-			return -1;
-	return 0;
-}
-
 static void setup_uhmm(void)
 {
-	srand((unsigned)getpid());
-	ASSERT_EQ(tu_token_file(g_tok, sizeof(g_tok), "farmem-netns-token"), 0);
-	int rc = uhmm_init();
-	if (rc == -EPERM || rc == -ENOSYS)
-		SKIP("userfaultfd not available (%d)", rc);
-	ASSERT_EQ(rc, 0);
-	if (!(uhmm_features() & UHMM_FEAT_MOVE))
-		SKIP("kernel without UFFDIO_MOVE");
+	tu_case_token(g_tok, sizeof(g_tok), "farmem-netns-token");
+	tu_case_uhmm();
 }
 
 /* 16 MiB out over the veth and back, by faults (random, then sequential). */
@@ -158,7 +129,7 @@ TEST_TIMEOUT(farmem_netns_veth_tcp, 60)
 	size_t len = 16 * MiB, npages = len / PS;
 	uint8_t *p = th_mmap_isolated(len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
 	ASSERT_MAPPED(p);
-	fill(p, len, 5);
+	tu_fill(p, len, 5);
 	uint64_t tx0 = if_bytes(g_va, "tx"), rx0 = if_bytes(g_va, "rx");
 	long rss0 = tu_rss_anon_kb();
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
@@ -170,9 +141,9 @@ TEST_TIMEOUT(farmem_netns_veth_tcp, 60)
 	ASSERT_GE(tx1 - tx0, len);
 	/* random half by single faults, then the rest in order (read-ahead) */
 	for (size_t k = 0, i = 0; k < npages / 2; k++, i = (i + 101) % npages)
-		ASSERT_EQ(check_page(p, i * PS, 5), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 5), 0);
 	for (size_t i = 0; i < npages; i++)
-		ASSERT_EQ(check_page(p, i * PS, 5), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 5), 0);
 	uint64_t rx1 = if_bytes(g_va, "rx");
 	ASSERT_GE(rx1 - rx0, len);
 	struct uhmm_farmem_stats st;
@@ -215,13 +186,13 @@ TEST_TIMEOUT(farmem_netns_replica_kill_tcp, 60)
 	size_t len = 8 * MiB, npages = len / PS;
 	uint8_t *p = th_mmap_isolated(len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
 	ASSERT_MAPPED(p);
-	fill(p, len, 9);
+	tu_fill(p, len, 9);
 	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
 	for (size_t i = 0; i < npages / 4; i++)
-		ASSERT_EQ(check_page(p, i * PS, 9), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 9), 0);
 	tu_server_stop(&far, SIGKILL);
 	for (size_t i = npages / 4; i < npages; i++)
-		ASSERT_EQ(check_page(p, i * PS, 9), 0);
+		ASSERT_EQ(tu_check_page(p, i * PS, 9), 0);
 	struct uhmm_farmem_stats st;
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.pages_remote, 0);

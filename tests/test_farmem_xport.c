@@ -9,16 +9,12 @@
  * and UCX_TLS=tcp ("tcp"), against servers it starts on loopback.
  */
 #include "harness.h"
+#include "testutil.h"
 
 #ifdef UHMM_FARMEM_NO_UCX
-int main(void)
-{
-	printf("SKIP farmem: UCX not installed (apt-get install libucx-dev ucx-utils)\n");
-	return 0;
-}
+TU_MAIN_NO_UCX()
 #else
 
-#include "testutil.h"
 #include "xport.h"
 
 #define MiB (1UL << 20)
@@ -28,8 +24,7 @@ static char g_tok[256];
 static void setup(const char *variant)
 {
 	tu_set_tls(variant);
-	srand((unsigned)getpid());
-	ASSERT_EQ(tu_token_file(g_tok, sizeof(g_tok), "s3cret-token"), 0);
+	tu_case_token(g_tok, sizeof(g_tok), "s3cret-token");
 }
 
 static struct fmx_srv *connect_ok(struct fmx *x, const struct tu_server *s, enum fmx_path path)
@@ -40,14 +35,6 @@ static struct fmx_srv *connect_ok(struct fmx *x, const struct tu_server *s, enum
 	fmx_unlock(x);
 	ASSERT_EQ(rc, 0);
 	return c;
-}
-
-static void fill(uint8_t *p, size_t len, uint64_t seed)
-{
-	for (size_t i = 0; i < len; i += 8) {
-		uint64_t v = (seed + i) * 0x9e3779b97f4a7c15ULL;
-		memcpy(p + i, &v, 8);
-	}
 }
 
 /* alloc, put, get back, compare; stats before and after free */
@@ -61,7 +48,7 @@ static void roundtrip(const char *variant, const char *extra, enum fmx_path path
 	struct fmx_srv *c = connect_ok(x, &s, path);
 	size_t len = (tu_quick() ? 4 : 16) * MiB;
 	uint8_t *a = aligned_alloc(4096, len), *b = aligned_alloc(4096, len);
-	fill(a, len, 7);
+	tu_fill(a, len, 7);
 	memset(b, 0, len);
 	fmx_lock(x);
 	struct fmx_region r;
@@ -189,7 +176,7 @@ static void isolation(const char *variant)
 	ASSERT_NE(fmx_client_id(a), fmx_client_id(b));
 	size_t len = 4 * MiB;
 	uint8_t *buf = aligned_alloc(4096, len), *chk = aligned_alloc(4096, len);
-	fill(buf, len, 99);
+	tu_fill(buf, len, 99);
 	fmx_lock(xa);
 	struct fmx_region ra, ra2;
 	ASSERT_EQ(fmx_alloc(a, len / 4096, &ra), 0);
@@ -271,7 +258,7 @@ static void hostile(const char *variant)
 	struct fmx_srv *g = connect_ok(xg, &s, FMX_PATH_AUTO);
 	size_t len = 2 * MiB;
 	uint8_t *buf = aligned_alloc(4096, len), *chk = aligned_alloc(4096, len);
-	fill(buf, len, 5);
+	tu_fill(buf, len, 5);
 	fmx_lock(xg);
 	struct fmx_region rg;
 	ASSERT_EQ(fmx_alloc(g, len / 4096, &rg), 0);
@@ -347,7 +334,7 @@ static void killed(const char *variant)
 	struct fmx_srv *c = connect_ok(x, &s, FMX_PATH_AUTO);
 	size_t len = 4 * MiB;
 	uint8_t *buf = aligned_alloc(4096, len);
-	fill(buf, len, 1);
+	tu_fill(buf, len, 1);
 	fmx_lock(x);
 	struct fmx_region r;
 	ASSERT_EQ(fmx_alloc(c, len / 4096, &r), 0);

@@ -13,6 +13,7 @@
  * library said why (cpu_faults_sigbus and a line on stderr).
  */
 #include "harness.h"
+#include "dmtest.h"
 
 #include <pthread.h>
 #include <uhmm.h>
@@ -68,15 +69,6 @@ static void start(const char *spec)
 	if (!(uhmm_features() & UHMM_FEAT_MOVE))
 		SKIP("migration needs UFFDIO_MOVE (Linux 6.8+)");
 	catch_sigbus();
-}
-
-static struct uhmm_dmirror *open_dev(unsigned int dev)
-{
-	struct uhmm_dmirror *dm = NULL;
-
-	ASSERT_EQ(uhmm_dmirror_open(dev, &dm), 0);
-	ASSERT_NOT_NULL(dm);
-	return dm;
 }
 
 static uint64_t word_of(const uint64_t *w, uint64_t gen)

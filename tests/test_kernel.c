@@ -38,37 +38,12 @@
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void fill_ints(void *buf, size_t size, int base)
-{
-	int *p = buf;
-
-	for (size_t i = 0; i < NINTS(size); i++)
-		p[i] = (int)i + base;
-}
-
-static void ints_expect(const char *file, int line, const void *buf, size_t size, int base)
-{
-	const int *p = buf;
-
-	for (size_t i = 0; i < NINTS(size); i++)
-		if (p[i] != (int)i + base)
-			th_fail(file, line, "int %zu of %p is %d, want %d", i, buf, p[i],
-				(int)i + base);
-}
-
-/* The ints of buf are index + base. */
-#define EXPECT_INTS(buf, size, base) ints_expect(__FILE__, __LINE__, buf, size, base)
-
 /* Snapshot npages pages at addr into m[]; the command must cover them all. */
 static void snapshot(struct uhmm_dmirror *dm, const void *addr, uint64_t npages,
 		     unsigned char *m)
 {
-	struct uhmm_dmirror_cmd cmd;
-
 	memset(m, 0xAA, npages);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_snapshot, dm, addr, m, npages, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, npages);
-	ASSERT_EQ(cmd.faults, 0);
+	EXPECT_CMD(uhmm_dmirror_snapshot, dm, addr, m, npages, 0);
 }
 
 static void snap_expect(const char *file, int line, struct uhmm_dmirror *dm, const void *addr,
@@ -121,41 +96,6 @@ static uint64_t pagemap_entry(const void *addr)
 	ASSERT_TRUE(pm_e & PM_PRESENT);                                       \
 	ASSERT_FALSE(pm_e & PM_FILE);                                         \
 } while (0)
-
-/* A PMD-aligned range of npages pages inside a mapping one PMD larger. */
-struct region {
-	char *map;
-	size_t map_size;
-	char *ptr;
-	size_t size;
-	uint64_t npages;
-};
-
-static void region_map(struct region *r, uint64_t npages, int prot)
-{
-	r->npages = npages;
-	r->size = npages * PS;
-	r->map_size = r->size + PMD_SIZE;
-	r->map = th_mmap_isolated(r->map_size, prot, PRIV_ANON);
-	ASSERT_MAPPED(r->map);
-	r->ptr = (char *)(((uintptr_t)r->map + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
-	ASSERT_EQ(madvise(r->ptr, r->size, MADV_HUGEPAGE), 0);
-}
-
-static void region_unmap(struct region *r)
-{
-	if (r->map)
-		ASSERT_EQ(munmap(r->map, r->map_size), 0);
-	r->map = NULL;
-}
-
-static void finish(struct uhmm_dmirror *dm, unsigned int dev, struct region *r)
-{
-	uhmm_dmirror_close(dm);
-	if (r)
-		region_unmap(r);
-	pool_drained(dev);
-}
 
 /* Why the CPU does not map a THP here (for a SKIP message). */
 static const char *thp_setting(void)
@@ -250,7 +190,7 @@ static int make_file(bool memfd, uint64_t npages)
 		SKIP("O_TMPFILE not supported in /tmp: %s", strerror(errno));
 	ASSERT_GE(fd, 0);
 	for (uint64_t k = 0; k < npages; k++)
-		fill_ints((char *)buf + k * PS, PS, (int)(1000 * k));
+		fill_ints((char *)buf + k * PS, PS, (int)(1000 * k), 1);
 	ASSERT_EQ(pwrite(fd, buf, size, 0), (ssize_t)size);
 	free(buf);
 	return fd;
@@ -263,7 +203,7 @@ static void file_page_expect(const char *file, int line, int fd, uint64_t k)
 
 	if (pread(fd, buf, PS, (off_t)(k * PS)) != (ssize_t)PS)
 		th_fail(file, line, "pread of file page %" PRIu64 " failed", k);
-	ints_expect(file, line, buf, PS, (int)(1000 * k));
+	ints_expect(file, line, buf, PS, (int)(1000 * k), 1);
 	free(buf);
 }
 
@@ -295,7 +235,7 @@ static void mixedmap_round(struct uhmm_dmirror *dm, unsigned int dev, bool memfd
 
 	/* The CPU reads every page: each is the file's page, mapped read-only. */
 	for (uint64_t k = 0; k < n; k++) {
-		EXPECT_INTS(p + k * PS, PS, (int)(1000 * k));
+		EXPECT_INTS(p + k * PS, PS, (int)(1000 * k), 1);
 		EXPECT_FILE_PAGE(p + k * PS);
 	}
 
@@ -324,7 +264,7 @@ static void mixedmap_round(struct uhmm_dmirror *dm, unsigned int dev, bool memfd
 	ASSERT_TRUE(pfn & UHMM_PFN_WRITE);
 	ASSERT_EQ(pfn & UHMM_PFN_PFN_MASK, (uint64_t)(uintptr_t)(p + PS) / PS);
 	EXPECT_ANON_PAGE(p + PS);
-	EXPECT_INTS(p + PS, PS, 1000);		/* the copy has the file's data */
+	EXPECT_INTS(p + PS, PS, 1000, 1);		/* the copy has the file's data */
 	EXPECT_FILE_INTACT(fd, 1);
 	/* REQ_WRITE without REQ_FAULT is no request: page 2 is not copied. */
 	ASSERT_EQ(fault_one(&t, p + 2 * PS, UHMM_PFN_REQ_WRITE, &pfn), 0);
@@ -335,17 +275,15 @@ static void mixedmap_round(struct uhmm_dmirror *dm, unsigned int dev, bool memfd
 
 	/* The device reads page 2 (one fault), then writes it (one more). */
 	memset(buf, 0xFF, PS);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p + 2 * PS, buf, 1, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, 1);
-	ASSERT_EQ(cmd.faults, 1);
-	EXPECT_INTS(buf, PS, 2000);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p + 2 * PS, buf, 1, 1);
+	EXPECT_INTS(buf, PS, 2000, 1);
 	EXPECT_FILE_PAGE(p + 2 * PS);
-	fill_ints(buf, PS, -7);
+	fill_ints(buf, PS, -7, 1);
 	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p + 2 * PS, buf, 1, &cmd), 0);
 	ASSERT_EQ(cmd.cpages, 1);
 	ASSERT_EQ(cmd.faults, 1);		/* the read-only entry was not enough */
 	EXPECT_ANON_PAGE(p + 2 * PS);
-	EXPECT_INTS(p + 2 * PS, PS, -7);	/* the private copy has the data... */
+	EXPECT_INTS(p + 2 * PS, PS, -7, 1);	/* the private copy has the data... */
 	EXPECT_FILE_INTACT(fd, 2);		/* ... the file does not */
 
 	/* Now: page 0 still the file's (READ), pages 1 and 2 private (WRITE). */
@@ -433,7 +371,7 @@ static void compound(unsigned int dev)
 	dm = open_dev(dev);
 	m = xmalloc(npages);
 	mirror = xmalloc(size);
-	fill_ints(p, size, 0);
+	fill_ints(p, size, 0, 1);
 
 	snapshot(dm, p, npages, m);
 	level = (m[0] & UHMM_DMIRROR_PROT_PUD) ? UHMM_DMIRROR_PROT_PUD : UHMM_DMIRROR_PROT_PMD;
@@ -442,15 +380,13 @@ static void compound(unsigned int dev)
 
 	/* the device reads what the CPU wrote, in one fault */
 	memset(mirror, 0xFF, size);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, mirror, npages, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, npages);
-	ASSERT_EQ(cmd.faults, 1);
-	EXPECT_INTS(mirror, size, 0);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p, mirror, npages, 1);
+	EXPECT_INTS(mirror, size, 0, 1);
 
 	ASSERT_EQ(mprotect(p, size, PROT_READ), 0);
 	EXPECT_SNAP(dm, p, npages, UHMM_DMIRROR_PROT_READ | level);
 	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, mirror, npages, &cmd), -EPERM);
-	EXPECT_INTS(p, size, 0);
+	EXPECT_INTS(p, size, 0, 1);
 
 	ASSERT_EQ(munmap(p, size), 0);
 	free(mirror);
@@ -485,7 +421,7 @@ static void huge_to_dev(struct uhmm_dmirror *dm, unsigned int dev, struct region
 	if (base < 0)
 		EXPECT_ZERO(mirror, r->size);
 	else
-		EXPECT_INTS(mirror, r->size, base);
+		EXPECT_INTS(mirror, r->size, base, 1);
 	s1 = stats_now();
 	p1 = pool(dev);
 	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, r->npages);
@@ -548,18 +484,18 @@ static void migrate_anon_huge_err(unsigned int dev)
 	struct uhmm_dmirror *dm = open_dev(dev);
 	struct region r;
 
-	region_map(&r, PMD_PAGES, RW);
-	fill_ints(r.ptr, r.size, 0);
+	region_map(&r, PMD_PAGES, RW, PRIV_ANON, 1);
+	fill_ints(r.ptr, r.size, 0, 1);
 	require_pmd_mapped(dm, r.ptr, "THP");
 	huge_to_dev(dm, dev, &r, 0, true, true);
 	cpu_read_one(dev, &r, 2048, 2048);
-	EXPECT_INTS(r.ptr, r.size, 0);
+	EXPECT_INTS(r.ptr, r.size, 0, 1);
 	region_unmap(&r);
 	ASSERT_EQ(pool(dev).in_use, 0);
 
 	/* A fresh THP: FAIL_ALLOC was spent, everything moves. */
-	region_map(&r, PMD_PAGES, RW);
-	fill_ints(r.ptr, r.size, 3);
+	region_map(&r, PMD_PAGES, RW, PRIV_ANON, 1);
+	fill_ints(r.ptr, r.size, 3, 1);
 	require_pmd_mapped(dm, r.ptr, "THP");
 	huge_to_dev(dm, dev, &r, 3, false, true);
 
@@ -572,7 +508,7 @@ static void migrate_anon_huge_err(unsigned int dev)
 	ASSERT_EQ(uhmm_dmirror_set_flags(dm, UHMM_DMIRROR_FLAG_FAIL_ALLOC), 0);
 	huge_to_sys(dm, dev, &r);
 	ASSERT_EQ(((volatile int *)r.ptr)[2048], 2048 + 3);
-	EXPECT_INTS(r.ptr, r.size, 3);
+	EXPECT_INTS(r.ptr, r.size, 3, 1);
 	ASSERT_EQ(uhmm_dmirror_set_flags(dm, 0), 0);
 	finish(dm, dev, &r);
 }
@@ -589,7 +525,7 @@ static void migrate_anon_huge_zero_err(unsigned int dev)
 	struct uhmm_dmirror *dm = open_dev(dev);
 	struct region r;
 
-	region_map(&r, PMD_PAGES, PROT_READ);
+	region_map(&r, PMD_PAGES, PROT_READ, PRIV_ANON, 1);
 	huge_to_dev(dm, dev, &r, -1, true, false);
 	cpu_read_one(dev, &r, 2048, 0);
 	EXPECT_ZERO(r.ptr, r.size);
@@ -597,7 +533,7 @@ static void migrate_anon_huge_zero_err(unsigned int dev)
 	ASSERT_EQ(pool(dev).in_use, 0);
 
 	/* The huge zero page. */
-	region_map(&r, PMD_PAGES, PROT_READ);
+	region_map(&r, PMD_PAGES, PROT_READ, PRIV_ANON, 1);
 	ASSERT_EQ(*(volatile int *)r.ptr, 0);
 	require_pmd_mapped(dm, r.ptr, "huge zero page");
 	EXPECT_SNAP(dm, r.ptr, r.npages,
@@ -637,8 +573,8 @@ static void migrate_anon_huge_fault(unsigned int dev)
 	struct uhmm_stats s0, s1;
 	unsigned char m;
 
-	region_map(&r, PMD_PAGES, RW);
-	fill_ints(r.ptr, r.size, 7);
+	region_map(&r, PMD_PAGES, RW, PRIV_ANON, 1);
+	fill_ints(r.ptr, r.size, 7, 1);
 	require_pmd_mapped(dm, r.ptr, "THP");
 	huge_to_dev(dm, dev, &r, 7, false, true);
 	if (!is_coherent(dev))
@@ -653,7 +589,7 @@ static void migrate_anon_huge_fault(unsigned int dev)
 		ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, r.npages);
 		ASSERT_EQ(pool(dev).in_use, 0);
 	}
-	EXPECT_INTS(r.ptr, r.size, 7);
+	EXPECT_INTS(r.ptr, r.size, 7, 1);
 	s1 = stats_now();
 	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, is_coherent(dev) ? 0 : 1);
 	finish(dm, dev, &r);
@@ -669,8 +605,8 @@ static void huge_on_dev(struct uhmm_dmirror *dm, unsigned int dev, struct region
 {
 	unsigned char m;
 
-	region_map(r, PMD_PAGES, RW);
-	fill_ints(r->ptr, r->size, base);
+	region_map(r, PMD_PAGES, RW, PRIV_ANON, 1);
+	fill_ints(r->ptr, r->size, base, 1);
 	require_pmd_mapped(dm, r->ptr, "THP");
 	huge_to_dev(dm, dev, r, base, false, true);
 	snapshot(dm, r->ptr, 1, &m);
@@ -701,7 +637,7 @@ static void huge_split(unsigned int dev)
 	ASSERT_EQ(munmap(r.ptr, half), 0);
 	ASSERT_EQ(pool(dev).in_use, PMD_PAGES / 2);
 	expect_split(dm, dev, r.ptr + half, PMD_PAGES / 2);
-	ints_expect(__FILE__, __LINE__, r.ptr + half, half, 11 + (int)NINTS(half));
+	ints_expect(__FILE__, __LINE__, r.ptr + half, half, 11 + (int)NINTS(half), 1);
 	region_unmap(&r);
 	ASSERT_EQ(pool(dev).in_use, 0);
 
@@ -712,16 +648,16 @@ static void huge_split(unsigned int dev)
 	expect_split(dm, dev, r.ptr, 100);
 	expect_split(dm, dev, r.ptr + 101 * PS, PMD_PAGES - 101);
 	EXPECT_ZERO(r.ptr + 100 * PS, PS);
-	ints_expect(__FILE__, __LINE__, r.ptr, 100 * PS, 12);
+	ints_expect(__FILE__, __LINE__, r.ptr, 100 * PS, 12, 1);
 	ints_expect(__FILE__, __LINE__, r.ptr + 101 * PS, r.size - 101 * PS,
-		    12 + (int)NINTS(101 * PS));
+		    12 + (int)NINTS(101 * PS), 1);
 	region_unmap(&r);
 	ASSERT_EQ(pool(dev).in_use, 0);
 
 	/* mprotect of the second half read-only: the data stays whole */
 	huge_on_dev(dm, dev, &r, 13);
 	ASSERT_EQ(mprotect(r.ptr + half, half, PROT_READ), 0);
-	EXPECT_INTS(r.ptr, r.size, 13);
+	EXPECT_INTS(r.ptr, r.size, 13, 1);
 	region_unmap(&r);
 	ASSERT_EQ(pool(dev).in_use, 0);
 
@@ -738,8 +674,8 @@ static void huge_split(unsigned int dev)
 	ASSERT_EQ(pool(dev).in_use, is_coherent(dev) ? PMD_PAGES / 2 : 0);
 	if (is_coherent(dev))
 		expect_split(dm, dev, r.ptr, PMD_PAGES / 2);
-	ints_expect(__FILE__, __LINE__, q, half, 14 + (int)NINTS(half));
-	ints_expect(__FILE__, __LINE__, r.ptr, half, 14);
+	ints_expect(__FILE__, __LINE__, q, half, 14 + (int)NINTS(half), 1);
+	ints_expect(__FILE__, __LINE__, r.ptr, half, 14, 1);
 	ASSERT_EQ(munmap(q, half), 0);
 	finish(dm, dev, &r);
 }
@@ -760,7 +696,7 @@ static void huge_evict_fork(unsigned int dev)
 	s1 = stats_now();
 	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, r.npages);
 	ASSERT_EQ(pool(dev).in_use, 0);
-	EXPECT_INTS(r.ptr, r.size, 21);
+	EXPECT_INTS(r.ptr, r.size, 21, 1);
 	region_unmap(&r);
 
 	huge_on_dev(dm, dev, &r, 22);
@@ -768,7 +704,7 @@ static void huge_evict_fork(unsigned int dev)
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (pid == 0) {
-		ints_expect(__FILE__, __LINE__, r.ptr, r.size, 22);
+		ints_expect(__FILE__, __LINE__, r.ptr, r.size, 22, 1);
 		memset(r.ptr, 0, r.size);	/* private to the child */
 		_exit(0);
 	}
@@ -776,7 +712,7 @@ static void huge_evict_fork(unsigned int dev)
 	ASSERT_TRUE(WIFEXITED(status));
 	ASSERT_EQ(WEXITSTATUS(status), 0);
 	ASSERT_EQ(pool(dev).in_use, 0);	/* fork brought every page back */
-	EXPECT_INTS(r.ptr, r.size, 22);
+	EXPECT_INTS(r.ptr, r.size, 22, 1);
 	finish(dm, dev, &r);
 }
 VARIANTS(huge_evict_fork)
@@ -804,7 +740,7 @@ static void file_read(unsigned int dev)
 	int *p;
 
 	ASSERT_EQ(ftruncate(fd, (off_t)size), 0);
-	fill_ints(m, size, 0);
+	fill_ints(m, size, 0, 1);
 	ASSERT_EQ(pwrite(fd, m, size, 0), (ssize_t)size);
 	memset(m, 0, size);
 	p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
@@ -816,12 +752,12 @@ static void file_read(unsigned int dev)
 	ASSERT_EQ(cmd.cpages, FILE_PAGES);
 	ASSERT_EQ(cmd.faults, 1);
 	ASSERT_GT(s1.range_faults - s0.range_faults, 0);
-	EXPECT_INTS(m, size, 0);
+	EXPECT_INTS(m, size, 0, 1);
 	/* read-only; a large folio of the page cache may be PMD mapped */
 	EXPECT_SNAP_ANY_ORDER(dm, p, FILE_PAGES, UHMM_DMIRROR_PROT_READ);
 	/* a write to a read-only shared mapping is refused, nothing written */
 	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, 1, &cmd), -EPERM);
-	EXPECT_INTS(p, size, 0);
+	EXPECT_INTS(p, size, 0, 1);
 
 	ASSERT_EQ(munmap(p, size), 0);
 	close(fd);
@@ -836,24 +772,21 @@ static void file_write(unsigned int dev)
 	size_t size = FILE_PAGES * PS;
 	int fd = make_file(false, 1);
 	int *m = xmalloc(size);
-	struct uhmm_dmirror_cmd cmd;
 	int *p;
 
 	ASSERT_EQ(ftruncate(fd, (off_t)size), 0);
 	p = mmap(NULL, size, RW, MAP_SHARED, fd, 0);
 	ASSERT_MAPPED(p);
-	fill_ints(m, size, 0);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, FILE_PAGES, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, FILE_PAGES);
-	ASSERT_EQ(cmd.faults, 1);
-	EXPECT_INTS(p, size, 0);
+	fill_ints(m, size, 0, 1);
+	EXPECT_CMD(uhmm_dmirror_write, dm, p, m, FILE_PAGES, 1);
+	EXPECT_INTS(p, size, 0, 1);
 	/* shared: writable in place, the file's own pages (no copy) */
 	EXPECT_SNAP_ANY_ORDER(dm, p, FILE_PAGES, UHMM_DMIRROR_PROT_WRITE);
 	EXPECT_FILE_PAGE(p);
 
 	memset(m, 0, size);
 	ASSERT_EQ(pread(fd, m, size, 0), (ssize_t)size);
-	EXPECT_INTS(m, size, 0);
+	EXPECT_INTS(m, size, 0, 1);
 
 	ASSERT_EQ(munmap(p, size), 0);
 	close(fd);
@@ -882,7 +815,7 @@ static void child_round(unsigned int dev, int migrate, int thp)
 	pid_t pid;
 
 	if (thp) {
-		region_map(&r, PMD_PAGES, RW);
+		region_map(&r, PMD_PAGES, RW, PRIV_ANON, 1);
 	} else {
 		r.npages = 1024;
 		r.size = r.map_size = r.npages * PS;
@@ -890,30 +823,27 @@ static void child_round(unsigned int dev, int migrate, int thp)
 		ASSERT_MAPPED(r.map);
 	}
 	mirror = xmalloc(r.size);
-	fill_ints(r.ptr, r.size, 0);
+	fill_ints(r.ptr, r.size, 0, 1);
 	if (migrate)
 		huge_to_dev(dm, dev, &r, 0, false, true);
-	fill_ints(mirror, r.size, -100000);
+	fill_ints(mirror, r.size, -100000, 1);
 
 	fflush(stdout);
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (pid == 0) {
 		struct uhmm_dmirror *cdm = open_dev(0);
-		struct uhmm_dmirror_cmd cmd;
 
-		EXPECT_INTS(r.ptr, r.size, 0);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_write, cdm, r.ptr, mirror, r.npages, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, r.npages);
-		ASSERT_EQ(cmd.faults, 1);
-		EXPECT_INTS(r.ptr, r.size, -100000);
+		EXPECT_INTS(r.ptr, r.size, 0, 1);
+		EXPECT_CMD(uhmm_dmirror_write, cdm, r.ptr, mirror, r.npages, 1);
+		EXPECT_INTS(r.ptr, r.size, -100000, 1);
 		uhmm_dmirror_close(cdm);
 		_exit(0);
 	}
 	ASSERT_EQ(waitpid(pid, &status, 0), pid);
 	ASSERT_TRUE(WIFEXITED(status));
 	ASSERT_EQ(WEXITSTATUS(status), 0);
-	EXPECT_INTS(r.ptr, r.size, 0);
+	EXPECT_INTS(r.ptr, r.size, 0, 1);
 	free(mirror);
 	finish(dm, dev, &r);
 	pool_drained(0);

@@ -11,6 +11,7 @@
  * faults, pool counters, per-mirror invalidation counts, process stats).
  */
 #include "harness.h"
+#include "dmtest.h"
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,59 +24,9 @@
 #define TWO_MB		(2UL << 20)
 #define NINTS(size)	((size) / sizeof(int))
 
-typedef int (*dm_cmd_fn)(struct uhmm_dmirror *, struct uhmm_dmirror_cmd *);
-
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------ */
-
-/* Issue one command; cpages/faults start as garbage to prove they are reset. */
-static int run_cmd(dm_cmd_fn fn, struct uhmm_dmirror *dm, const void *addr, void *ptr,
-		   uint64_t npages, struct uhmm_dmirror_cmd *out)
-{
-	struct uhmm_dmirror_cmd cmd = {
-		.addr = (uint64_t)(uintptr_t)addr,
-		.ptr = (uint64_t)(uintptr_t)ptr,
-		.npages = npages,
-		.cpages = 0xdeadbeef,
-		.faults = 0xdeadbeef,
-	};
-	int ret = fn(dm, &cmd);
-
-	if (out)
-		*out = cmd;
-	return ret;
-}
-
-static struct uhmm_dmirror *open_dev(unsigned int dev)
-{
-	struct uhmm_dmirror *dm = NULL;
-	int ret = uhmm_dmirror_open(dev, &dm);
-
-	if (ret == -ENOSYS)
-		SKIP("kernel has no userfaultfd");
-	if (ret == -EPERM)
-		SKIP("userfaultfd not permitted for this user");
-	ASSERT_EQ(ret, 0);
-	ASSERT_NOT_NULL(dm);
-	return dm;
-}
-
-static void *map_anon(size_t size, int prot, int flags)
-{
-	void *p = mmap(NULL, size, prot, flags | MAP_ANONYMOUS, -1, 0);
-
-	ASSERT_MAPPED(p);
-	return p;
-}
-
-static void *xmalloc(size_t size)
-{
-	void *p = malloc(size);
-
-	ASSERT_NOT_NULL(p);
-	return p;
-}
 
 /* A 2 MiB aligned, MADV_HUGEPAGE region inside a 4 MiB reservation. */
 static void *map_huge_aligned(void **base)
@@ -87,27 +38,6 @@ static void *map_huge_aligned(void **base)
 	*base = p;
 	return a;
 }
-
-static void fill_ints(void *buf, size_t size, int base, int sign)
-{
-	int *p = buf;
-
-	for (size_t i = 0; i < NINTS(size); i++)
-		p[i] = sign * ((int)i + base);
-}
-
-/* Index of the first int that differs from the fill_ints() pattern, or -1. */
-static long diff_ints(const void *buf, size_t size, int base, int sign)
-{
-	const int *p = buf;
-
-	for (size_t i = 0; i < NINTS(size); i++)
-		if (p[i] != sign * ((int)i + base))
-			return (long)i;
-	return -1;
-}
-
-#define ASSERT_INTS(buf, size, base, sign) ASSERT_EQ(diff_ints(buf, size, base, sign), -1)
 
 static long first_nonzero(const void *buf, size_t size)
 {
@@ -148,7 +78,6 @@ static void check_pool_untouched(unsigned int dev)
 TEST(open_close)
 {
 	struct uhmm_dmirror *dm[UHMM_DMIRROR_NDEVICES], *twin, *bad = NULL;
-	struct uhmm_dmirror_cmd cmd;
 	struct uhmm_devmem_stats st;
 	int *p = map_anon(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	int *m = xmalloc(PS);
@@ -161,9 +90,7 @@ TEST(open_close)
 			ASSERT_TRUE(dm[d] != dm[e]);
 		/* each device works */
 		memset(m, 0, PS);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm[d], p, m, 1, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, 1);
-		ASSERT_EQ(cmd.faults, 1);
+		EXPECT_CMD(uhmm_dmirror_read, dm[d], p, m, 1, 1);
 		ASSERT_INTS(m, PS, 7, 1);
 	}
 	/* the same index twice: two mirrors */
@@ -268,12 +195,9 @@ static void anon_write(unsigned int dev)
 	int *p = map_anon(size, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	int *m = xmalloc(size);
 	struct uhmm_dmirror *dm = open_dev(dev);
-	struct uhmm_dmirror_cmd cmd;
 
 	fill_ints(m, size, 0, 1);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, NPAGES, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, NPAGES);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_write, dm, p, m, NPAGES, 1);
 	ASSERT_INTS(p, size, 0, 1);
 
 	uhmm_dmirror_close(dm);
@@ -293,13 +217,10 @@ TEST(anon_write_prot)
 	int *p = map_anon(size, PROT_READ, MAP_PRIVATE);
 	int *m = xmalloc(size);
 	struct uhmm_dmirror *dm = open_dev(0);
-	struct uhmm_dmirror_cmd cmd;
 
 	/* the device reads one zero page */
 	memset(m, 0x5A, PS);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, 1, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, 1);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p, m, 1, 1);
 	ASSERT_EQ(first_nonzero(m, PS), -1);
 
 	fill_ints(m, size, 0, 1);
@@ -307,9 +228,7 @@ TEST(anon_write_prot)
 	ASSERT_EQ(first_nonzero(p, size), -1);
 
 	ASSERT_EQ(mprotect(p, size, PROT_READ | PROT_WRITE), 0);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, NPAGES, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, NPAGES);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_write, dm, p, m, NPAGES, 1);
 	ASSERT_INTS(p, size, 0, 1);
 
 	uhmm_dmirror_close(dm);
@@ -329,27 +248,20 @@ TEST(anon_read_multiple)
 	size_t size = NPAGES * PS;
 	int *m = xmalloc(size);
 	struct uhmm_dmirror *dm = open_dev(0);
-	struct uhmm_dmirror_cmd cmd;
 
 	for (int c = 0; c < NROUNDS; c++) {
 		int *p = map_anon(size, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 
 		fill_ints(p, size, c, 1);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 1);
+		EXPECT_CMD(uhmm_dmirror_read, dm, p, m, NPAGES, 1);
 		ASSERT_INTS(m, size, c, 1);
 
 		memset(m, 0, size);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 0);
+		EXPECT_CMD(uhmm_dmirror_read, dm, p, m, NPAGES, 0);
 		ASSERT_INTS(m, size, c, 1);
 
 		fill_ints(p, size, c + 1000, 1);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 0);
+		EXPECT_CMD(uhmm_dmirror_read, dm, p, m, NPAGES, 0);
 		ASSERT_INTS(m, size, c + 1000, 1);
 		ASSERT_EQ(munmap(p, size), 0);
 	}
@@ -364,27 +276,20 @@ TEST(anon_write_multiple)
 	size_t size = NPAGES * PS;
 	int *m = xmalloc(size);
 	struct uhmm_dmirror *dm = open_dev(0);
-	struct uhmm_dmirror_cmd cmd;
 
 	for (int c = 0; c < NROUNDS; c++) {
 		int *p = map_anon(size, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 
 		fill_ints(m, size, c, 1);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 1);
+		EXPECT_CMD(uhmm_dmirror_write, dm, p, m, NPAGES, 1);
 		ASSERT_INTS(p, size, c, 1);
 
 		fill_ints(m, size, c, -1);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 0);
+		EXPECT_CMD(uhmm_dmirror_write, dm, p, m, NPAGES, 0);
 		ASSERT_INTS(p, size, c, -1);
 
 		memset(m, 0, size);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 0);
+		EXPECT_CMD(uhmm_dmirror_read, dm, p, m, NPAGES, 0);
 		ASSERT_INTS(m, size, c, -1);
 		ASSERT_EQ(munmap(p, size), 0);
 	}
@@ -519,9 +424,7 @@ TEST(anon_write_child_shared)
 		ASSERT_INTS(p, size, 0, 1);
 		ASSERT_INTS(m, size, 0, -1);
 		cdm = open_dev(0);
-		ASSERT_EQ(run_cmd(uhmm_dmirror_write, cdm, p, m, NPAGES, &cmd), 0);
-		ASSERT_EQ(cmd.cpages, NPAGES);
-		ASSERT_EQ(cmd.faults, 1);
+		EXPECT_CMD(uhmm_dmirror_write, cdm, p, m, NPAGES, 1);
 		ASSERT_INTS(p, size, 0, -1);
 		uhmm_dmirror_close(cdm);
 		_exit(0);
@@ -553,9 +456,7 @@ TEST(anon_write_huge)
 	struct uhmm_dmirror_cmd cmd;
 
 	fill_ints(m, TWO_MB, 0, 1);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, npages, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, npages);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_write, dm, p, m, npages, 1);
 	ASSERT_INTS(p, TWO_MB, 0, 1);
 
 	memset(m, 0, TWO_MB);
@@ -572,7 +473,6 @@ TEST(anon_write_huge)
 TEST(anon_write_hugetlbfs)
 {
 	uint64_t npages = TWO_MB / PS;
-	struct uhmm_dmirror_cmd cmd;
 	struct uhmm_dmirror *dm;
 	int *p, *m;
 
@@ -586,9 +486,7 @@ TEST(anon_write_hugetlbfs)
 	m = xmalloc(TWO_MB);
 	dm = open_dev(0);
 	fill_ints(m, TWO_MB, 0, 1);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, npages, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, npages);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_write, dm, p, m, npages, 1);
 	ASSERT_INTS(p, TWO_MB, 0, 1);
 
 	uhmm_dmirror_close(dm);
@@ -638,9 +536,7 @@ static void file_read(enum file_kind kind)
 	p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
 	ASSERT_MAPPED(p);
 
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, NPAGES, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, NPAGES);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p, m, NPAGES, 1);
 	ASSERT_INTS(m, size, 0, 1);
 
 	/* a later pwrite() reaches the same pages: the device sees it */
@@ -665,15 +561,12 @@ static void file_write(enum file_kind kind)
 	int fd = make_file(kind, size);
 	int *m = xmalloc(size);
 	struct uhmm_dmirror *dm = open_dev(0);
-	struct uhmm_dmirror_cmd cmd;
 	int *p;
 
 	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_MAPPED(p);
 	fill_ints(m, size, 0, 1);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_write, dm, p, m, NPAGES, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, NPAGES);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_write, dm, p, m, NPAGES, 1);
 	ASSERT_INTS(p, size, 0, 1);
 
 	memset(m, 0, size);
@@ -883,9 +776,7 @@ static void inval_mprotect(unsigned int dev)
 	ASSERT_INTS(p, size, 11, 1);
 
 	/* reading refaults (the mirror was emptied) and sees the old data */
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, INV_PAGES, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, INV_PAGES);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p, m, INV_PAGES, 1);
 	ASSERT_INTS(m, size, 11, 1);
 
 	uhmm_dmirror_close(dm);
@@ -926,9 +817,7 @@ TEST(inval_munmap)
 
 	/* only the unmapped range was dropped: the lower half reads without a fault */
 	memset(m, 0, size);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, half / PS, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, half / PS);
-	ASSERT_EQ(cmd.faults, 0);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p, m, half / PS, 0);
 	ASSERT_INTS(m, half, 5, 1);
 
 	get_inval(dm, c0);
@@ -968,9 +857,7 @@ TEST(inval_mremap)
 
 	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, old, m, np, NULL), -EFAULT);
 	memset(m, 0, size);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, nu, m, np, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, np);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_read, dm, nu, m, np, 1);
 	ASSERT_INTS(m, size, 3, 1);
 	ASSERT_INTS(nu, size, 3, 1);
 
@@ -1007,9 +894,7 @@ TEST(inval_dontneed)
 	ASSERT_GT(c1[UHMM_NOTIFY_CLEAR], c0[UHMM_NOTIFY_CLEAR]);
 
 	memset(m, 0xA5, size);
-	ASSERT_EQ(run_cmd(uhmm_dmirror_read, dm, p, m, np, &cmd), 0);
-	ASSERT_EQ(cmd.cpages, np);
-	ASSERT_EQ(cmd.faults, 1);
+	EXPECT_CMD(uhmm_dmirror_read, dm, p, m, np, 1);
 	ASSERT_EQ(first_nonzero(m, size), -1);
 	ASSERT_EQ(first_nonzero(p, size), -1);
 

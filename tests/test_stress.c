@@ -286,6 +286,22 @@ static void cpu_counter_add(struct actor *a)
 
 /* ---- CPU actors ---------------------------------------------------------- */
 
+/*
+ * The next step of a CPU actor: one time in 16 a counter atomic (done here,
+ * false), else a random run [p0, +np) of range ri, entered (true) unless
+ * the range is busy (false).
+ */
+static bool cpu_pick(struct actor *a, unsigned int *ri, unsigned int *p0, unsigned int *np)
+{
+	if (rnd_below(a, 16) == 0) {
+		cpu_counter_add(a);
+		return false;
+	}
+	*ri = rnd_below(a, NRANGES);
+	*np = pick_run(a, MAXRUN, p0);
+	return range_enter(a, *ri);
+}
+
 static void *cpu_reader(void *arg)
 {
 	struct actor *a = arg;
@@ -293,14 +309,9 @@ static void *cpu_reader(void *arg)
 
 	ASSERT_NOT_NULL(buf);
 	while (!stopping()) {
-		if (rnd_below(a, 16) == 0) {
-			cpu_counter_add(a);
-			continue;
-		}
-		unsigned int ri = rnd_below(a, NRANGES), p0;
-		unsigned int np = pick_run(a, MAXRUN, &p0);
+		unsigned int ri, p0, np;
 
-		if (!range_enter(a, ri))
+		if (!cpu_pick(a, &ri, &p0, &np))
 			continue;
 		doing(a, "cpu read");
 		pthread_rwlock_rdlock(&g_r[ri].data);
@@ -344,14 +355,9 @@ static void *cpu_writer(void *arg)
 	struct actor *a = arg;
 
 	while (!stopping()) {
-		if (rnd_below(a, 16) == 0) {
-			cpu_counter_add(a);
-			continue;
-		}
-		unsigned int ri = rnd_below(a, NRANGES), p0;
-		unsigned int np = pick_run(a, MAXRUN, &p0);
+		unsigned int ri, p0, np;
 
-		if (!range_enter(a, ri))
+		if (!cpu_pick(a, &ri, &p0, &np))
 			continue;
 		doing(a, "cpu write");
 		pthread_rwlock_wrlock(&g_r[ri].data);
