@@ -63,6 +63,26 @@ static bool pmeta_idle(const struct pmeta *pm)
 	return pm->state == PS_SYSTEM && !pm->locked && !pm->waiters;
 }
 
+/*
+ * Is every page of block b idle?  Looked at outward from page k, the one
+ * that changed: pages change in runs (a migration unlocks its pages in
+ * address order), so a busy page is usually next to it.  A scan from the
+ * block's start instead cost O(k) for page k, quadratic over a 2 MiB run:
+ * 5.5 % of a THP migration's cycles (perf, bench_uhmm BENCH_ONLY=THP).
+ */
+static bool block_idle(const struct block *b, unsigned k)
+{
+	if (!pmeta_idle(&b->pg[k]))
+		return false;
+	for (unsigned d = 1; d <= k || k + d < BLOCK_PAGES; d++) {
+		if (k + d < BLOCK_PAGES && !pmeta_idle(&b->pg[k + d]))
+			return false;
+		if (d <= k && !pmeta_idle(&b->pg[k - d]))
+			return false;
+	}
+	return true;
+}
+
 /* Caller holds pt_lock; frees the block when its last page went idle. */
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 {
@@ -74,9 +94,8 @@ void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 	for (pp = &as->hash[h]; (b = *pp); pp = &b->hnext) {
 		if (b->base != base)
 			continue;
-		for (unsigned i = 0; i < BLOCK_PAGES; i++)
-			if (!pmeta_idle(&b->pg[i]))
-				return;
+		if (!block_idle(b, (unsigned)((addr - base) >> PG_SHIFT)))
+			return;
 		*pp = b->hnext;
 		uhmm__free(b, sizeof(*b));
 		return;
