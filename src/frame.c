@@ -410,24 +410,39 @@ void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 {
 	uint64_t k = 0;
+	/* References drop with the pool lock held across frames of one pool. */
+	struct uhmm_devmem *held = NULL;
 	for (uint64_t i = 0; i < n; i++) {
 		struct frame *f = uhmm__frame(as, idx[i]);
 		struct uhmm_devmem *mem = f ? frame_pool(f) : NULL;
 		if (!mem)
 			continue;
-		uhmm__lock(&mem->lock);
+		if (mem != held) {
+			if (held)
+				uhmm__unlock(&held->lock);
+			uhmm__lock(&mem->lock);
+			held = mem;
+		}
 		uhmm__assert(f->ref > 0);
 		bool last = f->ref != 0 && __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) == 0;
-		if (last)
-			split_locked(as, idx[i]);
-		uhmm__unlock(&mem->lock);
 		if (!last)
 			continue;
-		if (mem->ops && mem->ops->page_free)
-			mem->ops->page_free(mem, idx[i]);
+		split_locked(as, idx[i]);
 		idx[k++] = idx[i];
 	}
-	qsort(idx, k, sizeof(*idx), cmp_u64);
+	if (held)
+		uhmm__unlock(&held->lock);
+	/* The driver hears of each freed page without uhmm's locks held. */
+	for (uint64_t i = 0; i < k; i++) {
+		struct uhmm_devmem *mem = frame_pool(&as->frames[idx[i]]);
+		if (mem->ops && mem->ops->page_free)
+			mem->ops->page_free(mem, idx[i]);
+	}
+	bool sorted = true;  /* usually: a migration's frames come in runs */
+	for (uint64_t i = 1; i < k && sorted; i++)
+		sorted = idx[i - 1] <= idx[i];
+	if (!sorted)
+		qsort(idx, k, sizeof(*idx), cmp_u64);
 	for (uint64_t i = 0; i < k;) {
 		uint64_t j = i;
 		if (!frame_populated(&as->frames[idx[i]])) {
@@ -442,17 +457,24 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 			frame_mark_populated(&as->frames[idx[m]], 0);
 		i = j + 1;
 	}
+	held = NULL;
 	for (uint64_t i = 0; i < k; i++) {
 		struct frame *f = &as->frames[idx[i]];
 		struct uhmm_devmem *mem = frame_pool(f);
-		uhmm__lock(&mem->lock);
+		if (mem != held) {
+			if (held)
+				uhmm__unlock(&held->lock);
+			uhmm__lock(&mem->lock);
+			held = mem;
+		}
 		__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
 		f->zone_data = NULL;
 		free_push(as, mem, (uint32_t)idx[i]);
 		mem->freed++;
-		uhmm__unlock(&mem->lock);
 	}
+	if (held)
+		uhmm__unlock(&held->lock);
 }
 
 /* Which address frame f holds data for, and for whom (pool->lock). */
@@ -463,6 +485,26 @@ void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t idx, uint64_t addr, con
 	__atomic_store_n(&f->addr, addr, __ATOMIC_RELAXED);
 	__atomic_store_n(&f->xowner, xowner, __ATOMIC_RELAXED);
 	uhmm__unlock(&frame_pool(f)->lock);
+}
+
+/*
+ * Frames idx..idx+n-1 (one pool: a run of one chunk, or a huge page) hold
+ * data for addr.. onwards, populated (pop) or not; one pool-lock hold.
+ */
+void uhmm__frame_set_run(struct uhmm__as *as, uint64_t idx, uint64_t n, uint64_t addr, bool pop)
+{
+	if (!n)
+		return;
+	struct uhmm_devmem *mem = frame_pool(&as->frames[idx]);
+	uhmm__lock(&mem->lock);
+	for (uint64_t q = 0; q < n; q++) {
+		struct frame *f = &as->frames[idx + q];
+		uhmm__assert(frame_pool(f) == mem);
+		frame_mark_populated(f, pop);
+		__atomic_store_n(&f->addr, addr + (q << PG_SHIFT), __ATOMIC_RELAXED);
+		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
+	}
+	uhmm__unlock(&mem->lock);
 }
 
 /* A destroyed pool (no frame in use) gives its chunks back to the arena. */

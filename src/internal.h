@@ -452,6 +452,7 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *f, uint64_t n);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
 void uhmm__pool_release_chunks(struct uhmm__as *as, struct uhmm_devmem *mem);
+void uhmm__frame_set_run(struct uhmm__as *as, uint64_t f, uint64_t n, uint64_t addr, bool pop);
 
 /* pagemove.c: a page into or out of the CPU view (the page lock is the caller's) */
 /* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */

@@ -202,12 +202,14 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 			i = j;
 			continue;
 		}
+		uint64_t srcs[MOVE_RUN_MAX], ns = 0;
 		for (uint64_t k = i; k < j; k++) {
 			uint64_t s = uhmm_migrate_pfn_to_page(a->src[k]);
 			if (s)
-				uhmm__frame_put(as, s);
+				srcs[ns++] = s;
 			inst[k] = INST_SRC_FREED;
 		}
+		uhmm__frame_put_many(as, srcs, ns);
 		uint64_t moved = 0;
 		int rc = uhmm__uffd_move(as, a->start + (i << PG_SHIFT), uhmm__frame_addr(as, d),
 					 (j - i) << PG_SHIFT, false, &moved);
@@ -220,14 +222,19 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 			pm->frame = sys ? 0 : (uint32_t)(d + (k - i));
 		}
 		uhmm__pt_unlock(as);
-		for (uint64_t k = i; k < i + ok; k++) {
-			uhmm__frame_set_populated(as, d + (k - i), false);
-			if (sys)
-				uhmm__frame_put(as, d + (k - i));  /* its page went to the CPU view */
-			else
-				uhmm__frame_set_owner(as, d + (k - i), a->start + (k << PG_SHIFT), NULL);
-			inst[k] = INST_DONE;
+		/* the run's pages went to the CPU view: its frames are empty */
+		if (sys) {  /* and no longer needed */
+			uint64_t dsts[MOVE_RUN_MAX];
+			for (uint64_t k = 0; k < ok; k++) {
+				uhmm__frame_set_populated(as, d + k, false);
+				dsts[k] = d + k;
+			}
+			uhmm__frame_put_many(as, dsts, ok);
+		} else {
+			uhmm__frame_set_run(as, d, ok, a->start + (i << PG_SHIFT), false);
 		}
+		for (uint64_t k = i; k < i + ok; k++)
+			inst[k] = INST_DONE;
 		i = j;
 	}
 }
@@ -290,8 +297,18 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 				uhmm__frame_put(as, d);  /* the driver's unused page */
 		}
 		a->dst[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
-		uhmm__page_release(as, addr);
 	}
+	/* Every page unlocked in one pt_lock hold (the fault page stays locked). */
+	uhmm__pt_lock(as);
+	for (uint64_t i = 0; i < a->npages; i++) {
+		if (m->origin[i] == OR_NONE)
+			continue;
+		uint64_t addr = a->start + (i << PG_SHIFT);
+		struct pmeta *pm = uhmm__pmeta(as, addr, false);
+		if (pm && pm->locked != LOCK_FAULT)
+			uhmm__page_unlock(as, addr, pm);
+	}
+	uhmm__pt_unlock(as);
 	/*
 	 * Wake after unlocking: a woken thread sees the page's final state.
 	 * The fault page is still locked (its fault unlocks it), but it is in

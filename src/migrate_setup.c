@@ -282,12 +282,10 @@ static void take_run(struct uhmm__as *as, struct uhmm_migrate *a, uint8_t *origi
 			ok++;
 			rc = 0;
 		}
-		for (uint64_t q = 0; q < ok; q++, k++, used++) {
-			uhmm__frame_set_populated(as, fr[used], true);
-			uhmm__frame_set_owner(as, fr[used], a->start + (k << PG_SHIFT), NULL);
+		uhmm__frame_set_run(as, fr[used], ok, a->start + (k << PG_SHIFT), true);
+		for (uint64_t q = 0; q < ok; q++, k++, used++)
 			a->src[k] = uhmm_migrate_pfn(fr[used]) | UHMM_MIGRATE_PFN_MIGRATE |
 				    UHMM_MIGRATE_PFN_WRITE;
-		}
 		if (rc) {
 			uhmm__frame_put(as, fr[used++]);
 			take_page(as, a, origin, k++);
@@ -317,10 +315,7 @@ static void take_huge_sys(struct uhmm__as *as, struct uhmm_migrate *a, struct mi
 	int rc = uhmm__uffd_move(as, uhmm__frame_addr(as, h), addr, HUGE_SIZE_BYTES, false, &moved);
 	uint64_t ok = rc ? moved >> PG_SHIFT : HUGE_PAGES;
 	TR('C', addr, uhmm__frame_addr(as, h), HUGE_SIZE_BYTES, rc);
-	for (uint64_t q = 0; q < ok; q++) {
-		uhmm__frame_set_populated(as, h + q, true);
-		uhmm__frame_set_owner(as, h + q, addr + (q << PG_SHIFT), NULL);
-	}
+	uhmm__frame_set_run(as, h, ok, addr, true);
 	if (ok == HUGE_PAGES) {
 		mark_compound(a, m, i, uhmm_migrate_pfn(h) | UHMM_MIGRATE_PFN_WRITE);
 		return;
