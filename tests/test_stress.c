@@ -48,7 +48,11 @@
 #define PAGE		UHMM_PAGE_SIZE
 #define WPP		(PAGE / 8)		/* words per page */
 #define NRANGES		4
+#ifdef STRESS_THP
+#define RPAGES		512			/* one 2 MiB THP per range */
+#else
 #define RPAGES		64
+#endif
 #define RSIZE		(RPAGES * PAGE)
 #define MAXRUN		8			/* pages per device/CPU access */
 #define WATCHDOG_S	10
@@ -62,6 +66,7 @@ enum kind {
 	K_MIG_TO_DEV, K_MIG_TO_SYS, K_MIG_PARTIAL, K_MIG_RACE,
 	K_ATOMIC, K_EXCL_COUNTERS, K_EXCL_DATA, K_EXCL_BUSY,
 	K_UNMAP_REMAP, K_MREMAP, K_DONTNEED, K_SKIP,
+	K_EXCL_THP, K_EXCL_THP_BUSY,
 	K_NKINDS
 };
 
@@ -71,6 +76,7 @@ static const char *const kind_name[K_NKINDS] = {
 	"migrate_to_dev", "migrate_to_sys", "migrate_partial", "migrate_race",
 	"dev_atomic", "excl_counters", "excl_data", "excl_busy",
 	"unmap_remap", "mremap", "dontneed", "skipped_busy_range",
+	"excl_on_thp", "excl_on_thp_busy",
 };
 
 /* ---- shared state ------------------------------------------------------ */
@@ -617,6 +623,43 @@ static void excl_counters(struct actor *a, struct uhmm_dmirror *dm)
 	done_op(a, rc ? K_EXCL_BUSY : K_EXCL_COUNTERS);
 }
 
+#ifdef STRESS_THP
+/* A range is mapped with MADV_HUGEPAGE: its first CPU write makes one THP. */
+static void thp_advise(void *addr)
+{
+	ASSERT_EQ(madvise(addr, RSIZE, MADV_HUGEPAGE), 0);
+}
+
+/* Is page addr mapped by a THP (PMD) right now?  The device's snapshot says. */
+static bool thp_mapped(struct uhmm_dmirror *dm, uint64_t addr)
+{
+	uint8_t prot = 0;
+	struct uhmm_dmirror_cmd cmd = { .addr = addr, .ptr = (uintptr_t)&prot, .npages = 1 };
+
+	return uhmm_dmirror_snapshot(dm, &cmd) == 0 && (prot & UHMM_DMIRROR_PROT_PMD);
+}
+
+static bool thp_available(void)
+{
+	char buf[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = 0;
+		fclose(f);
+	}
+	return strstr(buf, "[always]") || strstr(buf, "[madvise]");
+}
+
+static void thp_first_touch(void);
+#else
+static void thp_advise(void *addr)
+{
+	(void)addr;
+}
+#endif
+
 static void excl_data(struct actor *a, struct uhmm_dmirror *dm, uint64_t *buf)
 {
 	unsigned int ri = rnd_below(a, NRANGES), p0;
@@ -630,6 +673,10 @@ static void excl_data(struct actor *a, struct uhmm_dmirror *dm, uint64_t *buf)
 		return;
 	doing(a, "exclusive on data pages");
 	pthread_rwlock_rdlock(&g_r[ri].data);
+#ifdef STRESS_THP
+	/* Its first page THP-mapped now: the grant splits the THP (design.md). */
+	bool thp = thp_mapped(dm, cmd.addr);
+#endif
 	int rc = uhmm_dmirror_exclusive(dm, &cmd);
 
 	if (rc != 0 && rc != -EBUSY && !injected_failure(rc)) {
@@ -641,6 +688,10 @@ static void excl_data(struct actor *a, struct uhmm_dmirror *dm, uint64_t *buf)
 		verify(a, ri, p0, np, buf, "exclusive grant read-back");
 	pthread_rwlock_unlock(&g_r[ri].data);
 	range_leave(ri);
+#ifdef STRESS_THP
+	if (thp)
+		a->ops[rc ? K_EXCL_THP_BUSY : K_EXCL_THP]++;
+#endif
 	done_op(a, rc ? K_EXCL_BUSY : K_EXCL_DATA);
 }
 
@@ -680,6 +731,7 @@ static void remap_fresh(struct srange *r)
 	if (p != r->addr)
 		th_fail(__FILE__, __LINE__, "mmap at %p after munmap: got %p (%s)",
 			(void *)r->addr, p, strerror(errno));
+	thp_advise(r->addr);
 	memset(r->shadow, 0, sizeof(r->shadow));
 }
 
@@ -808,6 +860,7 @@ static void setup_ranges(void)
 		g_r[i].addr = th_mmap_isolated(RSIZE, PROT_READ | PROT_WRITE,
 					       MAP_PRIVATE | MAP_ANONYMOUS);
 		ASSERT_MAPPED(g_r[i].addr);
+		thp_advise(g_r[i].addr);
 		pthread_rwlock_init(&g_r[i].map, &at);
 		pthread_rwlock_init(&g_r[i].data, &at);
 	}
@@ -819,6 +872,27 @@ static void setup_ranges(void)
 	g_counters = th_mmap_isolated(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
 	ASSERT_MAPPED((void *)g_counters);
 }
+
+#ifdef STRESS_THP
+/*
+ * Each range's first write (a zero, what the shadow holds) makes its THP;
+ * the run SKIPs if the kernel could not give one to any range.
+ */
+static void thp_first_touch(void)
+{
+	struct uhmm_dmirror *dm = open_mirror(0);
+	int thps = 0;
+
+	for (int i = 0; i < NRANGES; i++) {
+		*(volatile uint64_t *)g_r[i].addr = 0;
+		thps += thp_mapped(dm, (uint64_t)(uintptr_t)g_r[i].addr);
+	}
+	uhmm_dmirror_close(dm);
+	printf("stress: %d of %d ranges THP-mapped at the start\n", thps, NRANGES);
+	if (!thps)
+		SKIP("no transparent huge page could be allocated for the ranges");
+}
+#endif
 
 /* Every word of every range, by the CPU and by both devices. */
 static void final_check(struct actor *a)
@@ -967,7 +1041,14 @@ TEST_TIMEOUT(stress, 90)
 	}
 	printf("stress: %" PRIu64 " s, seed %" PRIu64 " (set UHMM_STRESS_SEED to repeat)\n",
 	       secs, g_seed);
+#ifdef STRESS_THP
+	if (!thp_available())
+		SKIP("transparent huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled)");
+#endif
 	setup_ranges();
+#ifdef STRESS_THP
+	thp_first_touch();
+#endif
 
 	static struct actor cr = { .name = "cpu-read", .fn = cpu_reader };
 	static struct actor cw = { .name = "cpu-write", .fn = cpu_writer };
@@ -1011,6 +1092,12 @@ TEST_TIMEOUT(stress, 90)
 	final_check(&fin);
 	check_counters(actors, n);
 	report(actors, n, elapsed, mask == ~0ULL && g_remap_kinds == 7);
+#ifdef STRESS_THP
+	/* The point of this variant: grants on THP-backed pages did happen. */
+	if ((mask >> 5 & 1) && ex.ops[K_EXCL_THP] == 0)
+		th_fail(__FILE__, __LINE__, "no exclusive grant hit a THP-mapped page (%" PRIu64
+			" tried on THPs)", ex.ops[K_EXCL_THP_BUSY]);
+#endif
 	/* Every mirror is closed: nothing of the process stays in device memory. */
 	check_pools("after every mirror closed");
 	for (int i = 0; i < NRANGES; i++)
