@@ -512,8 +512,14 @@ UHMM_API void uhmm_migrate_vma_finalize(struct uhmm_migrate *args);
  * Evict device pages by frame number, without knowing their addresses
  * (migrate_device_range).  src_pfns[i] for pages start..start+npages-1 of
  * the frame space: MIGRATE|VALID for a page that holds process data, 0 for a
- * free one.  The driver fills dst with system pages (uhmm_sys_page_alloc +
- * uhmm_page_copy); pages() puts them at their addresses; finalize unlocks.
+ * free one.  An unsplit huge device page taken whole is one compound entry,
+ * as in the kernel's migrate_device_range(): its head | COMPOUND, the 511
+ * tails 0; the driver gives one huge system page (dst head | COMPOUND,
+ * uhmm_sys_page_alloc_huge) or 4 KiB pages dst[i + k] copied from head + k
+ * (the source splits).  The driver fills dst with system pages
+ * (uhmm_sys_page_alloc + uhmm_page_copy, or uhmm_migrate_copy, which does
+ * both forms); pages() puts them at their addresses (a huge page with one
+ * move: a THP again); finalize unlocks.
  */
 UHMM_API int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npages);
 UHMM_API void uhmm_migrate_device_pages(uint64_t *src_pfns, uint64_t *dst_pfns, uint64_t npages);

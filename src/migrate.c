@@ -332,6 +332,98 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 
 /* ---- eviction by device page ------------------------------------------- */
 
+/*
+ * src[0..511], taken for frames fr..fr+511: are they one unsplit huge page
+ * at one 2 MiB-aligned address range, all in one state?  (Its pages are
+ * locked by us: their metadata cannot change.)
+ */
+static bool dev_whole_huge(struct uhmm__as *as, const uint64_t *src, uint64_t fr)
+{
+	if ((fr & (HUGE_PAGES - 1)) || !uhmm__frame_is_huge(as, fr))
+		return false;
+	uint64_t addr = frame_addr_hint(&as->frames[fr]);
+	if (addr & (HUGE_SIZE_BYTES - 1))
+		return false;
+	for (uint64_t k = 0; k < HUGE_PAGES; k++)
+		if (!(src[k] & UHMM_MIGRATE_PFN_MIGRATE) ||
+		    uhmm_migrate_pfn_to_page(src[k]) != fr + k ||
+		    frame_addr_hint(&as->frames[fr + k]) != addr + (k << PG_SHIFT))
+			return false;
+	uhmm__pt_lock(as);
+	int st = uhmm__pmeta(as, addr, false)->state;
+	bool same = true;
+	for (uint64_t k = 1; k < HUGE_PAGES && same; k++)
+		same = uhmm__pmeta(as, addr + (k << PG_SHIFT), false)->state == st;
+	uhmm__pt_unlock(as);
+	return same;
+}
+
+/*
+ * A compound entry at i written out as 512 entries of their own (the
+ * driver gave 4 KiB pages, or the page does not migrate): src tails name
+ * head + k; a compound dst is split the same way.
+ */
+static void dev_compound_split(uint64_t *src, uint64_t *dst, uint64_t i)
+{
+	uint64_t h = uhmm_migrate_pfn_to_page(src[i]);
+	uint64_t sfl = src[i] & (UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE);
+	for (uint64_t k = 0; k < HUGE_PAGES; k++)
+		src[i + k] = uhmm_migrate_pfn(h + k) | sfl;
+	if (!(dst[i] & UHMM_MIGRATE_PFN_COMPOUND))
+		return;
+	uint64_t d = uhmm_migrate_pfn_to_page(dst[i]);
+	uint64_t dfl = dst[i] & UHMM_MIGRATE_PFN_MIGRATE;
+	for (uint64_t k = 0; k < HUGE_PAGES; k++)
+		dst[i + k] = d ? uhmm_migrate_pfn(d + k) | dfl : 0;
+}
+
+/* A usable huge system destination for compound entry i, or 0. */
+static uint64_t dev_huge_dst(struct uhmm__as *as, const uint64_t *dst, uint64_t i)
+{
+	uint64_t d = uhmm_migrate_pfn_to_page(dst[i]);
+	if (!(dst[i] & UHMM_MIGRATE_PFN_COMPOUND) || !d || (d & (HUGE_PAGES - 1)))
+		return 0;
+	for (uint64_t k = 0; k < HUGE_PAGES; k++) {
+		struct frame *f = uhmm__frame(as, d + k);
+		if (!f || frame_pool(f) != as->syspool || !frame_ref(f))
+			return 0;
+	}
+	return d;
+}
+
+/*
+ * finalize of a migrated compound entry: the 2 MiB go into the CPU view in
+ * one move (a PMD move when the huge page is whole), the old device pages
+ * and the emptied system frames are put in one batch each.  Pages the move
+ * did not take are installed one by one.
+ */
+static void dev_install_huge(struct uhmm__as *as, uint64_t h, uint64_t d)
+{
+	uint64_t addr = frame_addr_hint(&as->frames[h]);  /* ours: pages locked */
+	uint64_t frames[HUGE_PAGES], moved = 0;
+	for (uint64_t k = 0; k < HUGE_PAGES; k++)
+		frames[k] = h + k;
+	uhmm__frame_put_many(as, frames, HUGE_PAGES);
+	int rc = uhmm__uffd_move(as, addr, uhmm__frame_addr(as, d), HUGE_SIZE_BYTES, false, &moved);
+	uint64_t ok = rc ? moved >> PG_SHIFT : HUGE_PAGES;
+	uhmm__pt_lock(as);
+	for (uint64_t k = 0; k < ok; k++) {
+		struct pmeta *pm = uhmm__pmeta(as, addr + (k << PG_SHIFT), false);
+		pm->state = PS_SYSTEM;
+		pm->frame = 0;
+	}
+	uhmm__pt_unlock(as);
+	for (uint64_t k = 0; k < ok; k++) {
+		uhmm__frame_set_populated(as, d + k, false);
+		frames[k] = d + k;
+	}
+	uhmm__frame_put_many(as, frames, ok);
+	for (uint64_t k = ok; k < HUGE_PAGES; k++)
+		if (install(as, addr + (k << PG_SHIFT), d + k, false))
+			uhmm__log("eviction: page 0x%llx could not be mapped back",
+				  (unsigned long long)(addr + (k << PG_SHIFT)));
+}
+
 int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npages)
 {
 	struct uhmm__as *as = uhmm__as_peek();
@@ -370,6 +462,14 @@ int uhmm_migrate_device_range(uint64_t *src_pfns, uint64_t start, uint64_t npage
 		src_pfns[i] = uhmm_migrate_pfn(fr) | UHMM_MIGRATE_PFN_MIGRATE |
 			      UHMM_MIGRATE_PFN_WRITE;
 	}
+	/* A huge device page taken whole: one compound entry, as the kernel's. */
+	for (uint64_t i = 0; i + HUGE_PAGES <= npages; i++) {
+		if (!dev_whole_huge(as, src_pfns + i, start + i))
+			continue;
+		src_pfns[i] |= UHMM_MIGRATE_PFN_COMPOUND;
+		memset(&src_pfns[i + 1], 0, (HUGE_PAGES - 1) * sizeof(*src_pfns));
+		i += HUGE_PAGES - 1;
+	}
 	return 0;
 }
 
@@ -382,6 +482,15 @@ void uhmm_migrate_device_pages(uint64_t *src_pfns, uint64_t *dst_pfns, uint64_t 
 	for (uint64_t i = 0; i < npages; i++) {
 		if (!(src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
+		if ((src_pfns[i] & UHMM_MIGRATE_PFN_COMPOUND) && i + HUGE_PAGES <= npages) {
+			if (dev_huge_dst(as, dst_pfns, i)) {  /* one huge system page */
+				dst_pfns[i] |= UHMM_MIGRATE_PFN_MIGRATE;
+				n += HUGE_PAGES;
+				i += HUGE_PAGES - 1;
+				continue;
+			}
+			dev_compound_split(src_pfns, dst_pfns, i);  /* 4 KiB pages */
+		}
 		uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
 		struct frame *fd = uhmm__frame(as, d);
 		if (!fd || frame_pool(fd) != as->syspool || !frame_ref(fd)) {
@@ -405,6 +514,28 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 		uint64_t s = uhmm_migrate_pfn_to_page(src_pfns[i]);
 		if (!s)
 			continue;
+		if ((src_pfns[i] & UHMM_MIGRATE_PFN_COMPOUND) && i + HUGE_PAGES <= npages) {
+			uint64_t d = (src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+				     (dst_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE) ?
+				     dev_huge_dst(as, dst_pfns, i) : 0;
+			if (d) {
+				uint64_t addr = frame_addr_hint(&as->frames[s]);
+				dev_install_huge(as, s, d);
+				memset(&dst_pfns[i], 0, HUGE_PAGES * sizeof(*dst_pfns));
+				uhmm__pt_lock(as);
+				for (uint64_t k = 0; k < HUGE_PAGES; k++) {
+					uint64_t a = addr + (k << PG_SHIFT);
+					uhmm__page_unlock(as, a, uhmm__pmeta(as, a, false));
+				}
+				uhmm__pt_unlock(as);
+				uhmm__uffd_wake(as, addr, HUGE_SIZE_BYTES);
+				i += HUGE_PAGES - 1;
+				continue;
+			}
+			/* not migrated: each page is put back on its own below */
+			src_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			dev_compound_split(src_pfns, dst_pfns, i);
+		}
 		uint64_t addr = frame_addr_hint(&as->frames[s]);  /* ours: page locked */
 		bool migrated = (src_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 				(dst_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE);

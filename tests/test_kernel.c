@@ -695,7 +695,15 @@ static void huge_evict_fork(unsigned int dev)
 	ASSERT_EQ(uhmm_dmirror_release(dm), 0);
 	s1 = stats_now();
 	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, r.npages);
+	ASSERT_EQ(s1.evictions - s0.evictions, r.npages);
 	ASSERT_EQ(pool(dev).in_use, 0);
+	/*
+	 * A private huge page is evicted as one compound entry (the kernel's
+	 * migrate_device_range): one huge system page, one move, a THP in the
+	 * CPU view again.  (A coherent one left the CPU view page by page.)
+	 */
+	if (!is_coherent(dev))
+		EXPECT_SNAP(dm, r.ptr, r.npages, UHMM_DMIRROR_PROT_WRITE | UHMM_DMIRROR_PROT_PMD);
 	EXPECT_INTS(r.ptr, r.size, 21, 1);
 	region_unmap(&r);
 
@@ -712,6 +720,9 @@ static void huge_evict_fork(unsigned int dev)
 	ASSERT_TRUE(WIFEXITED(status));
 	ASSERT_EQ(WEXITSTATUS(status), 0);
 	ASSERT_EQ(pool(dev).in_use, 0);	/* fork brought every page back */
+	/* ...in one compound migration for the huge page: a THP again */
+	if (!is_coherent(dev))
+		EXPECT_SNAP(dm, r.ptr, r.npages, UHMM_DMIRROR_PROT_WRITE | UHMM_DMIRROR_PROT_PMD);
 	EXPECT_INTS(r.ptr, r.size, 22, 1);
 	finish(dm, dev, &r);
 }
