@@ -115,7 +115,7 @@ TESTENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS="die_after_fork=0 symbolize
 
 # The reference device's private memory is its own (a driver-owned pool) by
 # default; the private-memory tests run again on the host-frame pool.
-HOST_VARIANT := $(addprefix UHMM_DMIRROR_MEMORY=host@$(BUILD)/tests/,test_migrate test_kernel test_exclusive \
+HOST_VARIANT := $(addprefix UHMM_DMIRROR_MEMORY=host@$(BUILD)/tests/,test_migrate test_kernel test_exclusive test_selfserve \
 		test_mirror test_inject test_badinput test_stress)
 test: check-deps lib $(TESTS) $(EXTRA_TESTS)
 	@$(TESTENV) bash tests/run.sh $(TESTS) $(HOST_VARIANT) $(EXTRA_TESTS)

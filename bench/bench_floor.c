@@ -18,6 +18,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 
@@ -349,6 +350,86 @@ out:
 	free(samples);
 }
 
+/* ---- the self-service floor: a SIGBUS fault served in its own thread ------ */
+
+/*
+ * UFFD_FEATURE_SIGBUS: a fault on a missing page of the region is a SIGBUS
+ * in the faulting thread, whose handler fills the page (UFFDIO_COPY) and
+ * returns; the access runs again.  What uhmm_self_service() can cost at
+ * least: no thread is woken.  Floor of self_fault_p50.
+ */
+static int g_sb_uffd = -1;
+static const char *g_sb_page;
+static unsigned long g_sb_errors;
+
+static void floor_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	struct uffdio_copy c = {
+		.dst = (uint64_t)(uintptr_t)si->si_addr & ~(uint64_t)(BENCH_PAGE - 1),
+		.src = (uint64_t)(uintptr_t)g_sb_page, .len = BENCH_PAGE,
+	};
+	(void)sig, (void)uc;
+	if (ioctl(g_sb_uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
+		g_sb_errors++;
+		signal(SIGBUS, SIG_DFL);  /* not ours: die of it */
+	}
+}
+
+static void group_fault_sigbus(void)
+{
+	size_t n = BENCH_LAT_WARMUP + BENCH_LAT_SAMPLES, bad = 0;
+	double *samples = calloc(BENCH_LAT_SAMPLES, sizeof(double));
+	char *region = raw_map(n * BENCH_PAGE), *page = raw_map(BENCH_PAGE);
+	struct sigaction sa = { .sa_sigaction = floor_sigbus, .sa_flags = SA_SIGINFO };
+	struct uffdio_register reg;
+
+	if (!samples || !region || !page)
+		goto out;
+	g_sb_uffd = floor_uffd_open(UFFD_FEATURE_SIGBUS, NULL);
+	if (g_sb_uffd < 0) {
+		bench_note("self-service floor: UFFD_FEATURE_SIGBUS: %s", strerror(-g_sb_uffd));
+		goto out;
+	}
+	memset(page, 0x5a, BENCH_PAGE);
+	g_sb_page = page;
+	raw_madvise(region, n * BENCH_PAGE, MADV_NOHUGEPAGE);
+	reg.range.start = (uint64_t)(uintptr_t)region;
+	reg.range.len = n * BENCH_PAGE;
+	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	if (ioctl(g_sb_uffd, UFFDIO_REGISTER, &reg)) {
+		bench_note("self-service floor: UFFDIO_REGISTER: %s", strerror(errno));
+		goto out;
+	}
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+	int cpu = bench_pin_self();
+	for (size_t i = 0; i < n; i++) {
+		volatile char *p = region + i * BENCH_PAGE;
+		uint64_t t0 = bench_now_ns();
+		char c = p[0];
+		uint64_t t1 = bench_now_ns();
+
+		bad += c != 0x5a;
+		if (i >= BENCH_LAT_WARMUP)
+			samples[i - BENCH_LAT_WARMUP] = (double)(t1 - t0) / 1000.0;
+	}
+	signal(SIGBUS, SIG_DFL);
+	printf("  %zu faults served in their own thread's SIGBUS handler, CPU %d\n", n, cpu);
+	if (bad || g_sb_errors) {
+		bench_note("self-service floor: %zu data mismatches, %lu ioctl errors", bad,
+			   g_sb_errors);
+		goto out;
+	}
+	bench_sort(samples, BENCH_LAT_SAMPLES);
+	bench_emit("self_fault_p50", NAN, "us", bench_pct_sorted(samples, BENCH_LAT_SAMPLES, 50));
+out:
+	if (g_sb_uffd >= 0)
+		close(g_sb_uffd);
+	raw_munmap(region, n * BENCH_PAGE);
+	raw_munmap(page, BENCH_PAGE);
+	free(samples);
+}
+
 static void group_fault_copy(void)
 {
 	floor_latency(FLOOR_COPY, "fault_to_ram_p50", "fault_to_ram_p99",
@@ -563,6 +644,7 @@ int main(int argc, char **argv)
 		{ "fault_to_ram_seq_gbps", "GB/s" }, { "coherent_migrate_gbps", "GB/s" },
 	};
 	static const struct bench_metric m_scan[] = { { "range_fault_mpages_s", "Mpages/s" } };
+	static const struct bench_metric m_sigbus[] = { { "self_fault_p50", "us" } };
 
 	if (bench_open(argc, argv, "bench_floor"))
 		return 1;
@@ -574,5 +656,7 @@ int main(int argc, char **argv)
 		    group_memcpy, m_copyfloor, BENCH_ARRAY_SIZE(m_copyfloor), 60);
 	bench_group("PAGEMAP_SCAN of 1 GiB resident (floor of range_fault)",
 		    group_scan, m_scan, BENCH_ARRAY_SIZE(m_scan), 30);
+	bench_group("userfaultfd SIGBUS fault + UFFDIO_COPY in the handler (floor of self_fault)",
+		    group_fault_sigbus, m_sigbus, BENCH_ARRAY_SIZE(m_sigbus), 30);
 	return bench_close();
 }

@@ -188,6 +188,9 @@ static uint64_t ub_fault_count(enum ub_lat_kind kind, const struct uhmm_stats *s
 /* Which figure ub_latency measures: names and the device's memory. */
 static const char *ub_lat_p50 = "fault_to_ram_p50", *ub_lat_p99 = "fault_to_ram_p99";
 
+/* The latency groups' buffer is a self-service range (uhmm_self_service). */
+static bool ub_self_service;
+
 static void ub_latency(enum ub_lat_kind kind)
 {
 	size_t n = BENCH_LAT_WARMUP + BENCH_LAT_SAMPLES, done = 0, bad = 0;
@@ -201,6 +204,13 @@ static void ub_latency(enum ub_lat_kind kind)
 
 	if (!samples || !buf || !bounce || !(dm = ub_start(0)))
 		goto out;
+	if (ub_self_service) {
+		int rc = uhmm_self_service((uintptr_t)buf, n * BENCH_PAGE);
+		if (rc) {
+			bench_note("uhmm_self_service: %s", ub_err(rc));
+			goto out;
+		}
+	}
 	bench_fill_tags(buf, n * BENCH_PAGE);
 	memset(bounce, 0, BENCH_LAT_BATCH * BENCH_PAGE);
 	uhmm_stats_get(&s0);
@@ -281,6 +291,20 @@ static void group_exclusive_latency_free(void)
 	ub_lat_p50 = "exclusive_revoke_free_p50";
 	ub_lat_p99 = NULL;
 	ub_latency(UB_LAT_EXCL);
+}
+
+/*
+ * Self-service faults: the faulting thread serves its fault in its SIGBUS
+ * handler; helpers unpinned, as a program runs (the mode needs no
+ * placement: no thread is woken).  Floor: the bare SIGBUS round trip.
+ */
+static void group_self_fault(void)
+{
+	ub_free_placement();
+	ub_self_service = true;
+	ub_lat_p50 = "self_fault_p50";
+	ub_lat_p99 = NULL;
+	ub_latency(UB_LAT_FAULT);
 }
 
 /* Device 0 with its own memory (a driver-owned pool, copies by memcpy). */
@@ -962,6 +986,7 @@ int main(int argc, char **argv)
 	static const struct bench_metric m_nt[] = { { "notifier_invalidate_ns_100k", "ns" } };
 	static const struct bench_metric m_sc[] = { { "migrate_scaling", "x" } };
 	static const struct bench_metric m_ffree[] = { { "fault_to_ram_free_p50", "us" } };
+	static const struct bench_metric m_self[] = { { "self_fault_p50", "us" } };
 	static const struct bench_metric m_efree[] = { { "exclusive_revoke_free_p50", "us" } };
 	static const struct bench_metric m_sfree[] = { { "fault_to_ram_seq_free_gbps", "GB/s" } };
 	static const struct bench_metric m_ofault[] = { { "owned_fault_to_ram_p50", "us" } };
@@ -998,6 +1023,8 @@ int main(int argc, char **argv)
 		    m_sc, BENCH_ARRAY_SIZE(m_sc), 120);
 	bench_group("CPU fault on device-private pages, helpers unpinned", group_fault_latency_free,
 		    m_ffree, BENCH_ARRAY_SIZE(m_ffree), 40);
+	bench_group("CPU fault on device-private pages, self-service (SIGBUS in the thread)",
+		    group_self_fault, m_self, BENCH_ARRAY_SIZE(m_self), 40);
 	bench_group("CPU write to device-exclusive pages, helpers unpinned",
 		    group_exclusive_latency_free, m_efree, BENCH_ARRAY_SIZE(m_efree), 40);
 	bench_group("streaming CPU reads of device-private memory, helpers unpinned",

@@ -70,6 +70,33 @@ UHMM_API int uhmm_init(void);
 #define UHMM_FEAT_WP            (1ULL << 4)  /* write-protect registration */
 UHMM_API uint64_t uhmm_features(void);
 
+/*
+ * Self-service CPU faults for [start, start + len) (page aligned, one
+ * private anonymous read-write mapping): a CPU access to a page of the
+ * range that is on a device (device-private or exclusive) or was never
+ * populated is resolved by the faulting thread itself, in a SIGBUS handler
+ * uhmm installs (UFFD_FEATURE_SIGBUS), instead of by uhmm's fault-service
+ * thread: no thread hand-off.  Pages of the range already on a device come
+ * back first.  The mode lasts until the range is unmapped.
+ *
+ * The price, as for UFFD_FEATURE_SIGBUS itself: a system call or other
+ * kernel-mode access that touches such a page while it is off the CPU
+ * (read(2) into it, process_vm_readv, O_DIRECT, futex on it) fails with
+ * EFAULT instead of waiting for it; user-mode accesses are served.  A
+ * SIGBUS handler the program installs afterwards replaces uhmm's: install
+ * yours first (uhmm chains to it for every other SIGBUS), or chain to the
+ * previous one.  The range must not hold the C library's own data (its
+ * allocator's metadata), since the driver's migrate_to_ram runs in the
+ * faulting thread's signal handler.  Raw-syscall unmaps of the range are
+ * not seen after the fact (the interposers see libc's).
+ *
+ * Returns 0, -EINVAL (bad range or kind of mapping), -EFAULT (not one
+ * mapping), -EBUSY (part of it is self-service already), -ENOSPC (64 ranges
+ * already), -EOPNOTSUPP (the kernel lacks UFFD_FEATURE_SIGBUS), or the
+ * error of bringing a page back.
+ */
+UHMM_API int uhmm_self_service(uint64_t start, uint64_t len);
+
 /* ------------------------------------------------------------------------ */
 /* Interval notifiers (mmu_interval_notifier)                                */
 /* ------------------------------------------------------------------------ */

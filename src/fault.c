@@ -49,29 +49,51 @@ static int add_deferred(struct uhmm__as *as, uint64_t addr)
 }
 
 /*
- * Serve a CPU fault at addr (page aligned), from the service thread or from
- * a thread that needs the page in the CPU view (range fault, fork, mremap).
- * The service thread never sleeps on a page lock: it parks the fault and
- * returns -EAGAIN; once the page is unlocked the thread is woken to retry
- * its access (serve_deferred), and a retry that still faults is a new
- * message.  Returns 0 when the page is back in the CPU view (or never left
- * it), else -errno (caller sends SIGBUS).
+ * Who serves a fault.  SERVICE: the service thread, for a uffd message; it
+ * never sleeps on a page lock (the fault is parked: -EAGAIN) and resolves
+ * holes with the zero page.  IN: a thread that needs the page in the CPU
+ * view (range fault, fork, mremap) and waits.  SELF: the faulting thread
+ * itself, in its SIGBUS handler (a self-service range, selfserve.c): it
+ * waits like IN, resolves holes and counts the fault like SERVICE, and
+ * needs no wake-up.
  */
-static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_service)
+enum fault_mode { FAULT_SERVICE, FAULT_IN, FAULT_SELF };
+
+/*
+ * A self-service fault on a hole: the zero page, with pt_lock dropped (an
+ * ioctl of this thread may retry EAGAIN, and the service thread may need
+ * pt_lock to let the change that causes it finish).
+ */
+static int self_zero(struct uhmm__as *as, uint64_t addr, uint64_t t0)
 {
+	STAT_ADD(cpu_faults_missing, 1);
+	STAT_ADD(cpu_faults, 1);
+	int rc = uhmm__uffd_zeropage(as, addr, PG_SIZE, false);
+	uhmm__event(UHMM_EV_CPU_FAULT, 3, addr, PG_SIZE, t0);
+	return rc == -EEXIST ? 0 : rc;
+}
+
+/*
+ * Serve a CPU fault at addr (page aligned), as mode says (above).  Returns
+ * 0 when the page is back in the CPU view (or never left it), else -errno
+ * (the caller sends SIGBUS, or fails the operation).
+ */
+static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, enum fault_mode mode)
+{
+	bool service = mode == FAULT_SERVICE, counted = mode != FAULT_IN;
 	uint64_t t0 = uhmm__now_ns();
-	TR('F', addr, 0, 4096, write | from_service << 1);
+	TR('F', addr, 0, 4096, write | mode << 1);
 	for (int tries = 0; tries < 64; tries++) {
 		uhmm__pt_lock(as);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
 		if (pm && hole_fault(as, pm)) {
 			/* A hole being migrated: the CPU wins, the migration loses it. */
-			int rc = from_service ? fault_missing(as, addr) : 0;
+			int rc = service ? fault_missing(as, addr) : 0;
 			uhmm__pt_unlock(as);
-			return rc;
+			return mode == FAULT_SELF ? self_zero(as, addr, t0) : rc;
 		}
 		if (pm && pm->locked) {
-			if (from_service) {
+			if (service) {
 				int rc = add_deferred(as, addr);
 				pm->waiters = 1;
 				uhmm__pt_unlock(as);
@@ -85,16 +107,16 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_s
 		uint32_t fr = pm ? pm->frame : 0;
 		if (state == PS_SYSTEM || state == PS_COHERENT) {
 			int rc = 0;
-			if (from_service) {
+			if (service) {
 				rc = fault_missing(as, addr);
 				uhmm__event(UHMM_EV_CPU_FAULT, 3, addr, PG_SIZE, t0);
 			}
 			uhmm__pt_unlock(as);
-			return rc;
+			return mode == FAULT_SELF ? self_zero(as, addr, t0) : rc;
 		}
 		if (state == PS_EXCLUSIVE) {
 			uhmm__pt_unlock(as);
-			int rc = uhmm__exclusive_revoke(as, addr, from_service);
+			int rc = uhmm__exclusive_revoke(as, addr, counted);
 			if (rc == -EAGAIN)
 				continue;
 			return rc;
@@ -114,7 +136,7 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_s
 		pm->locked = LOCK_FAULT;
 		uhmm__pt_unlock(as);
 		struct uhmm_fault vmf = { .addr = addr, .page = fr, .write = write };
-		if (from_service && tries == 0) {
+		if (counted && tries == 0) {
 			/* Counted before the driver's migration wakes the thread. */
 			STAT_ADD(cpu_faults_private, 1);
 			STAT_ADD(cpu_faults, 1);
@@ -124,7 +146,7 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_s
 		 * goes on; a pool whose migrate_to_ram is fast in fact is served
 		 * in place (the hand-off costs more than it saves: faultwork.c).
 		 */
-		if (from_service && uhmm__fault_should_defer(pool) &&
+		if (service && uhmm__fault_should_defer(pool) &&
 		    uhmm__fault_defer(as, pool, addr, fr, write, as->fault_tid, t0) == 0)
 			return 0;
 		uint64_t m0 = uhmm__now_ns();
@@ -140,11 +162,11 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_s
 		/*
 		 * Done with this fault whatever the page's state is now: the
 		 * thread re-runs its access, and if the driver left the page on
-		 * the device it faults again (a new message).  Looking again
-		 * here would take back a page that was legitimately migrated
-		 * again right after the thread went on.
+		 * the device it faults again (a new message, or a new SIGBUS).
+		 * Looking again here would take back a page that was
+		 * legitimately migrated again right after the thread went on.
 		 */
-		if (from_service) {
+		if (service) {
 			/* finalize woke the range; a driver that did nothing did not */
 			uhmm__pt_lock(as);
 			pm = uhmm__pmeta(as, addr, false);
@@ -152,6 +174,8 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_s
 			uhmm__pt_unlock(as);
 			if (still)
 				uhmm__uffd_wake(as, addr, PG_SIZE);
+		}
+		if (counted) {
 			uhmm__event(UHMM_EV_CPU_FAULT, 1, addr, PG_SIZE, t0);
 			return 0;
 		}
@@ -167,12 +191,17 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, bool from_s
 
 int uhmm__fault_serve(struct uhmm__as *as, uint64_t addr, bool write)
 {
-	return cpu_fault(as, addr, write, true);
+	return cpu_fault(as, addr, write, FAULT_SERVICE);
 }
 
 int uhmm__fault_in(struct uhmm__as *as, uint64_t addr, bool write)
 {
-	return cpu_fault(as, addr, write, false);
+	return cpu_fault(as, addr, write, FAULT_IN);
+}
+
+int uhmm__fault_self(struct uhmm__as *as, uint64_t addr, bool write)
+{
+	return cpu_fault(as, addr, write, FAULT_SELF);
 }
 
 #define BRING_BACK_TRIES 1000

@@ -93,9 +93,9 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_size,
 	 * and the kernel does not mremap across VMAs: unregister the range
 	 * (its pages are all back in the CPU view) so that they merge again.
 	 */
-	struct uffdio_range ur = { .start = os, .len = oe - os };
 	uhmm__lock(&as->reg_lock);
-	ioctl(as->uffd, UFFDIO_UNREGISTER, &ur);
+	uhmm__uffd_unregister(as->uffd, os, oe - os);
+	uhmm__uffd_unregister(as->sigbus_uffd, os, oe - os);  /* a self-service range */
 	uhmm__unlock(&as->reg_lock);
 	if ((flags & MREMAP_FIXED) && new_addr) {
 		uint64_t s, e;

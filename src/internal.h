@@ -209,8 +209,22 @@ struct reg_range {                 /* a userfaultfd-registered range */
 	struct reg_range *next;
 };
 
+/*
+ * A self-service range (selfserve.c): registered with as->sigbus_uffd, so
+ * that a fault there is a SIGBUS its own thread resolves.  start/end are
+ * written under pt_lock and read without it (atomics): uffd.c picks the
+ * descriptor of an ioctl by them, possibly with pt_lock held.  A free slot
+ * has start == end.
+ */
+#define SS_MAX 64
+struct ss_range {
+	uint64_t start, end;
+};
+
 struct uhmm__as {
 	int uffd;                  /* the process's ranges: faults and events */
+	int sigbus_uffd;           /* self-service ranges: UFFD_FEATURE_SIGBUS, no
+				      events (selfserve.c); -1 until first used */
 	int arena_uffd;            /* the frame arena only: no events, so zapping a
 				      frame never waits for the service thread */
 	uint64_t features;         /* UFFD_FEATURE_* granted */
@@ -258,6 +272,8 @@ struct uhmm__as {
 	bool service_started;
 	struct uhmm__faultwork *faultwork;  /* faultwork.c, started on first use */
 	pid_t fault_tid;           /* service thread: the thread of the fault it serves */
+
+	struct ss_range ss[SS_MAX];   /* self-service ranges (see struct ss_range) */
 
 	/* messages the service thread read early (service thread only) */
 	struct uffd_msg *pending;
@@ -319,6 +335,20 @@ void uhmm__assert_fail(const char *cond, const char *file, int line) __attribute
 #define UHMM_DEBUG_ON 0
 #endif
 
+/* Is addr in a self-service range?  No lock: see struct ss_range. */
+static inline bool uhmm__ss_has(struct uhmm__as *as, uint64_t addr)
+{
+	if (UHMM_LIKELY(__atomic_load_n(&as->sigbus_uffd, __ATOMIC_ACQUIRE) < 0))
+		return false;
+	for (unsigned i = 0; i < SS_MAX; i++) {
+		uint64_t s = __atomic_load_n(&as->ss[i].start, __ATOMIC_ACQUIRE);
+		uint64_t e = __atomic_load_n(&as->ss[i].end, __ATOMIC_ACQUIRE);
+		if (s <= addr && addr < e)
+			return true;
+	}
+	return false;
+}
+
 /* pt_lock, with its holder tracked in the debug build. */
 static inline void uhmm__pt_lock(struct uhmm__as *as)
 {
@@ -378,6 +408,9 @@ int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len);
 const char *uhmm__uffd_why(int err);
 ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len);
 bool uhmm__uffd_drain(struct uhmm__as *as);
+int uhmm__uffd_open_sigbus(void);
+int uhmm__uffd_register_fd(int fd, uint64_t start, uint64_t len, bool missing);
+void uhmm__uffd_unregister(int fd, uint64_t start, uint64_t len);
 
 /* page.c: page metadata and the page lock (pt_lock held for all of these) */
 struct pmeta *uhmm__pmeta(struct uhmm__as *as, uint64_t addr, bool create);
@@ -405,7 +438,10 @@ bool uhmm__reg_covers(struct uhmm__as *as, uint64_t s, uint64_t e, bool missing)
 void uhmm__reg_forget(struct uhmm__as *as, uint64_t s, uint64_t e);
 void uhmm__reg_add(struct uhmm__as *as, struct reg_range *r, uint64_t s, uint64_t e,
 		   bool missing);
-void uhmm__reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, uint64_t *gs, uint64_t *ge);
+void uhmm__reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, bool missing, uint64_t *gs,
+		   uint64_t *ge);
+bool uhmm__ss_add(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__ss_forget(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__reg_overlaps(struct uhmm__as *as, uint64_t start, uint64_t end);
 bool uhmm__reg_missing(struct uhmm__as *as, uint64_t addr);
 struct inflight_op *uhmm__inflight_begin(struct uhmm__as *as, uint64_t s, uint64_t e,
@@ -484,6 +520,8 @@ void uhmm__revoke_all(struct uhmm__as *as, const void *owner);
  */
 int uhmm__fault_serve(struct uhmm__as *as, uint64_t addr, bool write);
 int uhmm__fault_in(struct uhmm__as *as, uint64_t addr, bool write);
+/* A self-service fault: the faulting thread, in its SIGBUS handler (selfserve.c). */
+int uhmm__fault_self(struct uhmm__as *as, uint64_t addr, bool write);
 int uhmm__bring_back_range(struct uhmm__as *as, uint64_t start, uint64_t end);
 void uhmm__sigbus_thread(struct uhmm__as *as, uint64_t addr, pid_t tid, int err);
 /* The end of a fault a worker served (page unlocked, thread woken or SIGBUS). */

@@ -141,6 +141,8 @@ static void atfork_child(void)
 	g_init_err = 0;
 	close(as->uffd);
 	close(as->arena_uffd);
+	if (as->sigbus_uffd >= 0)
+		close(as->sigbus_uffd);
 	close(as->maps_fd);
 	close(as->pagemap_fd);
 	close(as->wake_fd);
@@ -176,8 +178,8 @@ static uint64_t probe_ufeat(struct uhmm__as *as)
 
 static void as_destroy_fds(struct uhmm__as *as)
 {
-	int fds[] = { as->uffd, as->arena_uffd, as->maps_fd, as->pagemap_fd, as->wake_fd,
-		      as->stop_fd };
+	int fds[] = { as->uffd, as->arena_uffd, as->sigbus_uffd, as->maps_fd, as->pagemap_fd,
+		      as->wake_fd, as->stop_fd };
 	for (unsigned i = 0; i < ARRAY_SIZE(fds); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
@@ -192,7 +194,8 @@ static int as_create(struct uhmm__as **out)
 	struct uhmm__as *as = uhmm__zalloc(sizeof(*as));
 	if (!as)
 		return -ENOMEM;
-	as->uffd = as->arena_uffd = as->maps_fd = as->pagemap_fd = as->wake_fd = as->stop_fd = -1;
+	as->uffd = as->arena_uffd = as->sigbus_uffd = as->maps_fd = as->pagemap_fd = as->wake_fd =
+		as->stop_fd = -1;
 	int rc = uhmm__uffd_open(&as->features);
 	if (rc < 0) {
 		uhmm__log("%s (%s)", uhmm__uffd_why(rc), strerror(-rc));

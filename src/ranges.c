@@ -83,18 +83,21 @@ void uhmm__reg_add(struct uhmm__as *as, struct reg_range *r, uint64_t s, uint64_
 
 /*
  * Caller holds pt_lock: the first run [*gs, *ge) of [at, e) that no
- * registration covers (*gs == e if none).  A tracking (WP-only)
- * registration goes only there: registering a range again replaces its
- * mode, and WP-only over a MISSING range would let the kernel fill the
- * holes of pages that are on a device with zeros.
+ * registration covers (*gs == e if none); with missing, only MISSING
+ * registrations cover.  A tracking (WP-only) registration goes only there:
+ * registering a range again replaces its mode, and WP-only over a MISSING
+ * range would let the kernel fill the holes of pages that are on a device
+ * with zeros.  A MISSING one skips what is MISSING already, which may be a
+ * self-service range registered with another userfaultfd (-EBUSY there).
  */
-void uhmm__reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, uint64_t *gs, uint64_t *ge)
+void uhmm__reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, bool missing, uint64_t *gs,
+		   uint64_t *ge)
 {
 	uhmm__assert_pt_held(as);
 	for (bool moved = true; moved && at < e;) {
 		moved = false;
 		for (struct reg_range *r = as->regs; r; r = r->next)
-			if (r->start <= at && at < r->end) {
+			if (r->start <= at && at < r->end && (!missing || r->missing)) {
 				at = r->end;
 				moved = true;
 			}
@@ -102,8 +105,55 @@ void uhmm__reg_gap(struct uhmm__as *as, uint64_t at, uint64_t e, uint64_t *gs, u
 	*gs = at < e ? at : e;
 	*ge = e;
 	for (struct reg_range *r = as->regs; r; r = r->next)
-		if (r->start > *gs && r->start < *ge)
+		if (r->start > *gs && r->start < *ge && (!missing || r->missing))
 			*ge = r->start;
+}
+
+static void ss_set(struct ss_range *r, uint64_t s, uint64_t e)
+{
+	__atomic_store_n(&r->start, 0, __ATOMIC_RELEASE);  /* empty while it changes */
+	__atomic_store_n(&r->end, e, __ATOMIC_RELEASE);
+	__atomic_store_n(&r->start, s < e ? s : e, __ATOMIC_RELEASE);
+}
+
+/*
+ * Caller holds pt_lock: record [start, end) as self-service (selfserve.c);
+ * false if the table is full.
+ */
+bool uhmm__ss_add(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	uhmm__assert_pt_held(as);
+	for (unsigned i = 0; i < SS_MAX; i++)
+		if (as->ss[i].start >= as->ss[i].end) {
+			ss_set(&as->ss[i], start, end);
+			return true;
+		}
+	return false;
+}
+
+/* Caller holds pt_lock: [start, end) is no longer self-service (unmapped). */
+void uhmm__ss_forget(struct uhmm__as *as, uint64_t start, uint64_t end)
+{
+	uhmm__assert_pt_held(as);
+	for (unsigned i = 0; i < SS_MAX; i++) {
+		struct ss_range *r = &as->ss[i];
+		uint64_t s = r->start, e = r->end;
+		if (s >= e || e <= start || s >= end)
+			continue;
+		uint64_t le = e < start ? e : start;   /* [s, le): the part below */
+		uint64_t us = s > end ? s : end;       /* [us, e): the part above */
+		if (s < le && us < e) {
+			ss_set(r, s, le);
+			if (!uhmm__ss_add(as, us, e))
+				uhmm__log("self-service table full: faults in 0x%llx-0x%llx can no "
+					  "longer be served", (unsigned long long)us,
+					  (unsigned long long)e);
+		} else if (s < le) {
+			ss_set(r, s, le);
+		} else {
+			ss_set(r, us, e);  /* empty when nothing is above either */
+		}
+	}
 }
 
 /* Caller holds pt_lock: does [start, end) touch a registered range? */

@@ -68,6 +68,7 @@ void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
 	uhmm__lock(&as->reg_lock);
 	uhmm__pt_lock(as);
 	uhmm__reg_forget(as, start, end);
+	uhmm__ss_forget(as, start, end);
 	uhmm__pt_unlock(as);
 	uhmm__unlock(&as->reg_lock);
 	uhmm__pt_lock(as);

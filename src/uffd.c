@@ -42,12 +42,13 @@ static int open_raw(void)
 	return -err;
 }
 
-/* UFFDIO_MOVE/COPY/ZEROPAGE go to the userfaultfd that registered dst. */
+/* UFFDIO_MOVE/COPY/ZEROPAGE/WAKE go to the userfaultfd that registered dst. */
 static int fd_for(struct uhmm__as *as, uint64_t dst)
 {
 	uint64_t a = (uint64_t)(uintptr_t)as->arena;
-	return as->arena_uffd >= 0 && dst >= a && dst < a + (as->arena_frames << PG_SHIFT)
-		       ? as->arena_uffd : as->uffd;
+	if (as->arena_uffd >= 0 && dst >= a && dst < a + (as->arena_frames << PG_SHIFT))
+		return as->arena_uffd;
+	return uhmm__ss_has(as, dst) ? as->sigbus_uffd : as->uffd;
 }
 
 const char *uhmm__uffd_why(int err)
@@ -140,21 +141,55 @@ int uhmm__uffd_open_arena(void)
 	return fd;
 }
 
-int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing)
+/*
+ * The self-service ranges' userfaultfd: a fault on a missing page of a range
+ * registered with it is a SIGBUS in the faulting thread (UFFD_FEATURE_SIGBUS),
+ * no message; MOVE for migration; no events.  -EOPNOTSUPP without SIGBUS.
+ */
+int uhmm__uffd_open_sigbus(void)
+{
+	int fd = open_raw();
+	if (fd < 0)
+		return fd;
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_MOVE };
+	if (ioctl(fd, UFFDIO_API, &api) != 0) {
+		int err = errno == EINVAL ? -EOPNOTSUPP : -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int uhmm__uffd_register_fd(int fd, uint64_t start, uint64_t len, bool missing)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
 		.mode = UFFDIO_REGISTER_MODE_WP | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0),
 	};
 	TR('R', start, 0, len, missing);
-	if (ioctl(as->uffd, UFFDIO_REGISTER, &reg) == 0)
+	if (ioctl(fd, UFFDIO_REGISTER, &reg) == 0)
 		return 0;
 	if (!missing)
 		return -errno;
 	/* Some kernels refuse WP on some mappings; MISSING alone still works. */
 	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-	return ioctl(as->uffd, UFFDIO_REGISTER, &reg) == 0 ? 0 : -errno;
+	return ioctl(fd, UFFDIO_REGISTER, &reg) == 0 ? 0 : -errno;
 }
+
+/* Drop fd's registration of [start, start + len) (none there: nothing). */
+void uhmm__uffd_unregister(int fd, uint64_t start, uint64_t len)
+{
+	struct uffdio_range ur = { .start = start, .len = len };
+	if (fd >= 0)
+		ioctl(fd, UFFDIO_UNREGISTER, &ur);
+}
+
+int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool missing)
+{
+	return uhmm__uffd_register_fd(as->uffd, start, len, missing);
+}
+
 
 /*
  * Move len bytes of pages from src to dst (both page aligned).  Returns 0

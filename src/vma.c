@@ -100,8 +100,7 @@ static int register_locked(struct uhmm__as *as, uint64_t s, uint64_t e, bool mis
 	for (uint64_t at = s; at < e;) {
 		uint64_t gs = at, ge = e;
 		uhmm__pt_lock(as);
-		if (!missing)
-			uhmm__reg_gap(as, at, e, &gs, &ge);
+		uhmm__reg_gap(as, at, e, missing, &gs, &ge);
 		uhmm__pt_unlock(as);
 		if (gs >= e)
 			return 0;
