@@ -148,12 +148,10 @@ void uhmm_migrate_vma_pages(struct uhmm_migrate *a)
 	STAT_ADD(bytes_to_system, to_sys << PG_SHIFT);
 }
 
-/* Page i did not migrate: give its data back to where it was. */
-static void restore(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m, uint64_t i)
+/* A page that did not migrate gets its data back where it was. */
+static void restore_page(struct uhmm__as *as, uint64_t addr, uint64_t s, int origin)
 {
-	uint64_t addr = a->start + (i << PG_SHIFT);
-	uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
-	switch (m->origin[i]) {
+	switch (origin) {
 	case OR_SYSTEM:
 		if (uhmm__move_into_cpu(as, addr, s, false))
 			uhmm__log("migration: could not restore page 0x%llx",
@@ -166,6 +164,30 @@ static void restore(struct uhmm__as *as, struct uhmm_migrate *a, struct mig *m, 
 	default:  /* private stays on its device; holes stay holes */
 		break;
 	}
+}
+
+/*
+ * The end of one page of a migration, the same for migrate_vma_finalize()
+ * and migrate_device_finalize() (the kernel shares __migrate_device_finalize
+ * the same way): a page that migrated has its old page s released (put_src:
+ * unless the caller did it in a batch) and its new page d installed (a
+ * device-private d stays out of the CPU view); one that did not gets its
+ * data back where it was (origin) and the driver's unused page released.
+ * The page stays locked: the caller unlocks.  0, or the install's error.
+ */
+static int finish_page(struct uhmm__as *as, uint64_t addr, uint64_t s, uint64_t d, bool migrated,
+		       int origin, bool put_src, bool wake)
+{
+	if (migrated) {
+		if (s && put_src)
+			uhmm__frame_put(as, s);  /* staging frame or old device page */
+		return dst_private(as, d) ? 0 : install(as, addr, d, wake);
+	}
+	restore_page(as, addr, s, origin);
+	struct frame *f = uhmm__frame(as, d);
+	if (f && frame_pool(f) && frame_ref(f))
+		uhmm__frame_put(as, d);  /* the driver's unused page */
+	return 0;
 }
 
 /* Page i migrated to a frame the CPU maps (system or coherent): that frame, else 0. */
@@ -273,29 +295,21 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
 		bool migrated = (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 				(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE);
-		if (migrated) {
-			uint64_t d = uhmm_migrate_pfn_to_page(a->dst[i]);
-			uint8_t done = inst ? inst[i] : INST_NONE;
-			if (s && done == INST_NONE && !put)
-				uhmm__frame_put(as, s);  /* staging frame or old device page */
-			/* The fault page's thread may go on at once (see LOCK_FAULT). */
-			int irc = dst_private(as, d) || done == INST_DONE ? 0 :
-				  install(as, addr, d, addr == m->fault_addr);
-			if (irc)
-				TR_DUMP(addr);
-			if (irc)
-				uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",
-					  (unsigned long long)addr, strerror(-irc), m->origin[i]);
-			if (frame_pool(&as->frames[d]) == as->syspool)
-				n_sys++;
-			else
-				n_dev++;
-		} else {
-			restore(as, a, m, i);
-			uint64_t d = dst_frame(as, a, i);
-			if (d)
-				uhmm__frame_put(as, d);  /* the driver's unused page */
+		uint64_t d = migrated ? uhmm_migrate_pfn_to_page(a->dst[i]) : dst_frame(as, a, i);
+		uint8_t done = inst ? inst[i] : INST_NONE;
+		/* The fault page's thread may go on at once (see LOCK_FAULT). */
+		int irc = migrated && done == INST_DONE ? 0 :
+			  finish_page(as, addr, s, d, migrated, m->origin[i],
+				      done == INST_NONE && !put, addr == m->fault_addr);
+		if (irc) {
+			TR_DUMP(addr);
+			uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",
+				  (unsigned long long)addr, strerror(-irc), m->origin[i]);
 		}
+		if (migrated && frame_pool(&as->frames[d]) == as->syspool)
+			n_sys++;
+		else if (migrated)
+			n_dev++;
 		a->dst[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 	}
 	/* Every page unlocked in one pt_lock hold (the fault page stays locked). */
@@ -541,20 +555,12 @@ void uhmm_migrate_device_finalize(uint64_t *src_pfns, uint64_t *dst_pfns, uint64
 				(dst_pfns[i] & UHMM_MIGRATE_PFN_MIGRATE);
 		uhmm__pt_lock(as);
 		struct pmeta *pm = uhmm__pmeta(as, addr, false);
-		bool coherent = pm && pm->state == PS_COHERENT;
+		int origin = pm && pm->state == PS_COHERENT ? OR_COHERENT : OR_PRIVATE;
 		uhmm__pt_unlock(as);
-		if (migrated) {
-			uhmm__frame_put(as, s);
-			if (install(as, addr, uhmm_migrate_pfn_to_page(dst_pfns[i]), false))
-				uhmm__log("eviction: page 0x%llx could not be mapped back",
-					  (unsigned long long)addr);
-		} else {
-			if (coherent)
-				uhmm__move_into_cpu(as, addr, s, false);
-			uint64_t d = uhmm_migrate_pfn_to_page(dst_pfns[i]);
-			if (d && uhmm__frame(as, d) && frame_ref(&as->frames[d]))
-				uhmm__frame_put(as, d);
-		}
+		if (finish_page(as, addr, s, uhmm_migrate_pfn_to_page(dst_pfns[i]), migrated, origin,
+				true, false))
+			uhmm__log("eviction: page 0x%llx could not be mapped back",
+				  (unsigned long long)addr);
 		dst_pfns[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		uhmm__page_release(as, addr);
 		uhmm__uffd_wake(as, addr, PG_SIZE);
