@@ -22,7 +22,7 @@ void uhmm__before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e, enum uhmm_n
 {
 	uhmm__wait_range_unlocked(as, s, e);
 	uhmm__invalidate(as, s, e, ev, NULL);
-	uhmm__forget_range(as, s, e);
+	uhmm__forget_range(as, s, e, ev == UHMM_NOTIFY_UNMAP);
 }
 
 
@@ -80,7 +80,7 @@ void uhmm__handle_uffd_event(struct uhmm__as *as, const void *msgp, uint64_t seq
 				  (unsigned long long)s, (unsigned long long)e);
 		uhmm__invalidate(as, s, e, m->event == UFFD_EVENT_UNMAP ? UHMM_NOTIFY_UNMAP :
 					   UHMM_NOTIFY_CLEAR, NULL);
-		uhmm__forget_range(as, s, e);
+		uhmm__forget_range(as, s, e, m->event == UFFD_EVENT_UNMAP);
 		return;
 	}
 	case UFFD_EVENT_REMAP:

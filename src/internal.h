@@ -539,7 +539,7 @@ void uhmm__service_follow(pid_t tid);
 
 /* teardown.c: a range goes away */
 void uhmm__wait_range_unlocked(struct uhmm__as *as, uint64_t start, uint64_t end);
-void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end);
+void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end, bool unmapped);
 
 /* events.c: a range changes (intercepted, or a uffd event) */
 void uhmm__before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e, enum uhmm_notify_event ev);

@@ -53,24 +53,29 @@ static int forget_page(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, voi
 }
 
 /*
- * The range [start, end) is going away (munmap, or mremap after the data was
- * brought back): free every frame it held (device pages back to their pools,
- * I4) and forget its metadata and registration.
+ * The range [start, end) is going away (munmap, mremap after the data was
+ * brought back: unmapped) or its pages are discarded (MADV_DONTNEED and
+ * kin): free every frame it held (device pages back to their pools, I4)
+ * and forget its metadata.  Only an unmap forgets its registration too: a
+ * discard leaves the mapping, and the kernel keeps its userfaultfd
+ * registration (a self-service range stays one).
  */
-void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end)
+void uhmm__forget_range(struct uhmm__as *as, uint64_t start, uint64_t end, bool unmapped)
 {
 	struct forget fg = { .n = 0 };
-	TR('G', start, 0, end - start, 0);
+	TR('G', start, 0, end - start, unmapped);
 	/*
 	 * Under reg_lock: a registration that passed its teardown check before
 	 * the range was marked must have recorded itself before we forget.
 	 */
-	uhmm__lock(&as->reg_lock);
-	uhmm__pt_lock(as);
-	uhmm__reg_forget(as, start, end);
-	uhmm__ss_forget(as, start, end);
-	uhmm__pt_unlock(as);
-	uhmm__unlock(&as->reg_lock);
+	if (unmapped) {
+		uhmm__lock(&as->reg_lock);
+		uhmm__pt_lock(as);
+		uhmm__reg_forget(as, start, end);
+		uhmm__ss_forget(as, start, end);
+		uhmm__pt_unlock(as);
+		uhmm__unlock(&as->reg_lock);
+	}
 	uhmm__pt_lock(as);
 	uhmm__walk(as, start, end, WALK_UNLOCKED, forget_page, &fg, NULL);
 	uhmm__pt_unlock(as);

@@ -146,6 +146,37 @@ TEST(exclusive_pages)
 	uhmm_dmirror_close(dm);
 }
 
+/* MADV_DONTNEED of part of the range: it reads zeros, and stays self-service. */
+TEST(discard_keeps_mode)
+{
+	struct uhmm_dmirror *dm = open_dev(0);
+	int *p = self_range(16);
+
+	fill_ints(p, 16 * PS, 5, 1);
+	to_dev(dm, p, 16);
+	ASSERT_EQ(madvise(p, 8 * PS, MADV_DONTNEED), 0);	/* device pages freed: zeros */
+	ASSERT_EQ(pool(0).in_use, 8);
+	struct uhmm_stats s0 = stats_now();
+
+	watch_faults();
+	for (size_t i = 0; i < 8; i++)
+		ASSERT_EQ(p[i * PS / sizeof(int)], 0);
+	EXPECT_INTS((char *)p + 8 * PS, 8 * PS, (int)(8 * PS / sizeof(int)) + 5, 1);
+	uhmm_set_event_cb(NULL, NULL);
+	struct uhmm_stats s1 = stats_now();
+
+	ASSERT_EQ(s1.cpu_faults_missing - s0.cpu_faults_missing, 8);
+	ASSERT_GE(s1.cpu_faults_private - s0.cpu_faults_private, 1);
+	ASSERT_EQ(g_foreign, 0);
+	/* and it migrates again */
+	fill_ints(p, 16 * PS, 6, 1);
+	to_dev(dm, p, 16);
+	EXPECT_INTS(p, 16 * PS, 6, 1);
+	ASSERT_EQ(munmap(p, 16 * PS), 0);
+	uhmm_dmirror_close(dm);
+	pool_drained(0);
+}
+
 /* The documented price: a system call on a page that is on a device: EFAULT. */
 TEST(syscall_efault)
 {
