@@ -93,8 +93,9 @@ static int switch_registration(struct uhmm__as *as, uint64_t start, uint64_t end
 		return -ENOMEM;
 	uhmm__pt_lock(as);
 	bool busy = false;
-	for (uint64_t a = start; a < end && !busy; a += PG_SIZE)
-		busy = uhmm__ss_has(as, a);
+	for (unsigned i = 0; i < SS_MAX && !busy; i++)
+		busy = as->ss[i].start < as->ss[i].end && as->ss[i].start < end &&
+		       start < as->ss[i].end;
 	uhmm__pt_unlock(as);
 	if (busy) {
 		uhmm__free(r, sizeof(*r));
