@@ -360,10 +360,35 @@ int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t *ou
 	return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
+/*
+ * Sort n frame numbers ascending, in place (heapsort).  Not qsort(): glibc's
+ * merges through a malloc'd buffer above 1 KiB, and this runs on fault paths
+ * (the service thread, a fault worker, a self-service SIGBUS handler, where
+ * TSan caught malloc called from the signal handler with 512-page windows).
+ */
+static void sift_down(uint64_t *a, uint64_t i, uint64_t n)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
+	for (uint64_t c; (c = 2 * i + 1) < n; i = c) {
+		if (c + 1 < n && a[c + 1] > a[c])
+			c++;
+		if (a[i] >= a[c])
+			return;
+		uint64_t t = a[i];
+		a[i] = a[c];
+		a[c] = t;
+	}
+}
+
+static void sort_u64(uint64_t *a, uint64_t n)
+{
+	for (uint64_t i = n / 2; i-- > 0;)
+		sift_down(a, i, n);
+	for (uint64_t end = n; end > 1; end--) {
+		uint64_t t = a[0];
+		a[0] = a[end - 1];
+		a[end - 1] = t;
+		sift_down(a, 0, end - 1);
+	}
 }
 
 /*
@@ -387,7 +412,7 @@ long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *mem, uint64
 		out[got++] = pop_free(as, mem);
 	}
 	uhmm__unlock(&mem->lock);
-	qsort(out, got, sizeof(*out), cmp_u64);
+	sort_u64(out, (uint64_t)got);
 	return got ? (long)got : -ENOMEM;
 }
 
@@ -442,7 +467,7 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 	for (uint64_t i = 1; i < k && sorted; i++)
 		sorted = idx[i - 1] <= idx[i];
 	if (!sorted)
-		qsort(idx, k, sizeof(*idx), cmp_u64);
+		sort_u64(idx, k);
 	for (uint64_t i = 0; i < k;) {
 		uint64_t j = i;
 		if (!frame_populated(&as->frames[idx[i]])) {
