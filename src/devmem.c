@@ -194,7 +194,6 @@ int uhmm_page_order(uint64_t page)
 	return uhmm__frame_is_huge(as, page) ? HUGE_ORDER : 0;
 }
 
-
 /*
  * A live frame (ref > 0) of this runtime, or NULL; with its pool locked
  * (the caller unlocks) so that the fields read are consistent.

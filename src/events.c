@@ -25,7 +25,6 @@ void uhmm__before_unmap(struct uhmm__as *as, uint64_t s, uint64_t e, enum uhmm_n
 	uhmm__forget_range(as, s, e, ev == UHMM_NOTIFY_UNMAP);
 }
 
-
 static int remap_page(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg)
 {
 	const int64_t *delta = arg;

@@ -211,7 +211,6 @@ long uhmm_make_device_exclusive(uint64_t start, uint64_t npages, const void *own
 	return any_vma ? total : -EFAULT;
 }
 
-
 int uhmm_device_exclusive_release(uint64_t start, uint64_t npages, const void *owner)
 {
 	if ((start & ~PG_MASK) || npages > (UINT64_MAX - start) >> PG_SHIFT)

@@ -24,7 +24,6 @@ static bool hole_fault(struct uhmm__as *as, struct pmeta *pm)
 	return true;
 }
 
-
 /* Resolve a fault on an absent SYSTEM page with the zero page. */
 static int fault_missing(struct uhmm__as *as, uint64_t addr)
 {

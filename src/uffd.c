@@ -190,7 +190,6 @@ int uhmm__uffd_register(struct uhmm__as *as, uint64_t start, uint64_t len, bool 
 	return uhmm__uffd_register_fd(as->uffd, start, len, missing);
 }
 
-
 /*
  * Move len bytes of pages from src to dst (both page aligned).  Returns 0
  * when all moved, else the kernel's error with *moved saying how far it got.

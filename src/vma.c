@@ -74,7 +74,6 @@ int uhmm__vma_find(struct uhmm__as *as, uint64_t addr, struct vma *out)
 
 /* ---- registration ------------------------------------------------------- */
 
-
 /*
  * MISSING registration covers exactly [start, end) (clipped to v): never the
  * rest of the VMA, which may hold a heap, a thread stack or a sanitizer's
