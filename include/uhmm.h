@@ -439,6 +439,22 @@ UHMM_API int uhmm_devmem_create_owned(enum uhmm_devmem_type type, const void *ow
 				      const struct uhmm_devmem_copy_ops *copy_ops,
 				      unsigned int flags, void *driver_data,
 				      uint64_t max_pages, struct uhmm_devmem **out);
+/*
+ * Staging the driver registered: len bytes at addr (page aligned, whole
+ * pages) that the driver pinned or registered for DMA or RDMA.  From then
+ * on every run uhmm gives mem's copy callback has its host side inside this
+ * buffer: to RAM the driver writes there and uhmm copies the data into the
+ * new system pages (no page of the buffer ever moves, so pinning is fine);
+ * to the device uhmm first copies the source pages into it.  The buffer is
+ * used in slots of up to 2 MiB (512 pages), one per batch in flight (at
+ * most 64 slots); a batch is at most a slot, and a migration waits for a
+ * free slot, so give at least one slot per thread that migrates at once.
+ * It must stay mapped, and must not be memory that uhmm manages, for the
+ * pool's life.  Once per pool.  Without it, copies to RAM go through a
+ * small buffer of uhmm's own.  Returns 0, -EINVAL (not a live owned pool,
+ * addr NULL or unaligned, len 0 or not whole pages), -EBUSY (already set).
+ */
+UHMM_API int uhmm_devmem_set_staging(struct uhmm_devmem *mem, void *addr, uint64_t len);
 /* Whether mem's memory is the driver's (1), uhmm's host memory (0), -EINVAL. */
 UHMM_API int uhmm_devmem_is_owned(const struct uhmm_devmem *mem);
 /* The dense index of a live device page inside its pool, or -EINVAL. */

@@ -26,9 +26,10 @@ struct uhmm_devmem *uhmm__pool_of(struct uhmm__as *as, uint64_t page)
 }
 
 /*
- * The runs of one batch: entry k copies between host page host[k] (0: the
- * source held no data, clear) and device page dev[k].  Consecutive entries
- * join a run when both sides are consecutive (and so is the device index).
+ * The runs of one batch: entry k copies between host address host[k] (0:
+ * the source held no data, clear) and device page dev[k].  Consecutive
+ * entries join a run when both sides are consecutive (and so is the device
+ * index).
  */
 static uint64_t make_runs(struct uhmm__as *as, const uint64_t *host, const uint64_t *dev,
 			  uint64_t n, struct uhmm_copy_run *runs)
@@ -40,13 +41,12 @@ static uint64_t make_runs(struct uhmm__as *as, const uint64_t *host, const uint6
 		bool clear = host[k] == 0;
 		if (r && (r->flags & UHMM_COPY_RUN_CLEAR) == (clear ? UHMM_COPY_RUN_CLEAR : 0) &&
 		    dev[k] == r->page + r->npages && idx == r->dev_index + r->npages &&
-		    (clear || uhmm__frame_addr(as, host[k]) == r->host + (r->npages << PG_SHIFT))) {
+		    (clear || host[k] == r->host + (r->npages << PG_SHIFT))) {
 			r->npages++;
 			continue;
 		}
 		runs[nr++] = (struct uhmm_copy_run){
-			.host = clear ? 0 : uhmm__frame_addr(as, host[k]),
-			.dev_index = idx, .page = dev[k], .npages = 1,
+			.host = host[k], .dev_index = idx, .page = dev[k], .npages = 1,
 			.flags = clear ? UHMM_COPY_RUN_CLEAR : 0,
 		};
 	}
@@ -122,6 +122,73 @@ static void populate_run(const struct uhmm_copy_run *r)
 }
 
 /*
+ * Frames pages[0..n) take the data the driver wrote at slot + k pages for
+ * entry k (UFFDIO_COPY: new pages, not zeroed first, one call per range of
+ * consecutive frames); errs[k] gets each entry's result.
+ */
+static void install_from_slot(struct uhmm__as *as, const char *slot, const uint64_t *pages,
+			      uint64_t n, int *errs)
+{
+	for (uint64_t k = 0, e; k < n; k = e) {
+		for (e = k + 1; e < n && pages[e] == pages[e - 1] + 1; e++)
+			;
+		int rc = uhmm__uffd_copy(as, uhmm__frame_addr(as, pages[k]), slot + (k << PG_SHIFT),
+					 (e - k) << PG_SHIFT);
+		for (uint64_t j = k; j < e; j++) {
+			errs[j] = rc;
+			if (!rc)
+				uhmm__frame_set_populated(as, pages[j], true);
+		}
+	}
+}
+
+/*
+ * The driver's copy of one batch of an owned pool into b->errs.  Through a
+ * staging slot where there is one (to RAM: the driver writes the slot and
+ * uhmm copies it into the frames; to the device, the driver's staging
+ * only: uhmm copies the sources into it first), else the frames' own host
+ * memory (populated first when the driver writes it).
+ */
+static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
+		       struct batch *b, uint64_t n, bool huge)
+{
+	struct uhmm__staging *st = NULL;
+	/* a huge page keeps its THP: populated in place, never through uhmm's bounce */
+	char *slot = huge && !mem->staging.base ? NULL : uhmm__staging_take(as, mem, to_ram, &st);
+	uint64_t k;
+	for (k = 0; k < n; k++) {
+		uint64_t sys = to_ram ? b->pages[k] : b->from[k];
+		b->dev[k] = to_ram ? b->from[k] : b->pages[k];
+		if (slot)
+			b->host[k] = (uint64_t)(uintptr_t)slot + (k << PG_SHIFT);
+		else
+			b->host[k] = sys ? uhmm__frame_addr(as, sys) : 0;
+		if (!to_ram && !sys)
+			b->host[k] = 0;  /* a hole: the driver clears */
+		else if (!to_ram && slot)
+			memcpy(slot + (k << PG_SHIFT), (const void *)(uintptr_t)uhmm__frame_addr(as, sys),
+			       PG_SIZE);
+	}
+	uint64_t nr = make_runs(as, b->host, b->dev, n, b->runs);
+	if (to_ram && !slot) {
+		/* the driver writes the system pages: populate each run at once */
+		for (uint64_t r = 0; r < nr; r++)
+			populate_run(&b->runs[r]);
+		for (k = 0; k < n; k++)
+			uhmm__frame_set_populated(as, b->pages[k], true);
+	}
+	int rc = driver_copy(mem, to_ram ? UHMM_COPY_TO_RAM : UHMM_COPY_TO_DEV, b->runs, nr);
+	if (!rc && to_ram && slot) {
+		install_from_slot(as, slot, b->pages, n, b->errs);
+	} else {
+		for (k = 0; k < n; k++)
+			b->errs[k] = rc;
+	}
+	if (slot)
+		uhmm__staging_put(st, slot);
+}
+
+/*
  * One batch of n entries; returns pages copied, or -errno if none was.
  * huge: b->pages holds a huge page already (n == HUGE_PAGES).
  */
@@ -133,28 +200,10 @@ static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 	if (got <= 0)
 		return got < 0 ? got : -ENOMEM;  /* these pages stay where they are */
 	uint64_t k, ok = 0;
-	if (!mem->owned) {
+	if (!mem->owned)
 		uhmm_page_copy_many(b->pages, b->from, (uint64_t)got, b->errs);
-	} else {
-		for (k = 0; k < (uint64_t)got; k++) {
-			if (to_ram) {
-				/* the driver fills the system page: it holds data now */
-				uhmm__frame_set_populated(as, b->pages[k], true);
-				b->host[k] = b->pages[k];
-				b->dev[k] = b->from[k];
-			} else {
-				b->host[k] = b->from[k];
-				b->dev[k] = b->pages[k];
-			}
-		}
-		uint64_t nr = make_runs(as, b->host, b->dev, (uint64_t)got, b->runs);
-		/* the driver writes the system pages: populate each run at once */
-		for (uint64_t r = 0; to_ram && r < nr; r++)
-			populate_run(&b->runs[r]);
-		int rc = driver_copy(mem, to_ram ? UHMM_COPY_TO_RAM : UHMM_COPY_TO_DEV, b->runs, nr);
-		for (k = 0; k < (uint64_t)got; k++)
-			b->errs[k] = rc;
-	}
+	else
+		owned_copy(as, mem, to_ram, b, (uint64_t)got, huge);
 	int err = 0;
 	for (k = 0; k < (uint64_t)got; k++) {
 		if (b->errs[k]) {
@@ -209,7 +258,9 @@ long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src, uint64_t *d
 			break;
 		}
 	}
-	struct batch *b = batch_new(npages < COPY_BATCH ? npages : COPY_BATCH);
+	/* a batch fits one staging slot of the driver's */
+	uint64_t cap = mem->owned ? uhmm__staging_slot_pages(mem) : COPY_BATCH;
+	struct batch *b = batch_new(npages < cap ? npages : cap);
 	if (!b)
 		return -ENOMEM;
 	long copied = 0, err = 0;
@@ -231,7 +282,8 @@ long uhmm_migrate_copy(struct uhmm_devmem *mem, const uint64_t *src, uint64_t *d
 				else if (r < 0)
 					err = r;
 				n = 0;
-				r = copy_huge(as, mem, to_ram, b, i, p, dst);
+				/* a staging slot smaller than a huge page: always split */
+				r = b->cap >= HUGE_PAGES ? copy_huge(as, mem, to_ram, b, i, p, dst) : -ENOMEM;
 				if (r != -ENOMEM) {
 					if (r > 0)
 						copied += r;

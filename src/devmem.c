@@ -99,6 +99,14 @@ int uhmm_devmem_is_owned(const struct uhmm_devmem *mem)
 	return pool_as(mem) ? mem->owned : -EINVAL;
 }
 
+int uhmm_devmem_set_staging(struct uhmm_devmem *mem, void *addr, uint64_t len)
+{
+	if (uhmm_devmem_is_owned(mem) != 1 || !addr || len < PG_SIZE ||
+	    ((uintptr_t)addr & (PG_SIZE - 1)) || (len & (PG_SIZE - 1)))
+		return -EINVAL;
+	return uhmm__staging_set(mem, addr, len);
+}
+
 int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 {
 	struct uhmm__as *as = pool_as(mem);

@@ -148,6 +148,20 @@ static inline bool frame_populated(const struct frame *f)
 	return __atomic_load_n(&f->populated, __ATOMIC_RELAXED);
 }
 
+/*
+ * Staging slots (staging.c): host memory that a batch of a migration
+ * copies through, nslots slots of slot_bytes each.  busy is a bitmask of
+ * the slots taken, changed only by compare-and-swap (taken in signal
+ * handlers too, so no lock); base is set once, then read-only.
+ */
+struct uhmm__staging {
+	char *base;                /* NULL: none */
+	uint64_t slot_bytes;       /* whole pages, at most HUGE_SIZE_BYTES */
+	uint32_t nslots;           /* 1..64 */
+	bool driver;               /* the driver's registered memory: wait for a slot */
+	uint64_t busy;             /* atomic */
+};
+
 struct uhmm_devmem {
 	struct uhmm__as *as;       /* runtime it belongs to (stale in a fork child) */
 	pthread_mutex_t lock;      /* order 5: free list, chunks, counters, frame refs */
@@ -174,6 +188,7 @@ struct uhmm_devmem {
 	unsigned int flags;        /* UHMM_DEVMEM_DEFER_FAULTS */
 	const struct uhmm_devmem_copy_ops *copy_ops;
 	uint64_t mtr_ns;           /* atomic: recent migrate_to_ram time (faultwork.c) */
+	struct uhmm__staging staging;  /* the driver's (uhmm_devmem_set_staging) */
 	struct uhmm_devmem *next;  /* as->pools list (under as->arena_lock) */
 };
 
@@ -227,6 +242,7 @@ struct uhmm__as {
 				      events (selfserve.c); -1 until first used */
 	int arena_uffd;            /* the frame arena only: no events, so zapping a
 				      frame never waits for the service thread */
+	struct uhmm__staging bounce;  /* uhmm's own staging for driver copies to RAM */
 	uint64_t features;         /* UFFD_FEATURE_* granted */
 	uint64_t ufeat;            /* UHMM_FEAT_* */
 	int maps_fd;               /* /proc/self/maps for PROCMAP_QUERY */
@@ -476,6 +492,15 @@ static inline uint64_t uhmm__frame_addr(struct uhmm__as *as, uint64_t f)
 	return (uint64_t)(uintptr_t)as->arena + (f << PG_SHIFT);
 }
 int uhmm__frame_alloc(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f);
+/* staging.c */
+int uhmm__staging_init(struct uhmm__as *as);
+void uhmm__staging_fini(struct uhmm__as *as);
+int uhmm__staging_set(struct uhmm_devmem *mem, void *addr, uint64_t len);
+char *uhmm__staging_take(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
+			 struct uhmm__staging **from);
+void uhmm__staging_put(struct uhmm__staging *st, char *slot);
+uint64_t uhmm__staging_slot_pages(const struct uhmm_devmem *mem);
+
 long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t n,
 			    uint64_t *out);
 int uhmm__frame_alloc_huge(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t *f);

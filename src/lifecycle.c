@@ -148,6 +148,7 @@ static void atfork_child(void)
 	close(as->wake_fd);
 	close(as->stop_fd);
 	syscall(SYS_munmap, as->arena, as->arena_frames << PG_SHIFT);
+	uhmm__staging_fini(as);
 	/* The rest of the old runtime's memory is abandoned in the child. */
 	pthread_mutex_init(&g_init_lock, NULL);
 }
@@ -227,6 +228,8 @@ static int as_create(struct uhmm__as **out)
 	pthread_cond_init(&as->pt_cond, NULL);
 	pthread_mutex_init(&as->arena_lock, NULL);
 	rc = uhmm__arena_init(as);
+	if (!rc)
+		rc = uhmm__staging_init(as);
 	if (rc)
 		goto fail;
 	if (uhmm__inject(INJ_THREAD)) {
@@ -245,6 +248,7 @@ fail:
 	uhmm__log("runtime creation failed: %s", strerror(-rc));
 	if (as->arena)
 		syscall(SYS_munmap, as->arena, as->arena_frames << PG_SHIFT);
+	uhmm__staging_fini(as);
 	as_destroy_fds(as);
 	uhmm__free(as->hash, as->hash_size * sizeof(*as->hash));
 	uhmm__free(as, sizeof(*as));

@@ -247,12 +247,21 @@ int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wa
 	return rc;
 }
 
+/* A copy interrupted part way (EAGAIN: the range changed) goes on after what it did. */
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len)
 {
-	struct uffdio_copy cp = {
-		.dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len, .mode = 0,
-	};
-	int rc = uffd_ioctl(as, dst, UFFDIO_COPY, &cp);
+	uint64_t done = 0;
+	int rc = 0;
+	while (done < len) {
+		struct uffdio_copy cp = {
+			.dst = dst + done, .src = (uint64_t)(uintptr_t)src + done, .len = len - done,
+		};
+		rc = uffd_ioctl(as, dst + done, UFFDIO_COPY, &cp);
+		if (rc != -EAGAIN || cp.copy <= 0)
+			break;
+		done += (uint64_t)cp.copy;
+		rc = 0;
+	}
 	TR('C', dst, 0, len, rc);
 	return rc;
 }

@@ -543,6 +543,9 @@ TEST(exclusive_and_dma_bad)
 static int g_copy_calls, g_copy_fail;
 static uint64_t g_copy_pages;
 static char g_owned_mem[64 * 4096];
+/* the driver's registered staging, when a test set one: runs outside it are counted */
+static char *g_stage;
+static uint64_t g_stage_len, g_stage_outside;
 
 static int owned_copy(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
 		      const struct uhmm_copy_run *runs, uint64_t nruns, uint64_t *fence)
@@ -555,6 +558,10 @@ static int owned_copy(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
 		char *dev = g_owned_mem + runs[r].dev_index * 4096;
 		size_t len = runs[r].npages * 4096;
 		g_copy_pages += runs[r].npages;
+		uintptr_t h = (uintptr_t)runs[r].host;
+		if (g_stage && !(runs[r].flags & UHMM_COPY_RUN_CLEAR) &&
+		    (h < (uintptr_t)g_stage || h + len > (uintptr_t)g_stage + g_stage_len))
+			g_stage_outside++;
 		if (dir == UHMM_COPY_TO_RAM)
 			memcpy((void *)(uintptr_t)runs[r].host, dev, len);
 		else if (runs[r].flags & UHMM_COPY_RUN_CLEAR)
@@ -719,6 +726,86 @@ TEST(devmem_owned_copy)
 	ASSERT_EQ(st.in_use, 0);
 	ASSERT_EQ(munmap(buf, 16 * 4096), 0);
 	ASSERT_EQ(uhmm_devmem_destroy(g_owned), 0);
+}
+
+/*
+ * Staging the driver registered (uhmm_devmem_set_staging): every run of
+ * both directions has its host side inside the buffer, a batch is one slot
+ * (8 pages here: a 16-page migration is two calls), data and counters
+ * exact, a failing copy through it loses nothing; and its bad input.
+ */
+TEST(devmem_owned_staging)
+{
+	if (!(uhmm_features() & UHMM_FEAT_MOVE))
+		SKIP("migration needs UFFDIO_MOVE (Linux 6.8+)");
+	uint64_t len = 8 * 4096;
+	char *stage = mmap(NULL, len + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
+	ASSERT_MAPPED(stage);
+	struct uhmm_devmem *host = NULL;
+	ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, &owner_tag, &priv_ops, NULL, 16, &host),
+		  0);
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &owned_dev_ops,
+					   &owned_ops, 0, NULL, 64, &g_owned), 0);
+	/* bad input: no pool, a host-memory pool, no buffer, unaligned, empty, part pages */
+	ASSERT_EQ(uhmm_devmem_set_staging(NULL, stage, len), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_set_staging(host, stage, len), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_set_staging(g_owned, NULL, len), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_set_staging(g_owned, stage + 8, len), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_set_staging(g_owned, stage, 0), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_set_staging(g_owned, stage, len - 100), -EINVAL);
+	ASSERT_EQ(uhmm_devmem_destroy(host), 0);
+	ASSERT_EQ(uhmm_devmem_set_staging(g_owned, stage, len), 0);
+	ASSERT_EQ(uhmm_devmem_set_staging(g_owned, stage + 4096, len), -EBUSY);  /* once */
+	g_stage = stage;
+	g_stage_len = len;
+	g_stage_outside = 0;
+
+	char *buf = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	ASSERT_MAPPED(buf);
+	for (int i = 0; i < 16; i++)
+		if (i != 9)  /* page 9 stays a hole: a clear run */
+			memset(buf + i * 4096, 'A' + i, 4096);
+	memset(g_owned_mem, 0x55, sizeof(g_owned_mem));
+	struct uhmm_devmem_stats st;
+	g_copy_fail = 1;
+	ASSERT_EQ(owned_migrate(buf, 16), -EIO);
+	g_copy_fail = 0;
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 0);
+	for (int i = 0; i < 16; i++)
+		ASSERT_EQ(buf[i * 4096 + 7], i == 9 ? 0 : 'A' + i);
+
+	struct uhmm_stats s0, s1;
+	uhmm_stats_get(&s0);
+	int calls0 = g_copy_calls;
+	ASSERT_EQ(owned_migrate(buf, 16), 16);
+	ASSERT_EQ(g_copy_calls - calls0, 2);  /* a batch is one 8-page slot */
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 16);
+	for (int i = 0; i < 16; i++) {
+		char want = i == 9 ? 0 : 'A' + i;
+		int found = 0;
+		for (int k = 0; k < 64 && !found; k++)
+			found = g_owned_mem[k * 4096] == want && g_owned_mem[k * 4096 + 4095] == want;
+		ASSERT_TRUE(found);
+	}
+	/* back by CPU faults: the driver writes the staging, uhmm installs from it */
+	for (int i = 0; i < 16; i++)
+		ASSERT_EQ(buf[i * 4096 + 4001], i == 9 ? 0 : 'A' + i);
+	ASSERT_EQ(g_stage_outside, 0);
+	uhmm_stats_get(&s1);
+	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 16);
+	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 16);
+	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, 16);
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 0);
+	g_stage = NULL;
+	ASSERT_EQ(munmap(buf, 16 * 4096), 0);
+	ASSERT_EQ(uhmm_devmem_destroy(g_owned), 0);
+	ASSERT_EQ(munmap(stage, len + 4096), 0);
+	assert_runtime_ok();
 }
 
 TEST_MAIN()
