@@ -15,20 +15,29 @@
  * memory (CMA) transports do not confine RMA by rkey, so on a network with
  * untrusted clients run with --no-rma: no rkey is handed out and every byte
  * goes through READ/WRITE active messages that the server bounds-checks.
- * Freed pages are deregistered first, then zeroed and given back to the OS
- * (MADV_DONTNEED), so nothing crosses from one client to the next.
+ * Freed pages are deregistered first, then zeroed, so nothing crosses from
+ * one client to the next.  They stay resident (memset) for the next
+ * allocation: a page given back to the OS is zero-filled again by the
+ * kernel on the next client's first write, in the middle of its transfer
+ * (measured, 256 MiB placed and fetched in turn: place 1.3 GB/s with pages
+ * given back, 3.9 GB/s kept; docs/farmem.md).  --release-freed gives them
+ * back instead (MADV_DONTNEED), for a server whose clients come and go.
  *
  *   uhmm-memd --listen HOST:PORT --size BYTES[K|M|G] --token-file FILE
- *             [--no-rma] [--spin-us N] [--quiet]
+ *             [--no-rma] [--spin-us N] [--release-freed] [--quiet]
  * PORT 0 picks a free port; the first line on stdout names the address:
  *   uhmm-memd: listening on 127.0.0.1:40123 size 1073741824 rma on
  * SIGTERM/SIGINT: clean shutdown (clients disconnected, memory released).
  * SIGUSR1: one line of counters on stderr.
- * --spin-us N (default 0): after the last event the loop keeps polling for
- * N us before it sleeps on the worker's event fd.  On a dedicated server
- * 50-200 saves the wake-up (tens of us on a VM) of every request in a
- * stream of faults; on a host shared with its clients spinning takes the
- * CPU they need (measured: 2-6x slower faults on 2 busy CPUs).
+ * --spin-us N (default 200): after the last event the loop keeps polling
+ * for N us before it sleeps on the worker's event fd, yielding the CPU
+ * between polls so that a client on the same CPU still runs.  A client's
+ * read over TCP (UCX 1.13 does RMA to a client/server endpoint over TCP,
+ * never CMA) needs the server's progress, so a sleeping server puts its
+ * wake-up (~40 us on this VM) into every CPU fault: measured on 2 CPUs,
+ * client and server on one host, random faults p50 110 us with 0, 14 us
+ * with 200 (docs/farmem.md).  0 never spins (a server that shares a loaded
+ * host and serves rare requests).
  */
 #define _GNU_SOURCE
 #include "proto.h"
@@ -39,6 +48,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,6 +103,7 @@ static struct {
 	struct fm_server s;
 	struct conn *conns;
 	bool quiet;
+	bool release_freed;        /* --release-freed: freed pages go back to the OS */
 	volatile int stop;
 	uint64_t bytes_rma_registered;
 } g;
@@ -131,8 +142,12 @@ static void on_free(struct fm_server *s, struct fm_alloc *a)
 		ucp_mem_unmap(g.ctx, (ucp_mem_h)a->priv);
 		a->priv = NULL;
 	}
-	/* zero and give back: the next owner reads zeros (I5) */
-	madvise(g.base + a->first * FM_PAGE, a->npages * FM_PAGE, MADV_DONTNEED);
+	/* zero (and give back if asked): the next owner reads zeros (I5) */
+	char *p = g.base + a->first * FM_PAGE;
+	if (g.release_freed)
+		madvise(p, a->npages * FM_PAGE, MADV_DONTNEED);
+	else
+		memset(p, 0, a->npages * FM_PAGE);
 }
 
 static int register_alloc(struct fm_alloc *a, void **rkey, size_t *rkey_len)
@@ -489,7 +504,7 @@ static int port_free(const struct sockaddr_storage *ss, socklen_t len)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: " PROG " --listen HOST:PORT --size BYTES[K|M|G] --token-file FILE "
-		   "[--no-rma] [--spin-us N] [--quiet]\n");
+		   "[--no-rma] [--spin-us N] [--release-freed] [--quiet]\n");
 }
 
 int main(int argc, char **argv)
@@ -511,7 +526,7 @@ int main(int argc, char **argv)
 		}
 	}
 	const char *listen = NULL, *size_s = NULL, *token_file = NULL;
-	uint64_t spin_ns = 0;  /* --spin-us: polling after the last event */
+	uint64_t spin_ns = 200000;  /* --spin-us: polling after the last event */
 	bool rma = true;
 	static const struct option opts[] = {
 		{ "listen", required_argument, 0, 'l' },
@@ -520,6 +535,7 @@ int main(int argc, char **argv)
 		{ "no-rma", no_argument, 0, 'n' },
 		{ "quiet", no_argument, 0, 'q' },
 		{ "spin-us", required_argument, 0, 'S' },
+		{ "release-freed", no_argument, 0, 'R' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -531,6 +547,7 @@ int main(int argc, char **argv)
 		case 't': token_file = optarg; break;
 		case 'n': rma = false; break;
 		case 'q': g.quiet = true; break;
+		case 'R': g.release_freed = true; break;
 		case 'S': {
 			char *e;
 			unsigned long v = strtoul(optarg, &e, 10);
@@ -695,6 +712,7 @@ int main(int argc, char **argv)
 			}
 			if (now_ns() >= busy_until)
 				break;
+			sched_yield();
 		}
 		struct signalfd_siginfo si;
 		while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
