@@ -379,8 +379,28 @@ static void sift_down(uint64_t *a, uint64_t i, uint64_t n)
 	}
 }
 
+/*
+ * Ascending order.  The free lists give frames back mostly in order, or in
+ * reverse (a list pushed in ascending order pops descending): those two
+ * cost one pass, not a heapsort (9 % of a far-memory placement, perf).
+ */
 static void sort_u64(uint64_t *a, uint64_t n)
 {
+	uint64_t up = 1, down = 1;
+	for (uint64_t i = 1; i < n; i++) {
+		up += a[i - 1] < a[i];
+		down += a[i - 1] > a[i];
+	}
+	if (up >= n)
+		return;
+	if (down >= n) {
+		for (uint64_t i = 0, j = n - 1; i < j; i++, j--) {
+			uint64_t t = a[i];
+			a[i] = a[j];
+			a[j] = t;
+		}
+		return;
+	}
 	for (uint64_t i = n / 2; i-- > 0;)
 		sift_down(a, i, n);
 	for (uint64_t end = n; end > 1; end--) {
