@@ -441,6 +441,7 @@ void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 void uhmm__pmeta_changed(struct uhmm__as *as, uint64_t addr, struct pmeta *pm);
 bool uhmm__page_lock_wait(struct uhmm__as *as, uint64_t addr);
 void uhmm__page_release(struct uhmm__as *as, uint64_t addr);   /* takes pt_lock */
+void uhmm__page_release_locked(struct uhmm__as *as, uint64_t addr);
 /* The page walker (page.c): fn per page with metadata; nonzero stops the walk. */
 typedef int (*uhmm__walk_fn)(struct uhmm__as *as, uint64_t addr, struct pmeta *pm, void *arg);
 #define WALK_UNLOCKED 1U   /* wait for each page's lock to be free first */

@@ -317,10 +317,7 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	for (uint64_t i = 0; i < a->npages; i++) {
 		if (m->origin[i] == OR_NONE)
 			continue;
-		uint64_t addr = a->start + (i << PG_SHIFT);
-		struct pmeta *pm = uhmm__pmeta(as, addr, false);
-		if (pm && pm->locked != LOCK_FAULT)
-			uhmm__page_unlock(as, addr, pm);
+		uhmm__page_release_locked(as, a->start + (i << PG_SHIFT));
 	}
 	uhmm__pt_unlock(as);
 	/*

@@ -141,10 +141,17 @@ void uhmm__page_unlock(struct uhmm__as *as, uint64_t addr, struct pmeta *pm)
 void uhmm__page_release(struct uhmm__as *as, uint64_t addr)
 {
 	uhmm__pt_lock(as);
+	uhmm__page_release_locked(as, addr);
+	uhmm__pt_unlock(as);
+}
+
+/* uhmm__page_release() with pt_lock held (a caller unlocking many pages in one hold). */
+void uhmm__page_release_locked(struct uhmm__as *as, uint64_t addr)
+{
+	uhmm__assert_pt_held(as);
 	struct pmeta *pm = uhmm__pmeta(as, addr, false);
 	if (pm && pm->locked != LOCK_FAULT)
 		uhmm__page_unlock(as, addr, pm);
-	uhmm__pt_unlock(as);
 }
 
 /* ---- the page walker --------------------------------------------------- */
