@@ -67,10 +67,11 @@ static int driver_copy(struct uhmm_devmem *mem, enum uhmm_copy_dir dir,
 	/* "copy" covers every copy of a migration, the driver's too */
 	if (uhmm__inject(INJ_DRIVER_COPY) || uhmm__inject(INJ_COPY))
 		return -EIO;
-	uint64_t fence = 0;
+	uint64_t fence = 0, t0 = uhmm__now_ns();
 	int rc = mem->copy_ops->copy(mem, dir, runs, nruns, &fence);
 	if (rc == 0 && fence && mem->copy_ops->wait)
 		rc = mem->copy_ops->wait(mem, fence);
+	uhmm__fault_copy_time(uhmm__now_ns() - t0);  /* a fault's cost (faultwork.c) */
 	if (rc > 0)
 		rc = -EIO;  /* a driver that returns a positive value failed all the same */
 	return rc;

@@ -149,8 +149,9 @@ static int cpu_fault(struct uhmm__as *as, uint64_t addr, bool write, enum fault_
 		    uhmm__fault_defer(as, pool, addr, fr, write, as->fault_tid, t0) == 0)
 			return 0;
 		uint64_t m0 = uhmm__now_ns();
+		uhmm__fault_time_begin();
 		int rc = pool->ops->migrate_to_ram(pool, &vmf);
-		uhmm__fault_timed(pool, uhmm__now_ns() - m0);
+		uhmm__fault_timed(pool, uhmm__fault_time_end(uhmm__now_ns() - m0));
 		uhmm__pt_lock(as);
 		pm = uhmm__pmeta(as, addr, false);
 		if (pm)  /* kept while locked: it cannot have gone */

@@ -558,6 +558,9 @@ int uhmm__fault_defer(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t ad
 		      uint64_t page, bool write, pid_t tid, uint64_t t0);
 bool uhmm__fault_should_defer(struct uhmm_devmem *pool);
 void uhmm__fault_timed(struct uhmm_devmem *pool, uint64_t ns);
+void uhmm__fault_time_begin(void);
+uint64_t uhmm__fault_time_end(uint64_t wall_ns);
+void uhmm__fault_copy_time(uint64_t ns);
 
 /* placement.c: the service thread follows a pinned faulting thread */
 void uhmm__service_placement_init(void);
