@@ -812,7 +812,8 @@ static int rma_start(struct fmx_srv *s, bool put, struct fmx_region *reg, uint64
 	};
 	s->inflight++;
 	s->x->inflight++;
-	s->dirty = true;
+	if (put)
+		s->dirty = true;  /* a get is complete with its data: only puts need the flush */
 	void *q = put ? ucp_put_nbx(s->ep, buf, len, reg->base + off, reg->rkey, &p)
 		      : ucp_get_nbx(s->ep, buf, len, reg->base + off, reg->rkey, &p);
 	if (UCS_PTR_IS_PTR(q))
