@@ -32,9 +32,10 @@
  * --spin-us N (default 200): after the last event the loop keeps polling
  * for N us before it sleeps on the worker's event fd, yielding the CPU
  * between polls so that a client on the same CPU still runs.  A client's
- * read over TCP (UCX 1.13 does RMA to a client/server endpoint over TCP,
- * never CMA) needs the server's progress, so a sleeping server puts its
- * wake-up (~40 us on this VM) into every CPU fault: measured on 2 CPUs,
+ * 4 KiB read needs the server's progress, even on one host (UCX 1.13, a
+ * client/server endpoint: UCX_TLS=cma,tcp reads small pages as slowly as
+ * tcp), so a sleeping server puts its wake-up (~40 us on this VM) into
+ * every CPU fault: measured on 2 CPUs,
  * client and server on one host, random faults p50 110 us with 0, 14 us
  * with 200 (docs/farmem.md).  0 never spins (a server that shares a loaded
  * host and serves rare requests).
