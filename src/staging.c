@@ -11,13 +11,13 @@
  * copy, perf).  Written into a small buffer that stays populated and warm
  * in the cache instead, the data goes into the frames with UFFDIO_COPY,
  * which allocates each page without zeroing it and copies: the kernel's
- * own alloc-and-copy (docs/design.md, "Staging for migrations to RAM").
+ * own alloc-and-copy (docs/design.md §7, "Why a bounce").
  *
  * The runtime maps the bounce at creation (lifecycle.c); a driver sets its
  * staging once per pool (devmem.c checks the call).  Either kind is split
- * into slots (one batch of a migration in flight
- * each) taken and given back by compare-and-swap on a bitmask, no lock:
- * a self-service fault takes one in a signal handler.
+ * into slots, one batch of a migration in flight each, taken and given back
+ * by compare-and-swap on a bitmask, no lock: a self-service fault takes one
+ * in a signal handler.
  */
 #include "internal.h"
 

@@ -247,23 +247,37 @@ int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wa
 	return rc;
 }
 
-/* A copy interrupted part way (EAGAIN: the range changed) goes on after what it did. */
+/*
+ * A copy interrupted part way (EAGAIN: the range is changing) goes on after
+ * what it did; not through uffd_ioctl(), whose retry would repeat the part
+ * already copied (-EEXIST).
+ */
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len)
 {
-	uint64_t done = 0;
+	uint64_t done = 0, t0 = 0;
 	int rc = 0;
+	int fd = fd_for(as, dst);
 	while (done < len) {
 		struct uffdio_copy cp = {
 			.dst = dst + done, .src = (uint64_t)(uintptr_t)src + done, .len = len - done,
 		};
-		rc = uffd_ioctl(as, dst + done, UFFDIO_COPY, &cp);
-		if (rc != -EAGAIN || cp.copy <= 0)
+		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL))) {
+			rc = -EAGAIN;
+		} else if (ioctl(fd, UFFDIO_COPY, &cp) == 0) {
+			done = len;
+			rc = 0;
 			break;
-		done += (uint64_t)cp.copy;
+		} else {
+			rc = -errno;
+			if (cp.copy > 0)
+				done += (uint64_t)cp.copy;
+		}
+		if (rc != -EAGAIN || !wait_again(as, &t0))
+			break;
 		rc = 0;
 	}
-	TR('C', dst, 0, len, rc);
-	return rc;
+	TR('C', dst, 0, len, done == len ? 0 : rc);
+	return done == len ? 0 : (rc ? rc : -EIO);
 }
 
 int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len)
