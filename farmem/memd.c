@@ -22,9 +22,13 @@
  * (measured, 256 MiB placed and fetched in turn: place 1.3 GB/s with pages
  * given back, 3.9 GB/s kept; docs/farmem.md).  --release-freed gives them
  * back instead (MADV_DONTNEED), for a server whose clients come and go.
+ * --prefault commits the whole region at start (RSS = --size at once), so
+ * that even the first client's writes find their pages: the first
+ * placement into untouched memory ran at 1.3-1.6 GB/s, the server's own
+ * page faults in the middle of the transfer.
  *
  *   uhmm-memd --listen HOST:PORT --size BYTES[K|M|G] --token-file FILE
- *             [--no-rma] [--spin-us N] [--release-freed] [--quiet]
+ *             [--no-rma] [--spin-us N] [--release-freed] [--prefault] [--quiet]
  * PORT 0 picks a free port; the first line on stdout names the address:
  *   uhmm-memd: listening on 127.0.0.1:40123 size 1073741824 rma on
  * SIGTERM/SIGINT: clean shutdown (clients disconnected, memory released).
@@ -42,6 +46,7 @@
  */
 #define _GNU_SOURCE
 #include "proto.h"
+#include "../src/compat.h"  /* MADV_POPULATE_WRITE on older headers */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -502,10 +507,24 @@ static int port_free(const struct sockaddr_storage *ss, socklen_t len)
 	return rc;
 }
 
+/* MemAvailable in bytes, 0 if unknown. */
+static uint64_t mem_available(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	unsigned long long kib = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return (uint64_t)kib << 10;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: " PROG " --listen HOST:PORT --size BYTES[K|M|G] --token-file FILE "
-		   "[--no-rma] [--spin-us N] [--release-freed] [--quiet]\n");
+		   "[--no-rma] [--spin-us N] [--release-freed] [--prefault] [--quiet]\n");
 }
 
 int main(int argc, char **argv)
@@ -528,7 +547,7 @@ int main(int argc, char **argv)
 	}
 	const char *listen = NULL, *size_s = NULL, *token_file = NULL;
 	uint64_t spin_ns = 200000;  /* --spin-us: polling after the last event */
-	bool rma = true;
+	bool rma = true, prefault = false;
 	static const struct option opts[] = {
 		{ "listen", required_argument, 0, 'l' },
 		{ "size", required_argument, 0, 's' },
@@ -537,6 +556,7 @@ int main(int argc, char **argv)
 		{ "quiet", no_argument, 0, 'q' },
 		{ "spin-us", required_argument, 0, 'S' },
 		{ "release-freed", no_argument, 0, 'R' },
+		{ "prefault", no_argument, 0, 'P' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -549,6 +569,7 @@ int main(int argc, char **argv)
 		case 'n': rma = false; break;
 		case 'q': g.quiet = true; break;
 		case 'R': g.release_freed = true; break;
+		case 'P': prefault = true; break;
 		case 'S': {
 			char *e;
 			unsigned long v = strtoul(optarg, &e, 10);
@@ -608,6 +629,19 @@ int main(int argc, char **argv)
 	if (g.base == MAP_FAILED) {
 		logline("cannot reserve %s bytes: %s", size_s, strerror(errno));
 		return 1;
+	}
+	if (prefault) {
+		/* more than the machine has free would call the OOM killer, not fail */
+		uint64_t avail = mem_available();
+		if (avail && g.size > avail) {
+			logline("cannot commit %s bytes (--prefault): %llu MiB available", size_s,
+				(unsigned long long)(avail >> 20));
+			return 1;
+		}
+		if (madvise(g.base, g.size, MADV_POPULATE_WRITE) != 0) {
+			logline("cannot commit %s bytes (--prefault): %s", size_s, strerror(errno));
+			return 1;
+		}
 	}
 	if ((rc = fm_server_init(&g.s, g.size / FM_PAGE, tok, toklen, rma ? FM_SRV_RMA : 0))) {
 		logline("out of memory");

@@ -72,7 +72,7 @@ static void roundtrip(const char *variant, const char *extra, enum fmx_path path
 	ASSERT_EQ(st.client_pages, len / 4096);
 	ASSERT_EQ(st.clients, 1);
 	ASSERT_EQ(st.allocs, 1);
-	if (extra || path == FMX_PATH_AM) {
+	if ((extra && strstr(extra, "no-rma")) || path == FMX_PATH_AM) {
 		ASSERT_TRUE(fmx_uses_am_writes(c));
 		ASSERT_GE(st.am_writes, len / (256 << 10));
 		ASSERT_EQ(st.am_bytes_written, len);
@@ -97,6 +97,9 @@ static void roundtrip(const char *variant, const char *extra, enum fmx_path path
 }
 
 TEST(farmem_xport_roundtrip_sm) { roundtrip("sm", NULL, FMX_PATH_AUTO); }
+/* the server's memory options: data and counters as with the defaults */
+TEST(farmem_xport_release_freed_sm) { roundtrip("sm", "--release-freed", FMX_PATH_AUTO); }
+TEST(farmem_xport_prefault_sm) { roundtrip("sm", "--prefault", FMX_PATH_AUTO); }
 TEST(farmem_xport_roundtrip_tcp) { roundtrip("tcp", NULL, FMX_PATH_AUTO); }
 TEST(farmem_xport_roundtrip_rma_sm) { roundtrip("sm", NULL, FMX_PATH_RMA); }
 TEST(farmem_xport_roundtrip_rma_tcp) { roundtrip("tcp", NULL, FMX_PATH_RMA); }
@@ -367,8 +370,11 @@ TEST(farmem_xport_server_killed_sm) { killed("sm"); }
 TEST(farmem_xport_server_killed_tcp) { killed("tcp"); }
 
 /* the server's own errors: port in use, size too big, bad arguments, token file */
-static int run_memd(const char *a1, const char *a2, const char *a3, const char *a4,
-		    const char *a5, const char *a6, char *err, size_t errlen)
+#define run_memd(a1, a2, a3, a4, a5, a6, err, errlen, ...) \
+	run_memd7(a1, a2, a3, a4, a5, a6, err, errlen, ##__VA_ARGS__, NULL)
+/* uhmm-memd with up to 7 arguments; its exit status, stderr in err. */
+static int run_memd7(const char *a1, const char *a2, const char *a3, const char *a4,
+		     const char *a5, const char *a6, char *err, size_t errlen, const char *a7, ...)
 {
 	char ef[128];
 	snprintf(ef, sizeof(ef), "/tmp/uhmm_memd_e_%d_%d", (int)getpid(), rand());
@@ -378,7 +384,7 @@ static int run_memd(const char *a1, const char *a2, const char *a3, const char *
 		dup2(fd, 2);
 		int nul = open("/dev/null", O_WRONLY);
 		dup2(nul, 1);
-		execl(tu_memd_path(), "uhmm-memd", a1, a2, a3, a4, a5, a6, (char *)NULL);
+		execl(tu_memd_path(), "uhmm-memd", a1, a2, a3, a4, a5, a6, a7, (char *)NULL);
 		_exit(127);
 	}
 	int st;
@@ -390,6 +396,68 @@ static int run_memd(const char *a1, const char *a2, const char *a3, const char *
 		fclose(f);
 	unlink(ef);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* VmRSS of process pid in KiB, or -1. */
+static long proc_rss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	long v = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* MemAvailable and MemTotal of this machine in KiB. */
+static void meminfo_kib(long *avail, long *total)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	*avail = *total = -1;
+	while (f && fgets(line, sizeof(line), f)) {
+		sscanf(line, "MemAvailable: %ld", avail);
+		sscanf(line, "MemTotal: %ld", total);
+	}
+	if (f)
+		fclose(f);
+}
+
+/*
+ * --prefault commits the region at start: the server's RSS covers --size
+ * before any client writes; without it, the region is only reserved.  More
+ * than the machine has available is refused with one line (committing it
+ * would call the OOM killer, not fail).
+ */
+TEST(farmem_memd_prefault)
+{
+	setup("tcp");
+	long avail, total;
+	meminfo_kib(&avail, &total);
+	if (avail > 0 && total - avail > 256 * 1024) {
+		char size[32], err[1024];
+		snprintf(size, sizeof(size), "%ldK", avail + (total - avail) / 2);
+		ASSERT_EQ(run_memd("--listen", "127.0.0.1:0", "--size", size, "--token-file", g_tok,
+				   err, sizeof(err), "--prefault"), 1);
+		ASSERT_TRUE(strstr(err, "available") != NULL);
+		ASSERT_EQ(strchr(err, '\n'), err + strlen(err) - 1);  /* one line */
+	} else {
+		printf("INFO no room between MemAvailable and MemTotal: the refusal is not tried\n");
+	}
+	struct tu_server s, r;
+	ASSERT_EQ(tu_server_start(&s, "48M", g_tok, "--prefault"), 0);
+	ASSERT_EQ(tu_server_start(&r, "48M", g_tok, NULL), 0);
+	long with = proc_rss_kib(s.pid), without = proc_rss_kib(r.pid);
+	printf("INFO VmRSS with --prefault %ld KiB, without %ld KiB\n", with, without);
+	ASSERT_GE(with, 48 * 1024);
+	ASSERT_LT(without, 48 * 1024);
+	ASSERT_GE(with - without, 40 * 1024);
+	ASSERT_EQ(tu_server_stop(&s, SIGTERM), 0);
+	ASSERT_EQ(tu_server_stop(&r, SIGTERM), 0);
 }
 
 TEST(farmem_memd_errors)
@@ -405,6 +473,7 @@ TEST(farmem_memd_errors)
 	ASSERT_EQ(run_memd("--listen", "127.0.0.1:0", "--size", "64T", "--token-file", g_tok, err,
 			   sizeof(err)), 1);
 	ASSERT_TRUE(strstr(err, "too big") != NULL);
+
 	ASSERT_EQ(run_memd("--listen", "127.0.0.1:0", "--size", "12X", "--token-file", g_tok, err,
 			   sizeof(err)), 2);
 	ASSERT_TRUE(strstr(err, "bad --size") != NULL);
