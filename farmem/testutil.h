@@ -183,19 +183,30 @@ static inline void tu_set_tls(const char *variant)
 	setenv("UCX_NET_DEVICES", "lo", 1);
 }
 
-/* RssAnon of this process in KiB. */
-static inline long tu_rss_anon_kb(void)
+/* A "Name:  N kB" line of /proc/PID/status (pid 0: this process) in KiB, or -1. */
+static inline long tu_status_kb(pid_t pid, const char *name)
 {
-	FILE *f = fopen("/proc/self/status", "r");
+	char path[64], line[256];
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	else
+		snprintf(path, sizeof(path), "/proc/self/status");
+	FILE *f = fopen(path, "r");
 	if (!f)
 		return -1;
-	char line[256];
+	size_t nl = strlen(name);
 	long v = -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssAnon: %ld", &v) == 1)
+		if (!strncmp(line, name, nl) && line[nl] == ':' && sscanf(line + nl + 1, "%ld", &v) == 1)
 			break;
 	fclose(f);
 	return v;
+}
+
+/* RssAnon of this process in KiB. */
+static inline long tu_rss_anon_kb(void)
+{
+	return tu_status_kb(0, "RssAnon");
 }
 
 /*

@@ -673,21 +673,24 @@ static long owned_migrate(char *buf, uint64_t npages)
 	return got;
 }
 
-TEST(devmem_owned_copy)
+/*
+ * 16 pages of malloc-like memory through g_owned and back, page hole
+ * staying a hole (a clear run), each other page i filled with base + i: a
+ * failing driver copy first (nothing moves, nothing lost, pool empty),
+ * then the migration in calls driver copy calls (the device holds the data
+ * and a cleared hole, not the stale bytes put in its memory: I5), then CPU
+ * reads that fault every page back; data and counters exact.
+ */
+static void owned_round_trip(int hole, char base, int calls)
 {
-	if (!(uhmm_features() & UHMM_FEAT_MOVE))
-		SKIP("migration needs UFFDIO_MOVE (Linux 6.8+)");
-	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &owned_dev_ops,
-					   &owned_ops, 0, NULL, 64, &g_owned), 0);
 	char *buf = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 			 -1, 0);
 	ASSERT_MAPPED(buf);
 	for (int i = 0; i < 16; i++)
-		if (i != 5)  /* page 5 stays a hole: a clear run */
-			memset(buf + i * 4096, 'a' + i, 4096);
+		if (i != hole)
+			memset(buf + i * 4096, base + i, 4096);
 	memset(g_owned_mem, 0x77, sizeof(g_owned_mem));  /* stale data: must not leak (I5) */
 
-	/* a failing driver copy: nothing moves, nothing is lost, pool empty */
 	g_copy_fail = 1;
 	ASSERT_EQ(owned_migrate(buf, 16), -EIO);
 	g_copy_fail = 0;
@@ -695,29 +698,24 @@ TEST(devmem_owned_copy)
 	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
 	ASSERT_EQ(st.in_use, 0);
 	for (int i = 0; i < 16; i++)
-		ASSERT_EQ(buf[i * 4096 + 100], i == 5 ? 0 : 'a' + i);
+		ASSERT_EQ(buf[i * 4096 + 100], i == hole ? 0 : base + i);
 
 	struct uhmm_stats s0, s1;
 	uhmm_stats_get(&s0);
 	int calls0 = g_copy_calls;
 	ASSERT_EQ(owned_migrate(buf, 16), 16);
-	ASSERT_EQ(g_copy_calls - calls0, 1);  /* one call for the batch */
+	ASSERT_EQ(g_copy_calls - calls0, calls);
 	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
 	ASSERT_EQ(st.in_use, 16);
-	/* the device holds the data; the hole was cleared, not left stale */
-	int clear_seen = 0;
 	for (int i = 0; i < 16; i++) {
-		char want = i == 5 ? 0 : 'a' + i;
+		char want = i == hole ? 0 : base + i;
 		int found = 0;
 		for (int k = 0; k < 64 && !found; k++)
 			found = g_owned_mem[k * 4096] == want && g_owned_mem[k * 4096 + 4095] == want;
 		ASSERT_TRUE(found);
-		clear_seen += i == 5;
 	}
-	ASSERT_EQ(clear_seen, 1);
-	/* CPU reads fault every page back through the driver */
 	for (int i = 0; i < 16; i++)
-		ASSERT_EQ(buf[i * 4096 + 4000], i == 5 ? 0 : 'a' + i);
+		ASSERT_EQ(buf[i * 4096 + 4000], i == hole ? 0 : base + i);
 	uhmm_stats_get(&s1);
 	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 16);
 	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 16);
@@ -725,6 +723,15 @@ TEST(devmem_owned_copy)
 	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
 	ASSERT_EQ(st.in_use, 0);
 	ASSERT_EQ(munmap(buf, 16 * 4096), 0);
+}
+
+TEST(devmem_owned_copy)
+{
+	if (!(uhmm_features() & UHMM_FEAT_MOVE))
+		SKIP("migration needs UFFDIO_MOVE (Linux 6.8+)");
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &owned_dev_ops,
+					   &owned_ops, 0, NULL, 64, &g_owned), 0);
+	owned_round_trip(5, 'a', 1);  /* one call for the batch */
 	ASSERT_EQ(uhmm_devmem_destroy(g_owned), 0);
 }
 
@@ -760,49 +767,10 @@ TEST(devmem_owned_staging)
 	g_stage = stage;
 	g_stage_len = len;
 	g_stage_outside = 0;
-
-	char *buf = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			 -1, 0);
-	ASSERT_MAPPED(buf);
-	for (int i = 0; i < 16; i++)
-		if (i != 9)  /* page 9 stays a hole: a clear run */
-			memset(buf + i * 4096, 'A' + i, 4096);
-	memset(g_owned_mem, 0x55, sizeof(g_owned_mem));
-	struct uhmm_devmem_stats st;
-	g_copy_fail = 1;
-	ASSERT_EQ(owned_migrate(buf, 16), -EIO);
-	g_copy_fail = 0;
-	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
-	ASSERT_EQ(st.in_use, 0);
-	for (int i = 0; i < 16; i++)
-		ASSERT_EQ(buf[i * 4096 + 7], i == 9 ? 0 : 'A' + i);
-
-	struct uhmm_stats s0, s1;
-	uhmm_stats_get(&s0);
-	int calls0 = g_copy_calls;
-	ASSERT_EQ(owned_migrate(buf, 16), 16);
-	ASSERT_EQ(g_copy_calls - calls0, 2);  /* a batch is one 8-page slot */
-	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
-	ASSERT_EQ(st.in_use, 16);
-	for (int i = 0; i < 16; i++) {
-		char want = i == 9 ? 0 : 'A' + i;
-		int found = 0;
-		for (int k = 0; k < 64 && !found; k++)
-			found = g_owned_mem[k * 4096] == want && g_owned_mem[k * 4096 + 4095] == want;
-		ASSERT_TRUE(found);
-	}
-	/* back by CPU faults: the driver writes the staging, uhmm installs from it */
-	for (int i = 0; i < 16; i++)
-		ASSERT_EQ(buf[i * 4096 + 4001], i == 9 ? 0 : 'A' + i);
+	/* the driver writes the staging to RAM, uhmm installs from it */
+	owned_round_trip(9, 'A', 2);  /* a batch is one 8-page slot */
 	ASSERT_EQ(g_stage_outside, 0);
-	uhmm_stats_get(&s1);
-	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, 16);
-	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 16);
-	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, 16);
-	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
-	ASSERT_EQ(st.in_use, 0);
 	g_stage = NULL;
-	ASSERT_EQ(munmap(buf, 16 * 4096), 0);
 	ASSERT_EQ(uhmm_devmem_destroy(g_owned), 0);
 	ASSERT_EQ(munmap(stage, len + 4096), 0);
 	assert_runtime_ok();

@@ -398,21 +398,6 @@ static int run_memd7(const char *a1, const char *a2, const char *a3, const char 
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-/* VmRSS of process pid in KiB, or -1. */
-static long proc_rss_kib(pid_t pid)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "r");
-	long v = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld", &v) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return v;
-}
-
 /* MemAvailable and MemTotal of this machine in KiB. */
 static void meminfo_kib(long *avail, long *total)
 {
@@ -451,7 +436,7 @@ TEST(farmem_memd_prefault)
 	struct tu_server s, r;
 	ASSERT_EQ(tu_server_start(&s, "48M", g_tok, "--prefault"), 0);
 	ASSERT_EQ(tu_server_start(&r, "48M", g_tok, NULL), 0);
-	long with = proc_rss_kib(s.pid), without = proc_rss_kib(r.pid);
+	long with = tu_status_kb(s.pid, "VmRSS"), without = tu_status_kb(r.pid, "VmRSS");
 	printf("INFO VmRSS with --prefault %ld KiB, without %ld KiB\n", with, without);
 	ASSERT_GE(with, 48 * 1024);
 	ASSERT_LT(without, 48 * 1024);
