@@ -166,17 +166,18 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 	char *slot = huge && !driver ? NULL : uhmm__staging_take(as, mem, to_ram, &st);
 	uint64_t k;
 	for (k = 0; k < n; k++) {
-		uint64_t sys = to_ram ? b->pages[k] : b->from[k];
+		uint64_t sys = to_ram ? b->pages[k] : b->from[k];  /* 0: a hole, to the device */
 		b->dev[k] = to_ram ? b->from[k] : b->pages[k];
-		if (slot)
+		if (!sys) {
+			b->host[k] = 0;  /* the driver clears */
+		} else if (slot) {
 			b->host[k] = (uint64_t)(uintptr_t)slot + (k << PG_SHIFT);
-		else
-			b->host[k] = sys ? uhmm__frame_addr(as, sys) : 0;
-		if (!to_ram && !sys)
-			b->host[k] = 0;  /* a hole: the driver clears */
-		else if (!to_ram && slot)
-			memcpy(slot + (k << PG_SHIFT), (const void *)(uintptr_t)uhmm__frame_addr(as, sys),
-			       PG_SIZE);
+			if (!to_ram)
+				memcpy(slot + (k << PG_SHIFT),
+				       (const void *)(uintptr_t)uhmm__frame_addr(as, sys), PG_SIZE);
+		} else {
+			b->host[k] = uhmm__frame_addr(as, sys);
+		}
 	}
 	uint64_t nr = make_runs(as, b->host, b->dev, n, b->runs);
 	if (to_ram && !slot) {

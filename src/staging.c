@@ -120,10 +120,10 @@ uint64_t uhmm__staging_slot_pages(const struct uhmm_devmem *mem)
  */
 int uhmm__staging_set(struct uhmm_devmem *mem, void *addr, uint64_t len)
 {
-	static pthread_mutex_t set_lock = PTHREAD_MUTEX_INITIALIZER;  /* leaf: orders the setters */
+	static pthread_mutex_t set_lock = PTHREAD_MUTEX_INITIALIZER;  /* a leaf (design.md §3) */
 	struct uhmm__staging *st = &mem->staging;
 	int rc = -EBUSY;
-	pthread_mutex_lock(&set_lock);
+	uhmm__lock(&set_lock);
 	if (!__atomic_load_n(&st->base, __ATOMIC_ACQUIRE)) {
 		uint64_t slot = len < HUGE_SIZE_BYTES ? len : HUGE_SIZE_BYTES;
 		uint64_t n = len / slot;
@@ -133,6 +133,6 @@ int uhmm__staging_set(struct uhmm_devmem *mem, void *addr, uint64_t len)
 		__atomic_store_n(&st->base, (char *)addr, __ATOMIC_RELEASE);
 		rc = 0;
 	}
-	pthread_mutex_unlock(&set_lock);
+	uhmm__unlock(&set_lock);
 	return rc;
 }
