@@ -280,6 +280,11 @@ void *uhmm_page_zone_data(uint64_t page)
 	if (!f)
 		return NULL;
 	void *d = f->zone_data;
+	/* a tail of a whole huge page: the driver's data is the head's */
+	struct uhmm__as *as = uhmm__as_peek();
+	struct frame *h = &as->frames[page & ~(uint64_t)(CHUNK_FRAMES - 1)];
+	if (!d && h != f && frame_order(h) == HUGE_ORDER)
+		d = h->zone_data;
 	uhmm__unlock(&frame_pool(f)->lock);
 	return d;
 }

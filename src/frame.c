@@ -228,12 +228,23 @@ static uint32_t pop_free(struct uhmm__as *as, struct uhmm_devmem *mem)
 	return idx;
 }
 
-/* pool->lock held: the last reference of frame idx went; a huge page it is part of splits. */
+/*
+ * pool->lock held: the last reference of frame idx went; a huge page it is
+ * part of splits.  The driver named the huge page by its head (the kernel's
+ * form), so each former tail that has no zone data of its own takes the
+ * head's: the pages stay the driver's after the split (an eviction that
+ * asks each page whose it is finds every one of them).
+ */
 static void split_locked(struct uhmm__as *as, uint64_t idx)
 {
-	struct frame *h = &as->frames[idx & ~(uint64_t)(CHUNK_FRAMES - 1)];
-	if (h->order)
-		__atomic_store_n(&h->order, 0, __ATOMIC_RELEASE);
+	uint64_t first = idx & ~(uint64_t)(CHUNK_FRAMES - 1);
+	struct frame *h = &as->frames[first];
+	if (!h->order)
+		return;
+	for (uint32_t k = 1; k < CHUNK_FRAMES && h->zone_data; k++)
+		if (!as->frames[first + k].zone_data)
+			as->frames[first + k].zone_data = h->zone_data;
+	__atomic_store_n(&h->order, 0, __ATOMIC_RELEASE);
 }
 
 void uhmm__frame_split(struct uhmm__as *as, uint64_t idx)
