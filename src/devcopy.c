@@ -140,12 +140,22 @@ static void install_from_slot(struct uhmm__as *as, const char *slot, const uint6
 	for (uint64_t k = 0, e; k < n; k = e) {
 		for (e = k + 1; e < n && pages[e] == pages[e - 1] + 1; e++)
 			;
-		int rc = uhmm__uffd_copy(as, uhmm__frame_addr(as, pages[k]), slot + (k << PG_SHIFT),
-					 (e - k) << PG_SHIFT);
+		uint64_t dst = uhmm__frame_addr(as, pages[k]), len = (e - k) << PG_SHIFT;
+		int rc = uhmm__uffd_copy(as, dst, slot + (k << PG_SHIFT), len);
+		if (rc == -EEXIST) {
+			/*
+			 * A frame of the run maps a page uhmm did not put there
+			 * (as uhmm__move_out_exists finds): the frames are this
+			 * copy's alone, so empty them and copy again.
+			 */
+			for (uint64_t j = k; j < e; j++)
+				uhmm__frame_zap(as, pages[j]);
+			rc = uhmm__uffd_copy(as, dst, slot + (k << PG_SHIFT), len);
+		}
+		/* populated even on failure: a copy stopped part way did some */
 		for (uint64_t j = k; j < e; j++) {
 			errs[j] = rc;
-			if (!rc)
-				uhmm__frame_set_populated(as, pages[j], true);
+			uhmm__frame_set_populated(as, pages[j], true);
 		}
 	}
 }
@@ -170,7 +180,16 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 		b->dev[k] = to_ram ? b->from[k] : b->pages[k];
 		if (!sys) {
 			b->host[k] = 0;  /* the driver clears */
-		} else if (slot) {
+			continue;
+		}
+		/*
+		 * A read of a frame with no page maps the zero page there:
+		 * marked, the frame is emptied before its next use (or its
+		 * next UFFDIO_COPY/MOVE finds it populated: EEXIST).
+		 */
+		if (!to_ram)
+			uhmm__frame_set_populated(as, sys, true);
+		if (slot) {
 			b->host[k] = (uint64_t)(uintptr_t)slot + (k << PG_SHIFT);
 			if (!to_ram)
 				memcpy(slot + (k << PG_SHIFT),
@@ -210,7 +229,11 @@ static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 	if (got <= 0)
 		return got < 0 ? got : -ENOMEM;  /* these pages stay where they are */
 	uint64_t k, ok = 0;
-	if (!mem->owned)
+	if (!mem->owned && to_ram && got == 1 && b->from[0] &&
+	    uhmm__fwd_link(as, b->pages[0], b->from[0]))
+		/* one page to RAM: finalize moves it in one step (fwd.c) */
+		b->errs[0] = uhmm__inject(INJ_COPY) ? -EIO : 0;
+	else if (!mem->owned)
 		uhmm_page_copy_many(b->pages, b->from, (uint64_t)got, b->errs);
 	else
 		owned_copy(as, mem, to_ram, b, (uint64_t)got, huge);

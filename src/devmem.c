@@ -378,6 +378,8 @@ int uhmm_page_copy(uint64_t dst, uint64_t src)
 		return -EINVAL;
 	if (frame_pool(fd)->owned || frame_pool(fs)->owned)
 		return -EOPNOTSUPP;  /* no host memory: the driver copies */
+	uhmm__fwd_resolve(as, dst);  /* their host memory as a copy left it */
+	uhmm__fwd_resolve(as, src);
 	if (uhmm__inject(INJ_COPY))
 		return -EIO;
 	uint64_t da = uhmm__frame_addr(as, dst), sa = uhmm__frame_addr(as, src);
@@ -394,6 +396,7 @@ int uhmm_page_copy(uint64_t dst, uint64_t src)
 	}
 	memcpy((void *)(uintptr_t)da, (const void *)(uintptr_t)sa, PG_SIZE);
 	frame_mark_populated(fd, 1);
+	frame_mark_populated(fs, 1);  /* the read maps the zero page where src had none */
 	return 0;
 }
 
@@ -411,7 +414,7 @@ static uint64_t copy_run(const uint64_t *dst, const uint64_t *src, uint64_t i, u
 	       src[j] == src[j - 1] + 1) {
 		struct frame *fd = live_frame(dst[j], NULL), *fs = live_frame(src[j], NULL);
 		if (!fd || !fs || frame_populated(fd) || frame_pool(fd)->owned ||
-		    frame_pool(fs)->owned)
+		    frame_pool(fs)->owned || frame_fwd_linked(fd) || frame_fwd_linked(fs))
 			break;
 		if (uhmm__inject(INJ_COPY)) {
 			*inj = true;
@@ -462,6 +465,14 @@ long uhmm_page_copy_many(const uint64_t *dst, const uint64_t *src, uint64_t n, i
 		struct uhmm__as *as = NULL;
 		struct frame *fd = dst[i] && src[i] ? live_frame(dst[i], &as) : NULL;
 		struct frame *fs = fd ? live_frame(src[i], NULL) : NULL;
+		if (fd && fs && (frame_fwd_linked(fd) || frame_fwd_linked(fs))) {
+			int r = uhmm_page_copy(dst[i], src[i]);  /* resolves first */
+			failed += r != 0;
+			if (errs)
+				errs[i] = r;
+			i++;
+			continue;
+		}
 		if (!dst[i] || !src[i] || !fd || !fs || frame_populated(fd) || dst[i] == src[i] ||
 		    frame_pool(fd)->owned || frame_pool(fs)->owned) {
 			int r = dst[i] && src[i] ? uhmm_page_copy(dst[i], src[i]) : 0;
@@ -504,6 +515,7 @@ void *uhmm_pfn_to_virt(uint64_t hmm_pfn)
 	struct frame *f = live_frame(pfn, &as);
 	if (!f || frame_pool(f)->owned)
 		return NULL;   /* driver-owned memory has no host address */
+	uhmm__fwd_resolve(as, pfn);  /* the driver sees what a copy left there */
 	frame_mark_populated(f, 1);   /* the driver may touch it from now on */
 	return (void *)(uintptr_t)uhmm__frame_addr(as, pfn);
 }

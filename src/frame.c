@@ -211,6 +211,7 @@ static int pool_grow(struct uhmm__as *as, struct uhmm_devmem *mem)
 static void take_frame(struct uhmm__as *as, struct uhmm_devmem *mem, uint32_t idx)
 {
 	struct frame *f = &as->frames[idx];
+	uhmm__assert(!__atomic_load_n(&f->fwd, __ATOMIC_RELAXED));  /* freed: unlinked */
 	__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
 	f->zone_data = NULL;
 	__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
@@ -488,6 +489,10 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 	}
 	if (held)
 		uhmm__unlock(&held->lock);
+	/* A forwarded copy either frame is part of ends first (fwd.c). */
+	for (uint64_t i = 0; i < k; i++)
+		if (frame_fwd_linked(&as->frames[idx[i]]))
+			uhmm__fwd_freed(as, idx[i]);
 	/* The driver hears of each freed page without uhmm's locks held. */
 	for (uint64_t i = 0; i < k; i++) {
 		struct uhmm_devmem *mem = frame_pool(&as->frames[idx[i]]);

@@ -101,8 +101,13 @@ struct frame {
 	uint8_t pt_clean;          /* first frame of a chunk: its 2 MiB of the arena
 				      has no page table yet (a THP can move in
 				      with one PMD); under the pool's lock */
+	uint8_t fwd_flags;         /* FWD_*, under as->fwd_lock (fwd.c) */
 	uint32_t index;            /* dense index inside its pool (device address) */
+	uint32_t fwd;              /* the other frame of a forwarded copy, or 0
+				      (fwd.c; written under as->fwd_lock) */
 };
+#define FWD_DST  1u  /* this frame is the copy's destination: its data is fwd's page */
+#define FWD_BUSY 2u  /* on the destination: the copy is being done */
 
 #define HUGE_ORDER 9
 #define HUGE_PAGES (1U << HUGE_ORDER)   /* = CHUNK_FRAMES: a huge page is a chunk */
@@ -146,6 +151,11 @@ static inline void frame_mark_populated(struct frame *f, int v)
 static inline bool frame_populated(const struct frame *f)
 {
 	return __atomic_load_n(&f->populated, __ATOMIC_RELAXED);
+}
+/* Part of a forwarded copy (fwd.c): a hint, re-checked under as->fwd_lock. */
+static inline bool frame_fwd_linked(const struct frame *f)
+{
+	return __atomic_load_n(&f->fwd, __ATOMIC_ACQUIRE) != 0;
 }
 
 /*
@@ -275,6 +285,7 @@ struct uhmm__as {
 
 	/* frame arena: protected by arena_lock (order 6) */
 	pthread_mutex_t arena_lock;
+	pthread_mutex_t fwd_lock;  /* forwarded-copy links (fwd.c): a leaf */
 	char *arena;
 	uint64_t arena_frames;
 	uint32_t arena_next_chunk;
@@ -515,6 +526,21 @@ void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
 void uhmm__pool_release_chunks(struct uhmm__as *as, struct uhmm_devmem *mem);
 void uhmm__frame_set_run(struct uhmm__as *as, uint64_t f, uint64_t n, uint64_t addr, bool pop);
+/*
+ * fwd.c: forwarded copies between host frames.  link: s's data is d's page
+ * from now on (false: not possible, copy now).  resolve: do the copy of the
+ * link f is part of, if any (before touching f's host memory).  take: s's
+ * link is dropped and its source returned (finalize moves that page to the
+ * CPU view), or 0.  pair: s <- d is linked.  freed: f's last reference
+ * went (frame.c, before the zap): a source's page goes to its destination.
+ * copy: d's page into s, unlinked (a take whose move failed).
+ */
+bool uhmm__fwd_link(struct uhmm__as *as, uint64_t s, uint64_t d);
+void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f);
+uint64_t uhmm__fwd_take(struct uhmm__as *as, uint64_t s);
+bool uhmm__fwd_pair(struct uhmm__as *as, uint64_t s, uint64_t d);
+void uhmm__fwd_freed(struct uhmm__as *as, uint64_t f);
+void uhmm__fwd_copy(struct uhmm__as *as, uint64_t s, uint64_t d);  /* the copy itself */
 
 /* pagemove.c: a page into or out of the CPU view (the page lock is the caller's) */
 /* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */

@@ -227,6 +227,7 @@ static int as_create(struct uhmm__as **out)
 	pthread_mutex_init(&as->pt_lock, NULL);
 	pthread_cond_init(&as->pt_cond, NULL);
 	pthread_mutex_init(&as->arena_lock, NULL);
+	pthread_mutex_init(&as->fwd_lock, NULL);
 	rc = uhmm__arena_init(as);
 	if (!rc)
 		rc = uhmm__staging_init(as);

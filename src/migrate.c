@@ -42,10 +42,15 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 	struct uhmm_devmem *p = frame_pool(f);
 	int type = p == as->syspool ? 0 : p->type;
 	int rc = 0;
-	if (type == UHMM_DEVMEM_COHERENT)
+	if (type == UHMM_DEVMEM_COHERENT) {
 		rc = uhmm__move_into_cpu_writable(as, addr, d);
-	else if (type == 0)
-		rc = uhmm__move_into_cpu(as, addr, d, wake);
+	} else if (type == 0) {
+		/* a forwarded copy (fwd.c): its source's page goes to the CPU itself */
+		uint64_t from = uhmm__fwd_take(as, d);
+		rc = uhmm__move_into_cpu(as, addr, from ? from : d, wake);
+		if (rc && from)
+			uhmm__fwd_copy(as, d, from);  /* not mapped: d holds the data, as copied */
+	}
 	if (rc)
 		return rc;
 	uhmm__pt_lock(as);
@@ -178,10 +183,19 @@ static void restore_page(struct uhmm__as *as, uint64_t addr, uint64_t s, int ori
 static int finish_page(struct uhmm__as *as, uint64_t addr, uint64_t s, uint64_t d, bool migrated,
 		       int origin, bool put_src, bool wake)
 {
-	if (migrated) {
+	if (migrated && !(s && uhmm__fwd_pair(as, d, s))) {
 		if (s && put_src)
 			uhmm__frame_put(as, s);  /* staging frame or old device page */
 		return dst_private(as, d) ? 0 : install(as, addr, d, wake);
+	}
+	if (migrated) {
+		/* forwarded (fwd.c): s's page moves first, then s goes, then the wake */
+		int rc = install(as, addr, d, false);
+		if (put_src)
+			uhmm__frame_put(as, s);
+		if (wake)
+			uhmm__uffd_wake(as, addr, PG_SIZE);
+		return rc;
 	}
 	restore_page(as, addr, s, origin);
 	struct frame *f = uhmm__frame(as, d);
@@ -201,7 +215,8 @@ static uint64_t sys_dst(struct uhmm__as *as, const struct uhmm_migrate *a, const
 	return dst_private(as, d) ? 0 : d;
 }
 
-enum { INST_NONE, INST_DONE, INST_SRC_FREED };
+/* INST_FWD: a forwarded copy's source, kept out of the early batch (finish_page puts it) */
+enum { INST_NONE, INST_DONE, INST_SRC_FREED, INST_FWD };
 
 /*
  * finalize, first part: pages migrated to consecutive frames of one pool
@@ -214,11 +229,16 @@ static void install_sys_runs(struct uhmm__as *as, struct uhmm_migrate *a, struct
 {
 	for (uint64_t i = 0; i < a->npages;) {
 		uint64_t d = sys_dst(as, a, m, i), j = i + 1;
-		/* runs stop at 2 MiB boundaries: a huge page then moves with one PMD */
+		/*
+		 * runs stop at 2 MiB boundaries (a huge page then moves with one
+		 * PMD) and at forwarded copies (their data is elsewhere: fwd.c)
+		 */
 		while (d && j < a->npages && j - i < MOVE_RUN_MAX &&
 		       ((a->start + (j << PG_SHIFT)) & (HUGE_SIZE_BYTES - 1)) &&
 		       sys_dst(as, a, m, j) == d + (j - i) &&
-		       frame_pool(&as->frames[d + (j - i)]) == frame_pool(&as->frames[d]))
+		       frame_pool(&as->frames[d + (j - i)]) == frame_pool(&as->frames[d]) &&
+		       !frame_fwd_linked(&as->frames[d]) &&
+		       !frame_fwd_linked(&as->frames[d + (j - i)]))
 			j++;
 		if (!d || j - i == 1) {
 			i = j;
@@ -282,8 +302,12 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 	 */
 	for (uint64_t i = 0; put && i < a->npages; i++) {
 		uint64_t s = uhmm_migrate_pfn_to_page(a->src[i]);
-		if (m->origin[i] != OR_NONE && s && (a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
-		    (a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE) && (!inst || inst[i] == INST_NONE))
+		if (m->origin[i] == OR_NONE || !s || !(a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
+		    !(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE) || (inst && inst[i] != INST_NONE))
+			continue;
+		if (inst && uhmm__fwd_pair(as, uhmm_migrate_pfn_to_page(a->dst[i]), s))
+			inst[i] = INST_FWD;
+		else
 			put[nput++] = s;
 	}
 	if (put)
@@ -300,7 +324,8 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		/* The fault page's thread may go on at once (see LOCK_FAULT). */
 		int irc = migrated && done == INST_DONE ? 0 :
 			  finish_page(as, addr, s, d, migrated, m->origin[i],
-				      done == INST_NONE && !put, addr == m->fault_addr);
+				      (done == INST_NONE && !put) || done == INST_FWD,
+				      addr == m->fault_addr);
 		if (irc) {
 			TR_DUMP(addr);
 			uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",

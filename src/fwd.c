@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fwd.c - forwarded copies: a copy between two host frames that is done
+ * later, by the move that needs its result.
+ *
+ * A CPU fault on a page of a host-memory pool copies the device page d into
+ * a new system frame s (uhmm_migrate_copy), and finalize moves s into the
+ * CPU view: two UFFDIO_MOVEs, each a page-table change and a TLB flush, for
+ * one page (the self-service fault profile: the copy 31% of the handler's
+ * time, the install 27%).  A forwarded copy records instead that s's data
+ * is d's page (s->fwd = d, d->fwd = s, FWD_DST on s), and finalize moves
+ * d's page straight to the faulting address (uhmm__fwd_take): one move.
+ *
+ * Anything else that needs either frame's host memory first resolves the
+ * link (uhmm__fwd_resolve): the page moves into s, which is what the copy
+ * would have done.  So does freeing d while the link stands (s keeps its
+ * data); freeing s drops the link (d keeps its own).  Only uhmm's own copy
+ * of one page to RAM (devcopy.c) makes links: the frames are then the
+ * migration's (s new, d locked as its source), and every other user of
+ * them is a driver's call that resolves first.
+ *
+ * as->fwd_lock (a leaf) guards the links.  A resolve marks the pair
+ * FWD_BUSY and moves the page without the lock (an ioctl that may retry
+ * must not hold a uhmm lock); whoever meets a busy pair waits for it.
+ */
+#include "internal.h"
+#include "compat.h"
+
+#include <sched.h>
+#include <string.h>
+
+static uint32_t fwd_peek(const struct frame *f)
+{
+	return __atomic_load_n(&f->fwd, __ATOMIC_ACQUIRE);
+}
+
+bool uhmm__fwd_link(struct uhmm__as *as, uint64_t s, uint64_t d)
+{
+	struct frame *fs = uhmm__frame(as, s), *fd = uhmm__frame(as, d);
+	if (!fs || !fd || s == d || frame_populated(fs))
+		return false;
+	bool ok = false;
+	uhmm__lock(&as->fwd_lock);
+	if (!fs->fwd && !fd->fwd) {
+		fs->fwd_flags = FWD_DST;
+		fd->fwd_flags = 0;
+		__atomic_store_n(&fd->fwd, (uint32_t)s, __ATOMIC_RELEASE);
+		__atomic_store_n(&fs->fwd, (uint32_t)d, __ATOMIC_RELEASE);
+		ok = true;
+	}
+	uhmm__unlock(&as->fwd_lock);
+	return ok;
+}
+
+/* fwd_lock held: drop the link of the pair s <- d. */
+static void unlink_locked(struct frame *fs, struct frame *fd)
+{
+	__atomic_store_n(&fs->fwd, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&fd->fwd, 0, __ATOMIC_RELEASE);
+	fs->fwd_flags = 0;
+	fd->fwd_flags = 0;
+}
+
+/*
+ * fwd_lock held, f linked: the pair (*s the copy's destination), or false
+ * when it is being resolved (the caller waits and looks again).
+ */
+static bool pair_locked(struct uhmm__as *as, uint64_t f, uint64_t *s, uint64_t *d)
+{
+	struct frame *ff = &as->frames[f];
+	*s = ff->fwd_flags & FWD_DST ? f : ff->fwd;
+	*d = ff->fwd_flags & FWD_DST ? ff->fwd : f;
+	return !(as->frames[*s].fwd_flags & FWD_BUSY);
+}
+
+/* The copy that was put off: d's page into s (s reads zeros if d has none). */
+void uhmm__fwd_copy(struct uhmm__as *as, uint64_t s, uint64_t d)
+{
+	struct frame *fs = &as->frames[s], *fd = &as->frames[d];
+	uint64_t sa = uhmm__frame_addr(as, s), da = uhmm__frame_addr(as, d);
+	int rc = uhmm__uffd_move(as, sa, da, PG_SIZE, false, NULL);
+	if (rc == 0) {
+		frame_mark_populated(fs, 1);
+		frame_mark_populated(fd, 0);
+	} else if (rc != -ENOENT) {
+		memcpy((void *)(uintptr_t)sa, (const void *)(uintptr_t)da, PG_SIZE);
+		frame_mark_populated(fs, 1);
+		frame_mark_populated(fd, 1);
+	}
+}
+
+void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f)
+{
+	struct frame *ff = uhmm__frame(as, f);
+	while (ff && fwd_peek(ff)) {
+		uint64_t s, d;
+		uhmm__lock(&as->fwd_lock);
+		if (!ff->fwd) {
+			uhmm__unlock(&as->fwd_lock);
+			return;
+		}
+		if (!pair_locked(as, f, &s, &d)) {
+			uhmm__unlock(&as->fwd_lock);
+			sched_yield();
+			continue;
+		}
+		as->frames[s].fwd_flags |= FWD_BUSY;
+		uhmm__unlock(&as->fwd_lock);
+		uhmm__fwd_copy(as, s, d);
+		uhmm__lock(&as->fwd_lock);
+		unlink_locked(&as->frames[s], &as->frames[d]);
+		uhmm__unlock(&as->fwd_lock);
+		return;
+	}
+}
+
+uint64_t uhmm__fwd_take(struct uhmm__as *as, uint64_t s)
+{
+	struct frame *fs = uhmm__frame(as, s);
+	while (fs && fwd_peek(fs)) {
+		uint64_t ps, d;
+		uhmm__lock(&as->fwd_lock);
+		if (!fs->fwd) {
+			uhmm__unlock(&as->fwd_lock);
+			return 0;
+		}
+		bool ready = pair_locked(as, s, &ps, &d);
+		if (ready && ps == s) {
+			unlink_locked(fs, &as->frames[d]);
+			uhmm__unlock(&as->fwd_lock);
+			return d;
+		}
+		uhmm__unlock(&as->fwd_lock);
+		if (ready) {
+			uhmm__fwd_resolve(as, s);  /* s is the source of a copy: do it first */
+			return 0;
+		}
+		sched_yield();
+	}
+	return 0;
+}
+
+bool uhmm__fwd_pair(struct uhmm__as *as, uint64_t s, uint64_t d)
+{
+	struct frame *fs = uhmm__frame(as, s);
+	if (!fs || !d || fwd_peek(fs) != d)
+		return false;
+	uhmm__lock(&as->fwd_lock);
+	bool pair = fs->fwd == d && (fs->fwd_flags & FWD_DST);
+	uhmm__unlock(&as->fwd_lock);
+	return pair;
+}
+
+void uhmm__fwd_freed(struct uhmm__as *as, uint64_t f)
+{
+	struct frame *ff = &as->frames[f];
+	while (fwd_peek(ff)) {
+		uint64_t s, d;
+		uhmm__lock(&as->fwd_lock);
+		if (!ff->fwd) {
+			uhmm__unlock(&as->fwd_lock);
+			return;
+		}
+		bool ready = pair_locked(as, f, &s, &d);
+		if (ready && s == f) {
+			/* the destination goes: the source keeps its own page */
+			unlink_locked(&as->frames[s], &as->frames[d]);
+			uhmm__unlock(&as->fwd_lock);
+			return;
+		}
+		uhmm__unlock(&as->fwd_lock);
+		if (ready) {
+			uhmm__fwd_resolve(as, f);  /* the source goes: its page to s first */
+			return;
+		}
+		sched_yield();
+	}
+}
