@@ -9,15 +9,15 @@
  * callback runs with no uhmm lock held.
  */
 #include "internal.h"
-
-#ifndef UHMM_FWD_COPIES
-#define UHMM_FWD_COPIES 0  /* see copy_batch */
-#endif
 #include "compat.h"
 
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#ifndef UHMM_FWD_COPIES
+#define UHMM_FWD_COPIES 0  /* see copy_batch */
+#endif
 
 /* Pages handled per round: one allocation, one driver call, one fence. */
 #define COPY_BATCH 512

@@ -276,12 +276,12 @@ void *uhmm_devmem_driver_data(const struct uhmm_devmem *mem)
 
 void *uhmm_page_zone_data(uint64_t page)
 {
-	struct frame *f = lock_live_frame(page, NULL);
+	struct uhmm__as *as;
+	struct frame *f = lock_live_frame(page, &as);
 	if (!f)
 		return NULL;
 	void *d = f->zone_data;
 	/* a tail of a whole huge page: the driver's data is the head's */
-	struct uhmm__as *as = uhmm__as_peek();
 	struct frame *h = &as->frames[page & ~(uint64_t)(CHUNK_FRAMES - 1)];
 	if (!d && h != f && frame_order(h) == HUGE_ORDER)
 		d = h->zone_data;
@@ -465,16 +465,10 @@ long uhmm_page_copy_many(const uint64_t *dst, const uint64_t *src, uint64_t n, i
 		struct uhmm__as *as = NULL;
 		struct frame *fd = dst[i] && src[i] ? live_frame(dst[i], &as) : NULL;
 		struct frame *fs = fd ? live_frame(src[i], NULL) : NULL;
-		if (fd && fs && (frame_fwd_linked(fd) || frame_fwd_linked(fs))) {
-			int r = uhmm_page_copy(dst[i], src[i]);  /* resolves first */
-			failed += r != 0;
-			if (errs)
-				errs[i] = r;
-			i++;
-			continue;
-		}
+		/* a forwarded copy's frame goes one by one too: uhmm_page_copy resolves it */
 		if (!dst[i] || !src[i] || !fd || !fs || frame_populated(fd) || dst[i] == src[i] ||
-		    frame_pool(fd)->owned || frame_pool(fs)->owned) {
+		    frame_pool(fd)->owned || frame_pool(fs)->owned || frame_fwd_linked(fd) ||
+		    frame_fwd_linked(fs)) {
 			int r = dst[i] && src[i] ? uhmm_page_copy(dst[i], src[i]) : 0;
 			failed += r != 0;
 			if (errs)

@@ -62,15 +62,27 @@ static void unlink_locked(struct frame *fs, struct frame *fd)
 }
 
 /*
- * fwd_lock held, f linked: the pair (*s the copy's destination), or false
- * when it is being resolved (the caller waits and looks again).
+ * The pair f is part of, with fwd_lock held on success (*s the copy's
+ * destination): 1.  0: f is not linked (any more), -EBUSY: the pair is
+ * being resolved (the caller yields and looks again); the lock is not held.
  */
-static bool pair_locked(struct uhmm__as *as, uint64_t f, uint64_t *s, uint64_t *d)
+static int lock_pair(struct uhmm__as *as, uint64_t f, uint64_t *s, uint64_t *d)
 {
 	struct frame *ff = &as->frames[f];
+	if (!fwd_peek(ff))
+		return 0;
+	uhmm__lock(&as->fwd_lock);
+	if (!ff->fwd) {
+		uhmm__unlock(&as->fwd_lock);
+		return 0;
+	}
 	*s = ff->fwd_flags & FWD_DST ? f : ff->fwd;
 	*d = ff->fwd_flags & FWD_DST ? ff->fwd : f;
-	return !(as->frames[*s].fwd_flags & FWD_BUSY);
+	if (as->frames[*s].fwd_flags & FWD_BUSY) {
+		uhmm__unlock(&as->fwd_lock);
+		return -EBUSY;
+	}
+	return 1;
 }
 
 /* The copy that was put off: d's page into s (s reads zeros if d has none). */
@@ -91,53 +103,40 @@ void uhmm__fwd_copy(struct uhmm__as *as, uint64_t s, uint64_t d)
 
 void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f)
 {
-	struct frame *ff = uhmm__frame(as, f);
-	while (ff && fwd_peek(ff)) {
-		uint64_t s, d;
-		uhmm__lock(&as->fwd_lock);
-		if (!ff->fwd) {
-			uhmm__unlock(&as->fwd_lock);
-			return;
-		}
-		if (!pair_locked(as, f, &s, &d)) {
-			uhmm__unlock(&as->fwd_lock);
-			sched_yield();
-			continue;
-		}
-		as->frames[s].fwd_flags |= FWD_BUSY;
-		uhmm__unlock(&as->fwd_lock);
-		uhmm__fwd_copy(as, s, d);
-		uhmm__lock(&as->fwd_lock);
-		unlink_locked(&as->frames[s], &as->frames[d]);
-		uhmm__unlock(&as->fwd_lock);
+	uint64_t s, d;
+	int st;
+	if (!uhmm__frame(as, f))
 		return;
-	}
+	while ((st = lock_pair(as, f, &s, &d)) == -EBUSY)
+		sched_yield();
+	if (st <= 0)
+		return;
+	as->frames[s].fwd_flags |= FWD_BUSY;
+	uhmm__unlock(&as->fwd_lock);
+	uhmm__fwd_copy(as, s, d);
+	uhmm__lock(&as->fwd_lock);
+	unlink_locked(&as->frames[s], &as->frames[d]);
+	uhmm__unlock(&as->fwd_lock);
 }
 
 uint64_t uhmm__fwd_take(struct uhmm__as *as, uint64_t s)
 {
-	struct frame *fs = uhmm__frame(as, s);
-	while (fs && fwd_peek(fs)) {
-		uint64_t ps, d;
-		uhmm__lock(&as->fwd_lock);
-		if (!fs->fwd) {
-			uhmm__unlock(&as->fwd_lock);
-			return 0;
-		}
-		bool ready = pair_locked(as, s, &ps, &d);
-		if (ready && ps == s) {
-			unlink_locked(fs, &as->frames[d]);
-			uhmm__unlock(&as->fwd_lock);
-			return d;
-		}
-		uhmm__unlock(&as->fwd_lock);
-		if (ready) {
-			uhmm__fwd_resolve(as, s);  /* s is the source of a copy: do it first */
-			return 0;
-		}
+	uint64_t ps, d;
+	int st;
+	if (!uhmm__frame(as, s))
+		return 0;
+	while ((st = lock_pair(as, s, &ps, &d)) == -EBUSY)
 		sched_yield();
+	if (st <= 0)
+		return 0;
+	if (ps != s) {
+		uhmm__unlock(&as->fwd_lock);
+		uhmm__fwd_resolve(as, s);  /* s is the source of a copy: do it first */
+		return 0;
 	}
-	return 0;
+	unlink_locked(&as->frames[s], &as->frames[d]);
+	uhmm__unlock(&as->fwd_lock);
+	return d;
 }
 
 bool uhmm__fwd_pair(struct uhmm__as *as, uint64_t s, uint64_t d)
@@ -153,26 +152,18 @@ bool uhmm__fwd_pair(struct uhmm__as *as, uint64_t s, uint64_t d)
 
 void uhmm__fwd_freed(struct uhmm__as *as, uint64_t f)
 {
-	struct frame *ff = &as->frames[f];
-	while (fwd_peek(ff)) {
-		uint64_t s, d;
-		uhmm__lock(&as->fwd_lock);
-		if (!ff->fwd) {
-			uhmm__unlock(&as->fwd_lock);
-			return;
-		}
-		bool ready = pair_locked(as, f, &s, &d);
-		if (ready && s == f) {
-			/* the destination goes: the source keeps its own page */
-			unlink_locked(&as->frames[s], &as->frames[d]);
-			uhmm__unlock(&as->fwd_lock);
-			return;
-		}
-		uhmm__unlock(&as->fwd_lock);
-		if (ready) {
-			uhmm__fwd_resolve(as, f);  /* the source goes: its page to s first */
-			return;
-		}
+	uint64_t s, d;
+	int st;
+	while ((st = lock_pair(as, f, &s, &d)) == -EBUSY)
 		sched_yield();
+	if (st <= 0)
+		return;
+	if (s == f) {
+		/* the destination goes: the source keeps its own page */
+		unlink_locked(&as->frames[s], &as->frames[d]);
+		uhmm__unlock(&as->fwd_lock);
+		return;
 	}
+	uhmm__unlock(&as->fwd_lock);
+	uhmm__fwd_resolve(as, f);  /* the source goes: its page to s first */
 }
