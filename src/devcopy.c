@@ -15,9 +15,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef UHMM_FWD_COPIES
-#define UHMM_FWD_COPIES 0  /* see copy_batch */
-#endif
 
 /* Pages handled per round: one allocation, one driver call, one fence. */
 #define COPY_BATCH 512
@@ -222,6 +219,22 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 }
 
 /*
+ * A forwarded copy (fwd.c) for this batch: one page of a host-memory pool
+ * to RAM, with the migration run by the thread whose access waits for it
+ * (a self-service fault, uhmm's own bring-back, a driver's call).  Not on
+ * the service thread or a fault worker: a forwarded source is released
+ * after its page is in the CPU view, and a faulting thread that had not
+ * gone to sleep yet goes on as soon as the page is there, so it could see
+ * the pool still counting the page (the pool counters are settled when the
+ * access returns; test_migrate.counters_settled).
+ */
+static bool fwd_ok(const struct uhmm_devmem *mem, bool to_ram, long got, const struct batch *b)
+{
+	return !mem->owned && to_ram && got == 1 && b->from[0] && !uhmm__in_service_thread() &&
+	       !uhmm__in_fault_worker();
+}
+
+/*
  * One batch of n entries; returns pages copied, or -errno if none was.
  * huge: b->pages holds a huge page already (n == HUGE_PAGES).
  */
@@ -233,12 +246,7 @@ static long copy_batch(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 	if (got <= 0)
 		return got < 0 ? got : -ENOMEM;  /* these pages stay where they are */
 	uint64_t k, ok = 0;
-	/*
-	 * Forwarded copies (fwd.c) are off: CI found a device page left in use
-	 * (test_migrate.migrate_fail_alloc_zero_private[host]) with them on.
-	 */
-	if (UHMM_FWD_COPIES && !mem->owned && to_ram && got == 1 && b->from[0] &&
-	    uhmm__fwd_link(as, b->pages[0], b->from[0]))
+	if (fwd_ok(mem, to_ram, got, b) && uhmm__fwd_link(as, b->pages[0], b->from[0]))
 		/* one page to RAM: finalize moves it in one step (fwd.c) */
 		b->errs[0] = uhmm__inject(INJ_COPY) ? -EIO : 0;
 	else if (!mem->owned)

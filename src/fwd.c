@@ -12,12 +12,14 @@
  * d's page straight to the faulting address (uhmm__fwd_take): one move.
  *
  * Anything else that needs either frame's host memory first resolves the
- * link (uhmm__fwd_resolve): the page moves into s, which is what the copy
- * would have done.  So does freeing d while the link stands (s keeps its
- * data); freeing s drops the link (d keeps its own).  Only uhmm's own copy
- * of one page to RAM (devcopy.c) makes links: the frames are then the
- * migration's (s new, d locked as its source), and every other user of
- * them is a driver's call that resolves first.
+ * link (uhmm__fwd_resolve): d's page is copied into s, which is what the
+ * copy would have done, and d keeps its data as a copy's source does (the
+ * driver may still read it).  Freeing d while the link stands moves its
+ * page into s instead (nothing to keep); freeing s drops the link (d keeps
+ * its own).  Only uhmm's own copy of one page to RAM (devcopy.c) makes
+ * links: the frames are then the migration's (s new, d locked as its
+ * source), and every other user of them is a driver's call that resolves
+ * first.
  *
  * as->fwd_lock (a leaf) guards the links.  A resolve marks the pair
  * FWD_BUSY and moves the page without the lock (an ioctl that may retry
@@ -101,7 +103,22 @@ void uhmm__fwd_copy(struct uhmm__as *as, uint64_t s, uint64_t d)
 	}
 }
 
-void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f)
+/*
+ * The same, keeping d's page: a copy.  A frame that holds no page is not
+ * read (a read would map the zero page into the arena, and a later move
+ * into the frame would find it occupied): s then reads zeros, as d does.
+ */
+static void fwd_dup(struct uhmm__as *as, uint64_t s, uint64_t d)
+{
+	if (!frame_populated(&as->frames[d]))
+		return;
+	memcpy((void *)(uintptr_t)uhmm__frame_addr(as, s),
+	       (const void *)(uintptr_t)uhmm__frame_addr(as, d), PG_SIZE);
+	frame_mark_populated(&as->frames[s], 1);
+}
+
+/* End the link f is part of: d's page copied (move: moved) into s. */
+static void resolve(struct uhmm__as *as, uint64_t f, bool move)
 {
 	uint64_t s, d;
 	int st;
@@ -113,10 +130,18 @@ void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f)
 		return;
 	as->frames[s].fwd_flags |= FWD_BUSY;
 	uhmm__unlock(&as->fwd_lock);
-	uhmm__fwd_copy(as, s, d);
+	if (move)
+		uhmm__fwd_copy(as, s, d);
+	else
+		fwd_dup(as, s, d);
 	uhmm__lock(&as->fwd_lock);
 	unlink_locked(&as->frames[s], &as->frames[d]);
 	uhmm__unlock(&as->fwd_lock);
+}
+
+void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f)
+{
+	resolve(as, f, false);
 }
 
 uint64_t uhmm__fwd_take(struct uhmm__as *as, uint64_t s)
@@ -165,5 +190,5 @@ void uhmm__fwd_freed(struct uhmm__as *as, uint64_t f)
 		return;
 	}
 	uhmm__unlock(&as->fwd_lock);
-	uhmm__fwd_resolve(as, f);  /* the source goes: its page to s first */
+	resolve(as, f, true);  /* the source goes: its page to s first */
 }

@@ -529,11 +529,12 @@ void uhmm__frame_set_run(struct uhmm__as *as, uint64_t f, uint64_t n, uint64_t a
 /*
  * fwd.c: forwarded copies between host frames.  link: s's data is d's page
  * from now on (false: not possible, copy now).  resolve: do the copy of the
- * link f is part of, if any (before touching f's host memory).  take: s's
+ * link f is part of, if any (before touching f's host memory; both frames
+ * keep the data, as after a copy).  take: s's
  * link is dropped and its source returned (finalize moves that page to the
  * CPU view), or 0.  pair: s <- d is linked.  freed: f's last reference
  * went (frame.c, before the zap): a source's page goes to its destination.
- * copy: d's page into s, unlinked (a take whose move failed).
+ * copy: d's page moved into s, unlinked (a take whose move failed).
  */
 bool uhmm__fwd_link(struct uhmm__as *as, uint64_t s, uint64_t d);
 void uhmm__fwd_resolve(struct uhmm__as *as, uint64_t f);

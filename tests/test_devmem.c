@@ -1000,6 +1000,107 @@ static int setup_range(uint64_t start, uint64_t end, uint64_t *src, uint64_t *ds
 }
 
 /* Bad arguments are refused and nothing moves. */
+/*
+ * One page of the pool to RAM, by hand on this thread: setup, then
+ * uhmm_migrate_copy into a new system page (a forwarded copy: finalize moves
+ * the device page's data to the CPU in one step, fwd.c).  Whatever the
+ * driver does between copy and finalize sees a copy's result: the new page
+ * holds the data, the device page still does, and a driver that gives up
+ * (drops its new page, clears dst) leaves the page on the device, intact.
+ */
+static void to_ram_one(char *buf, int base, uint64_t i, int how)
+{
+	uint64_t src = 0, dst = 0;
+	struct uhmm_migrate args = {
+		.start = (uint64_t)(uintptr_t)(buf + i * PS),
+		.end = (uint64_t)(uintptr_t)(buf + (i + 1) * PS),
+		.src = &src, .dst = &dst,
+		.pgmap_owner = drv_owner,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+	};
+	int want5 = (int)(base + i * NINTS(PS) + 5);
+
+	ASSERT_EQ(uhmm_migrate_vma_setup(&args), 0);
+	ASSERT_EQ(args.cpages, 1);
+	uint64_t dev = uhmm_migrate_pfn_to_page(src);
+	ASSERT_EQ(uhmm_migrate_copy(drv.mem, &src, &dst, 1), 1);
+	uint64_t sys = uhmm_migrate_pfn_to_page(dst);
+	ASSERT_NE(sys, 0);
+	ASSERT_EQ(uhmm_page_devmem(sys), NULL);
+	const int *sv, *dv;
+	switch (how) {
+	case 1:  /* the new page, then the device page */
+		sv = uhmm_pfn_to_virt(sys);
+		ASSERT_NOT_NULL(sv);
+		ASSERT_EQ(sv[5], want5);
+		dv = uhmm_pfn_to_virt(dev);
+		ASSERT_NOT_NULL(dv);
+		ASSERT_EQ(dv[5], want5);
+		break;
+	case 2:  /* the device page first */
+		dv = uhmm_pfn_to_virt(dev);
+		ASSERT_NOT_NULL(dv);
+		ASSERT_EQ(dv[5], want5);
+		sv = uhmm_pfn_to_virt(sys);
+		ASSERT_NOT_NULL(sv);
+		ASSERT_EQ(sv[5], want5);
+		break;
+	case 3:  /* the driver gives up: its page goes, the page stays */
+		ASSERT_EQ(uhmm_devmem_page_put(sys), 0);
+		dst = 0;
+		break;
+	}
+	uhmm_migrate_vma_pages(&args);
+	uhmm_migrate_vma_finalize(&args);
+	if (how == 3) {
+		dv = uhmm_pfn_to_virt(dev);
+		ASSERT_NOT_NULL(dv);
+		ASSERT_EQ(dv[5], want5);
+		ASSERT_EQ(uhmm_page_addr(dev), args.start);
+	}
+}
+
+TEST(forwarded_copy_to_ram)
+{
+	const uint64_t n = 8;
+	uint64_t *dst = xcalloc(n, sizeof(*dst));
+	struct uhmm_stats s0, s1, s2;
+
+	drv_create(UHMM_DEVMEM_PRIVATE, 64);
+	char *buf = map_anon(n * PS, RW, MAP_PRIVATE);
+	fill_ints(buf, n * PS, 0, 1);
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	ASSERT_EQ(drv_stats().in_use, n);
+
+	s0 = stats_now();
+	for (uint64_t i = 0; i < n; i++)
+		to_ram_one(buf, 0, i, (int)(i % 4));
+	s1 = stats_now();
+	/* pages 3 and 7 stayed; the others came back without a CPU fault */
+	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, n - 2);
+	ASSERT_EQ(s1.cpu_faults - s0.cpu_faults, 0);
+	ASSERT_EQ(atomic_load(&drv.faults), 0);
+	ASSERT_EQ(drv_stats().in_use, 2);
+	ASSERT_EQ(atomic_load(&drv.frees), n - 2);
+	EXPECT_INTS(buf, n * PS, 0, 1);  /* 3 and 7 through migrate_to_ram */
+	s2 = stats_now();
+	ASSERT_EQ(atomic_load(&drv.faults), 2);
+	ASSERT_EQ(s2.pages_to_system - s1.pages_to_system, 2);
+	ASSERT_EQ(drv_stats().in_use, 0);
+	ASSERT_EQ(atomic_load(&drv.frees), n);
+
+	/* and a written page (no hole): once more, each way */
+	fill_ints(buf, n * PS, 77, 1);
+	ASSERT_EQ(drv_migrate_to_dev(buf, n, dst), n);
+	for (uint64_t i = 0; i < n; i++)
+		to_ram_one(buf, 77, i, (int)((i + 1) % 3));
+	ASSERT_EQ(drv_stats().in_use, 0);
+	EXPECT_INTS(buf, n * PS, 77, 1);
+	ASSERT_EQ(munmap(buf, n * PS), 0);
+	free(dst);
+	drv_destroy();
+}
+
 TEST(migrate_bad_args)
 {
 	const uint64_t n = 4;
