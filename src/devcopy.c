@@ -220,18 +220,14 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 
 /*
  * A forwarded copy (fwd.c) for this batch: one page of a host-memory pool
- * to RAM, with the migration run by the thread whose access waits for it
- * (a self-service fault, uhmm's own bring-back, a driver's call).  Not on
- * the service thread or a fault worker: a forwarded source is released
- * after its page is in the CPU view, and a faulting thread that had not
- * gone to sleep yet goes on as soon as the page is there, so it could see
- * the pool still counting the page (the pool counters are settled when the
- * access returns; test_migrate.counters_settled).
+ * to RAM.  Finalize frees the source before the install moves its page
+ * (uhmm__frame_put_hold), so a faulting thread that goes on as soon as the
+ * page is mapped sees the pool counters settled (test_migrate.
+ * counters_settled; before the hold, links on the service thread failed it).
  */
 static bool fwd_ok(const struct uhmm_devmem *mem, bool to_ram, long got, const struct batch *b)
 {
-	return !mem->owned && to_ram && got == 1 && b->from[0] && !uhmm__in_service_thread() &&
-	       !uhmm__in_fault_worker();
+	return !mem->owned && to_ram && got == 1 && b->from[0];
 }
 
 /*

@@ -114,7 +114,7 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 		return -EINVAL;
 	/* Lock order: pool->lock before arena_lock, never both here. */
 	uhmm__lock(&mem->lock);
-	if (mem->allocated != mem->freed || mem->dead) {
+	if (mem->allocated != mem->freed || mem->held || mem->dead) {
 		int rc = mem->dead ? -EINVAL : -EBUSY;
 		uhmm__unlock(&mem->lock);
 		return rc;

@@ -453,6 +453,56 @@ void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v)
 	frame_mark_populated(&as->frames[f], v);
 }
 
+/*
+ * Drop a reference to frame f, as uhmm__frame_put() does, but when it was
+ * the last one keep the frame off the free list with its host page as it
+ * is: f counts as freed (the pool's counters, the driver's page_free) and
+ * is "held" until uhmm__frame_unhold().  Finalize moves a forwarded copy's
+ * page out of its source in between (fwd.c), after the pool has let go of
+ * the page: a thread that goes on as soon as the page is mapped sees the
+ * counters settled.  A link of f stays as it is.  true: f is held.
+ */
+bool uhmm__frame_put_hold(struct uhmm__as *as, uint64_t f)
+{
+	struct frame *fr = uhmm__frame(as, f);
+	struct uhmm_devmem *mem = fr ? frame_pool(fr) : NULL;
+	if (!mem)
+		return false;
+	uhmm__lock(&mem->lock);
+	uhmm__assert(fr->ref > 0);
+	bool last = fr->ref != 0 && __atomic_sub_fetch(&fr->ref, 1, __ATOMIC_ACQ_REL) == 0;
+	if (last) {
+		split_locked(as, f);
+		mem->freed++;
+		mem->held++;
+	}
+	uhmm__unlock(&mem->lock);
+	if (last && mem->ops && mem->ops->page_free)
+		mem->ops->page_free(mem, f);
+	return last;
+}
+
+/* The rest of the free of a frame uhmm__frame_put_hold() held: zap, free list. */
+void uhmm__frame_unhold(struct uhmm__as *as, uint64_t f)
+{
+	struct frame *fr = &as->frames[f];
+	struct uhmm_devmem *mem = frame_pool(fr);
+	if (frame_fwd_linked(fr))
+		uhmm__fwd_freed(as, f);  /* not taken after all: the link ends */
+	if (frame_populated(fr)) {
+		syscall(SYS_madvise, uhmm__frame_addr(as, f), PG_SIZE, MADV_DONTNEED);
+		frame_mark_populated(fr, 0);
+	}
+	uhmm__lock(&mem->lock);
+	uhmm__assert(mem->held > 0 && frame_ref(fr) == 0);
+	__atomic_store_n(&fr->addr, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&fr->xowner, NULL, __ATOMIC_RELAXED);
+	fr->zone_data = NULL;
+	free_push(as, mem, (uint32_t)f);
+	mem->held--;
+	uhmm__unlock(&mem->lock);
+}
+
 /* Drop a reference; the last one frees the frame (page_free, zap, free list). */
 void uhmm__frame_put(struct uhmm__as *as, uint64_t idx)
 {

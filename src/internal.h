@@ -187,6 +187,8 @@ struct uhmm_devmem {
 	uint32_t chunks_cap;
 	uint32_t nwhole;           /* chunks whose 512 frames are all free */
 	uint64_t allocated, freed;
+	uint64_t held;             /* freed frames not back on the free list yet
+				      (uhmm__frame_put_hold) */
 	uint64_t alloc_failures;    /* atomic: also counted outside the lock */
 	bool dead;
 	/*
@@ -522,6 +524,8 @@ void uhmm__frame_split(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v);
 void uhmm__frame_put(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *f, uint64_t n);
+bool uhmm__frame_put_hold(struct uhmm__as *as, uint64_t f);
+void uhmm__frame_unhold(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
 void uhmm__pool_release_chunks(struct uhmm__as *as, struct uhmm_devmem *mem);

@@ -189,10 +189,18 @@ static int finish_page(struct uhmm__as *as, uint64_t addr, uint64_t s, uint64_t 
 		return dst_private(as, d) ? 0 : install(as, addr, d, wake);
 	}
 	if (migrated) {
-		/* forwarded (fwd.c): s's page moves first, then s goes, then the wake */
+		/*
+		 * Forwarded (fwd.c): s is freed first but held (the counters
+		 * are settled when the page is mapped), its page moves to the
+		 * CPU, then s goes back to the free list.  An s that is still
+		 * referenced elsewhere keeps its page: the copy is done now.
+		 */
+		bool held = put_src && uhmm__frame_put_hold(as, s);
+		if (put_src && !held)
+			uhmm__fwd_resolve(as, s);
 		int rc = install(as, addr, d, false);
-		if (put_src)
-			uhmm__frame_put(as, s);
+		if (held)
+			uhmm__frame_unhold(as, s);
 		if (wake)
 			uhmm__uffd_wake(as, addr, PG_SIZE);
 		return rc;
@@ -215,7 +223,7 @@ static uint64_t sys_dst(struct uhmm__as *as, const struct uhmm_migrate *a, const
 	return dst_private(as, d) ? 0 : d;
 }
 
-/* INST_FWD: a forwarded copy's source, kept out of the early batch (finish_page puts it) */
+/* INST_FWD: a forwarded copy's source, held by the early batch until its page has moved */
 enum { INST_NONE, INST_DONE, INST_SRC_FREED, INST_FWD };
 
 /*
@@ -305,10 +313,22 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		if (m->origin[i] == OR_NONE || !s || !(a->src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
 		    !(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE) || (inst && inst[i] != INST_NONE))
 			continue;
-		if (inst && uhmm__fwd_pair(as, uhmm_migrate_pfn_to_page(a->dst[i]), s))
-			inst[i] = INST_FWD;
-		else
+		if (inst && uhmm__fwd_pair(as, uhmm_migrate_pfn_to_page(a->dst[i]), s)) {
+			/*
+			 * A forwarded copy's source: freed now (the counters),
+			 * its page moved out by the install, then back on the
+			 * free list.  Still referenced elsewhere, it keeps its
+			 * page: the copy is done now and the install is plain.
+			 */
+			if (uhmm__frame_put_hold(as, s)) {
+				inst[i] = INST_FWD;
+			} else {
+				uhmm__fwd_resolve(as, s);
+				inst[i] = INST_SRC_FREED;
+			}
+		} else {
 			put[nput++] = s;
+		}
 	}
 	if (put)
 		uhmm__frame_put_many(as, put, nput);
@@ -324,8 +344,9 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		/* The fault page's thread may go on at once (see LOCK_FAULT). */
 		int irc = migrated && done == INST_DONE ? 0 :
 			  finish_page(as, addr, s, d, migrated, m->origin[i],
-				      (done == INST_NONE && !put) || done == INST_FWD,
-				      addr == m->fault_addr);
+				      done == INST_NONE && !put, addr == m->fault_addr);
+		if (done == INST_FWD)
+			uhmm__frame_unhold(as, s);
 		if (irc) {
 			TR_DUMP(addr);
 			uhmm__log("migration: page 0x%llx could not be mapped back: %s (origin %d)",
