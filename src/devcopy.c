@@ -174,7 +174,19 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 	struct uhmm__staging *st = NULL;
 	/* a huge page keeps its THP: populated in place, never through uhmm's bounce */
 	bool driver = __atomic_load_n(&mem->staging.base, __ATOMIC_ACQUIRE) != NULL;
-	char *slot = huge && !driver ? NULL : uhmm__staging_take(as, mem, to_ram, &st);
+	/*
+	 * One page to RAM (a fault): a page of uhmm's page bounce, which
+	 * finalize copies straight to the CPU view (a forwarded copy, fwd.c).
+	 * Not with the driver's own staging: its slots are waited for, and one
+	 * held until finalize could be the one a second copy of the same
+	 * migration waits for.
+	 */
+	char *slot = to_ram && n == 1 && !huge && !driver ? uhmm__staging_take_page(as) : NULL;
+	bool one = slot != NULL;
+	if (one)
+		st = &as->page_bounce;
+	else if (!(huge && !driver))
+		slot = uhmm__staging_take(as, mem, to_ram, &st);
 	uint64_t k;
 	for (k = 0; k < n; k++) {
 		uint64_t sys = to_ram ? b->pages[k] : b->from[k];  /* 0: a hole, to the device */
@@ -208,6 +220,10 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 			uhmm__frame_set_populated(as, b->pages[k], true);
 	}
 	int rc = driver_copy(mem, to_ram ? UHMM_COPY_TO_RAM : UHMM_COPY_TO_DEV, b->runs, nr);
+	if (!rc && one && uhmm__fwd_link_page(as, b->pages[0], slot)) {
+		b->errs[0] = 0;
+		return;  /* the page is the link's now */
+	}
 	if (!rc && to_ram && slot) {
 		install_from_slot(as, slot, b->pages, n, b->errs);
 	} else {

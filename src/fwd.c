@@ -21,6 +21,14 @@
  * source), and every other user of them is a driver's call that resolves
  * first.
  *
+ * The same for a driver-owned pool, whose data comes to RAM through a
+ * staging slot: the driver writes one page of uhmm's page bounce, and
+ * instead of UFFDIO_COPY into s and UFFDIO_MOVE of s into the CPU view,
+ * s is linked to that bounce page (s->fwd = FWD_PAGE_TAG | its slot) and
+ * finalize copies it straight to the faulting address (uhmm__fwd_take_page):
+ * one ioctl.  A resolve copies the bounce page into s; freeing s drops it.
+ * The bounce page is given back when the link ends.
+ *
  * as->fwd_lock (a leaf) guards the links.  A resolve marks the pair
  * FWD_BUSY and moves the page without the lock (an ioctl that may retry
  * must not hold a uhmm lock); whoever meets a busy pair waits for it.
@@ -34,6 +42,48 @@
 static uint32_t fwd_peek(const struct frame *f)
 {
 	return __atomic_load_n(&f->fwd, __ATOMIC_ACQUIRE);
+}
+
+/* A link to a page of as->page_bounce: the tag and the slot's number. */
+#define FWD_PAGE_TAG 0xffffff00u
+static bool page_link(uint32_t v)
+{
+	return (v & FWD_PAGE_TAG) == FWD_PAGE_TAG;
+}
+static char *link_page(struct uhmm__as *as, uint32_t v)
+{
+	return as->page_bounce.base + (uint64_t)(v & ~FWD_PAGE_TAG) * PG_SIZE;
+}
+
+bool uhmm__fwd_link_page(struct uhmm__as *as, uint64_t s, char *page)
+{
+	struct frame *fs = uhmm__frame(as, s);
+	uint64_t k = (uint64_t)(page - as->page_bounce.base) / PG_SIZE;
+	if (!fs || frame_populated(fs) || k >= as->page_bounce.nslots)
+		return false;
+	bool ok = false;
+	uhmm__lock(&as->fwd_lock);
+	if (!fs->fwd) {
+		fs->fwd_flags = FWD_DST;
+		__atomic_store_n(&fs->fwd, FWD_PAGE_TAG | (uint32_t)k, __ATOMIC_RELEASE);
+		ok = true;
+	}
+	uhmm__unlock(&as->fwd_lock);
+	return ok;
+}
+
+/* The bounce page's data into frame s (new pages, not zeroed first). */
+static void page_into_frame(struct uhmm__as *as, uint64_t s, const char *page)
+{
+	uint64_t sa = uhmm__frame_addr(as, s);
+	int rc = uhmm__uffd_copy(as, sa, page, PG_SIZE);
+	if (rc == -EEXIST) {
+		uhmm__frame_zap(as, s);  /* a page uhmm did not put there: see install_from_slot */
+		rc = uhmm__uffd_copy(as, sa, page, PG_SIZE);
+	}
+	if (rc)
+		memcpy((void *)(uintptr_t)sa, page, PG_SIZE);
+	frame_mark_populated(&as->frames[s], 1);
 }
 
 bool uhmm__fwd_link(struct uhmm__as *as, uint64_t s, uint64_t d)
@@ -54,12 +104,18 @@ bool uhmm__fwd_link(struct uhmm__as *as, uint64_t s, uint64_t d)
 	return ok;
 }
 
-/* fwd_lock held: drop the link of the pair s <- d. */
-static void unlink_locked(struct frame *fs, struct frame *fd)
+/* fwd_lock held: drop the link of the pair s <- d (d: a frame, or a bounce page's tag). */
+static void unlink_locked(struct uhmm__as *as, uint64_t s, uint64_t d)
 {
+	struct frame *fs = &as->frames[s];
 	__atomic_store_n(&fs->fwd, 0, __ATOMIC_RELEASE);
-	__atomic_store_n(&fd->fwd, 0, __ATOMIC_RELEASE);
 	fs->fwd_flags = 0;
+	if (page_link((uint32_t)d)) {
+		uhmm__staging_put(&as->page_bounce, link_page(as, (uint32_t)d));
+		return;
+	}
+	struct frame *fd = &as->frames[d];
+	__atomic_store_n(&fd->fwd, 0, __ATOMIC_RELEASE);
 	fd->fwd_flags = 0;
 }
 
@@ -130,12 +186,14 @@ static void resolve(struct uhmm__as *as, uint64_t f, bool move)
 		return;
 	as->frames[s].fwd_flags |= FWD_BUSY;
 	uhmm__unlock(&as->fwd_lock);
-	if (move)
+	if (page_link((uint32_t)d))
+		page_into_frame(as, s, link_page(as, (uint32_t)d));
+	else if (move)
 		uhmm__fwd_copy(as, s, d);
 	else
 		fwd_dup(as, s, d);
 	uhmm__lock(&as->fwd_lock);
-	unlink_locked(&as->frames[s], &as->frames[d]);
+	unlink_locked(as, s, d);
 	uhmm__unlock(&as->fwd_lock);
 }
 
@@ -154,14 +212,35 @@ uint64_t uhmm__fwd_take(struct uhmm__as *as, uint64_t s)
 		sched_yield();
 	if (st <= 0)
 		return 0;
-	if (ps != s) {
+	if (ps != s || page_link((uint32_t)d)) {
 		uhmm__unlock(&as->fwd_lock);
 		uhmm__fwd_resolve(as, s);  /* s is the source of a copy: do it first */
 		return 0;
 	}
-	unlink_locked(&as->frames[s], &as->frames[d]);
+	unlink_locked(as, s, d);
 	uhmm__unlock(&as->fwd_lock);
 	return d;
+}
+
+char *uhmm__fwd_take_page(struct uhmm__as *as, uint64_t s)
+{
+	uint64_t ps, d;
+	int st;
+	if (!uhmm__frame(as, s) || !page_link(fwd_peek(&as->frames[s])))
+		return NULL;
+	while ((st = lock_pair(as, s, &ps, &d)) == -EBUSY)
+		sched_yield();
+	if (st <= 0)
+		return NULL;
+	if (!page_link((uint32_t)d)) {
+		uhmm__unlock(&as->fwd_lock);
+		return NULL;
+	}
+	/* unlinked, the page still taken: the caller gives it back */
+	__atomic_store_n(&as->frames[s].fwd, 0, __ATOMIC_RELEASE);
+	as->frames[s].fwd_flags = 0;
+	uhmm__unlock(&as->fwd_lock);
+	return link_page(as, (uint32_t)d);
 }
 
 bool uhmm__fwd_pair(struct uhmm__as *as, uint64_t s, uint64_t d)
@@ -185,7 +264,7 @@ void uhmm__fwd_freed(struct uhmm__as *as, uint64_t f)
 		return;
 	if (s == f) {
 		/* the destination goes: the source keeps its own page */
-		unlink_locked(&as->frames[s], &as->frames[d]);
+		unlink_locked(as, s, d);
 		uhmm__unlock(&as->fwd_lock);
 		return;
 	}

@@ -255,6 +255,7 @@ struct uhmm__as {
 	int arena_uffd;            /* the frame arena only: no events, so zapping a
 				      frame never waits for the service thread */
 	struct uhmm__staging bounce;  /* uhmm's own staging for driver copies to RAM */
+	struct uhmm__staging page_bounce;  /* one-page slots of forwarded copies (fwd.c) */
 	uint64_t features;         /* UFFD_FEATURE_* granted */
 	uint64_t ufeat;            /* UHMM_FEAT_* */
 	int maps_fd;               /* /proc/self/maps for PROCMAP_QUERY */
@@ -433,6 +434,8 @@ int uhmm__uffd_move_mode(struct uhmm__as *as, uint64_t dst, uint64_t src, uint64
 			 uint64_t mode, uint64_t *moved);
 int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wake);
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len);
+int uhmm__uffd_copy_wake(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len,
+			 bool wake);
 int uhmm__uffd_wake(struct uhmm__as *as, uint64_t start, uint64_t len);
 const char *uhmm__uffd_why(int err);
 ssize_t uhmm__uffd_read_msgs(struct uhmm__as *as, void *buf, size_t len);
@@ -513,6 +516,7 @@ int uhmm__staging_set(struct uhmm_devmem *mem, void *addr, uint64_t len);
 char *uhmm__staging_take(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram,
 			 struct uhmm__staging **from);
 void uhmm__staging_put(struct uhmm__staging *st, char *slot);
+char *uhmm__staging_take_page(struct uhmm__as *as);
 uint64_t uhmm__staging_slot_pages(const struct uhmm_devmem *mem);
 
 long uhmm__frame_alloc_many(struct uhmm__as *as, struct uhmm_devmem *pool, uint64_t n,
@@ -546,6 +550,11 @@ uint64_t uhmm__fwd_take(struct uhmm__as *as, uint64_t s);
 bool uhmm__fwd_pair(struct uhmm__as *as, uint64_t s, uint64_t d);
 void uhmm__fwd_freed(struct uhmm__as *as, uint64_t f);
 void uhmm__fwd_copy(struct uhmm__as *as, uint64_t s, uint64_t d);  /* the copy itself */
+/* link_page: s's data is a page of as->page_bounce (it is the link's until
+ * the link ends); take_page: unlinked, the page returned (the caller gives
+ * it back to as->page_bounce), or NULL if s has no such link. */
+bool uhmm__fwd_link_page(struct uhmm__as *as, uint64_t s, char *page);
+char *uhmm__fwd_take_page(struct uhmm__as *as, uint64_t s);
 
 /* pagemove.c: a page into or out of the CPU view (the page lock is the caller's) */
 /* Pages moved by one UFFDIO_MOVE at most (2 MiB: one page table). */

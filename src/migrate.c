@@ -46,10 +46,22 @@ static int install(struct uhmm__as *as, uint64_t addr, uint64_t d, bool wake)
 		rc = uhmm__move_into_cpu_writable(as, addr, d);
 	} else if (type == 0) {
 		/* a forwarded copy (fwd.c): its source's page goes to the CPU itself */
-		uint64_t from = uhmm__fwd_take(as, d);
-		rc = uhmm__move_into_cpu(as, addr, from ? from : d, wake);
-		if (rc && from)
-			uhmm__fwd_copy(as, d, from);  /* not mapped: d holds the data, as copied */
+		char *page = uhmm__fwd_take_page(as, d);
+		uint64_t from = page ? 0 : uhmm__fwd_take(as, d);
+		if (page) {
+			rc = uhmm__uffd_copy_wake(as, addr, page, PG_SIZE, wake);
+			if (rc == -EEXIST && wake)
+				uhmm__uffd_wake(as, addr, PG_SIZE);
+			if (rc) {  /* not mapped: d holds the data, as copied */
+				memcpy((void *)(uintptr_t)uhmm__frame_addr(as, d), page, PG_SIZE);
+				uhmm__frame_set_populated(as, d, true);
+			}
+			uhmm__staging_put(&as->page_bounce, page);
+		} else {
+			rc = uhmm__move_into_cpu(as, addr, from ? from : d, wake);
+			if (rc && from)
+				uhmm__fwd_copy(as, d, from);  /* not mapped: d holds the data */
+		}
 	}
 	if (rc)
 		return rc;

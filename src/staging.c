@@ -28,6 +28,8 @@
 #include <unistd.h>
 
 #define BOUNCE_SLOTS 2   /* 2 x 2 MiB: one batch per CPU of this machine */
+/* one-page copies held until finalize: as many as faults served at once */
+#define PAGE_BOUNCE_SLOTS 64
 
 static uint64_t all_slots(const struct uhmm__staging *st)
 {
@@ -58,26 +60,49 @@ static char *slot_take(struct uhmm__staging *st, bool wait)
  * uhmm's bounce, at the runtime's creation: address space only (nothing
  * is resident until a migration to RAM writes a slot).  -ENOMEM.
  */
-int uhmm__staging_init(struct uhmm__as *as)
+static int bounce_map(struct uhmm__staging *st, uint64_t slot_bytes, uint32_t nslots)
 {
-	struct uhmm__staging *st = &as->bounce;
-	uint64_t len = BOUNCE_SLOTS * HUGE_SIZE_BYTES;
+	uint64_t len = slot_bytes * nslots;
 	char *p = (char *)syscall(SYS_mmap, NULL, len, PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return -ENOMEM;
 	syscall(SYS_madvise, p, len, MADV_DONTDUMP);
-	st->slot_bytes = HUGE_SIZE_BYTES;
-	st->nslots = BOUNCE_SLOTS;
+	st->slot_bytes = slot_bytes;
+	st->nslots = nslots;
 	st->base = p;
 	return 0;
 }
 
+static void bounce_unmap(struct uhmm__staging *st)
+{
+	if (st->base)
+		syscall(SYS_munmap, st->base, st->nslots * st->slot_bytes);
+	st->base = NULL;
+}
+
+int uhmm__staging_init(struct uhmm__as *as)
+{
+	int rc = bounce_map(&as->bounce, HUGE_SIZE_BYTES, BOUNCE_SLOTS);
+	if (rc == 0 && bounce_map(&as->page_bounce, PG_SIZE, PAGE_BOUNCE_SLOTS))
+		as->page_bounce.base = NULL;  /* optional: one-page copies use a slot */
+	return rc;
+}
+
 void uhmm__staging_fini(struct uhmm__as *as)
 {
-	if (as->bounce.base)
-		syscall(SYS_munmap, as->bounce.base, as->bounce.nslots * as->bounce.slot_bytes);
-	as->bounce.base = NULL;
+	bounce_unmap(&as->bounce);
+	bounce_unmap(&as->page_bounce);
+}
+
+/*
+ * One page of uhmm's bounce for a one-page copy to RAM whose data stays
+ * there until finalize installs it (a forwarded copy, fwd.c), or NULL when
+ * none is free; given back with uhmm__staging_put(&as->page_bounce, p).
+ */
+char *uhmm__staging_take_page(struct uhmm__as *as)
+{
+	return as->page_bounce.base ? slot_take(&as->page_bounce, false) : NULL;
 }
 
 /*

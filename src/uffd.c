@@ -254,12 +254,19 @@ int uhmm__uffd_zeropage(struct uhmm__as *as, uint64_t dst, uint64_t len, bool wa
  */
 int uhmm__uffd_copy(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len)
 {
+	return uhmm__uffd_copy_wake(as, dst, src, len, true);
+}
+
+int uhmm__uffd_copy_wake(struct uhmm__as *as, uint64_t dst, const void *src, uint64_t len,
+			 bool wake)
+{
 	uint64_t done = 0, t0 = 0;
 	int rc = 0;
 	int fd = fd_for(as, dst);
 	while (done < len) {
 		struct uffdio_copy cp = {
 			.dst = dst + done, .src = (uint64_t)(uintptr_t)src + done, .len = len - done,
+			.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
 		};
 		if (UHMM_UNLIKELY(uhmm__inject(INJ_UFFD_IOCTL))) {
 			rc = -EAGAIN;

@@ -736,6 +736,78 @@ TEST(devmem_owned_copy)
 }
 
 /*
+ * One page to RAM through a driver-owned pool, by hand on this thread: the
+ * driver's copy lands in uhmm's page bounce and finalize installs it
+ * straight into the CPU view (a forwarded copy, fwd.c).  Between copy and
+ * finalize the driver may read the new page (it sees the data) or give it
+ * up (the page stays on the device, intact); 200 rounds, so that bounce
+ * pages that were not given back would run out (64) and show as data
+ * errors or a stuck copy.
+ */
+TEST(devmem_owned_forwarded)
+{
+	if (!(uhmm_features() & UHMM_FEAT_MOVE))
+		SKIP("migration needs UFFDIO_MOVE (Linux 6.8+)");
+	ASSERT_EQ(uhmm_devmem_create_owned(UHMM_DEVMEM_PRIVATE, &owner_tag, &owned_dev_ops,
+					   &owned_ops, 0, NULL, 64, &g_owned), 0);
+	char *buf = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	ASSERT_MAPPED(buf);
+	for (int i = 0; i < 4; i++)
+		memset(buf + i * 4096, 'a' + i, 4096);
+	ASSERT_EQ(owned_migrate(buf, 4), 4);
+	struct uhmm_devmem_stats st;
+	struct uhmm_stats s0, s1;
+	uhmm_stats_get(&s0);
+	int gave_up = 0;
+	for (int r = 0; r < 200; r++) {
+		int i = r % 4, how = r % 3;
+		char *page = buf + i * 4096;
+		uint64_t src = 0, dst = 0;
+		struct uhmm_migrate m = { .start = (uintptr_t)page, .end = (uintptr_t)page + 4096,
+					  .src = &src, .dst = &dst, .pgmap_owner = &owner_tag,
+					  .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE };
+		ASSERT_EQ(uhmm_migrate_vma_setup(&m), 0);
+		ASSERT_EQ(m.cpages, 1);
+		ASSERT_EQ(uhmm_migrate_copy(g_owned, &src, &dst, 1), 1);
+		uint64_t sys = uhmm_migrate_pfn_to_page(dst);
+		ASSERT_NE(sys, 0);
+		ASSERT_EQ(uhmm_pfn_to_virt(src), NULL);  /* the device page: no host memory */
+		if (how == 1) {
+			const char *v = uhmm_pfn_to_virt(sys);
+			ASSERT_NOT_NULL(v);
+			ASSERT_EQ(v[0], 'a' + i);
+			ASSERT_EQ(v[4095], 'a' + i);
+		} else if (how == 2) {
+			ASSERT_EQ(uhmm_devmem_page_put(sys), 0);
+			dst = 0;
+			gave_up++;
+		}
+		uhmm_migrate_vma_pages(&m);
+		uhmm_migrate_vma_finalize(&m);
+		ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+		ASSERT_EQ(st.in_use, how == 2 ? 4 : 3);
+		/* the CPU sees the data (a page given up faults back first) */
+		ASSERT_EQ(page[0], 'a' + i);
+		ASSERT_EQ(page[4095], 'a' + i);
+		ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+		ASSERT_EQ(st.in_use, 3);
+		ASSERT_EQ(owned_migrate(page, 1), 1);
+	}
+	uhmm_stats_get(&s1);
+	ASSERT_EQ(s1.cpu_faults_private - s0.cpu_faults_private, gave_up);
+	ASSERT_EQ(s1.pages_to_system - s0.pages_to_system, 200);
+	ASSERT_EQ(s1.pages_to_device - s0.pages_to_device, 200);
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(buf[i * 4096 + 7], 'a' + i);
+	ASSERT_EQ(uhmm_devmem_stats(g_owned, &st), 0);
+	ASSERT_EQ(st.in_use, 0);
+	ASSERT_EQ(munmap(buf, 4 * 4096), 0);
+	ASSERT_EQ(uhmm_devmem_destroy(g_owned), 0);
+	assert_runtime_ok();
+}
+
+/*
  * Staging the driver registered (uhmm_devmem_set_staging): every run of
  * both directions has its host side inside the buffer, a batch is one slot
  * (8 pages here: a 16-page migration is two calls), data and counters
