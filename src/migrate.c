@@ -184,6 +184,20 @@ static void restore_page(struct uhmm__as *as, uint64_t addr, uint64_t s, int ori
 }
 
 /*
+ * A forwarded copy's source s (fwd.c), its reference dropped: true when
+ * that freed it but holds it until its page has moved (uhmm__frame_unhold
+ * after the install); false when s is still referenced elsewhere, and so
+ * keeps its page: the copy is done now, and the install is a plain one.
+ */
+static bool hold_fwd_source(struct uhmm__as *as, uint64_t s)
+{
+	if (uhmm__frame_put_hold(as, s))
+		return true;
+	uhmm__fwd_resolve(as, s);
+	return false;
+}
+
+/*
  * The end of one page of a migration, the same for migrate_vma_finalize()
  * and migrate_device_finalize() (the kernel shares __migrate_device_finalize
  * the same way): a page that migrated has its old page s released (put_src:
@@ -202,14 +216,11 @@ static int finish_page(struct uhmm__as *as, uint64_t addr, uint64_t s, uint64_t 
 	}
 	if (migrated) {
 		/*
-		 * Forwarded (fwd.c): s is freed first but held (the counters
-		 * are settled when the page is mapped), its page moves to the
-		 * CPU, then s goes back to the free list.  An s that is still
-		 * referenced elsewhere keeps its page: the copy is done now.
+		 * Forwarded (fwd.c): s is freed first (the counters are settled
+		 * when the page is mapped), its page moves to the CPU, then s
+		 * goes back to the free list.
 		 */
-		bool held = put_src && uhmm__frame_put_hold(as, s);
-		if (put_src && !held)
-			uhmm__fwd_resolve(as, s);
+		bool held = put_src && hold_fwd_source(as, s);
 		int rc = install(as, addr, d, false);
 		if (held)
 			uhmm__frame_unhold(as, s);
@@ -326,18 +337,8 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate *a)
 		    !(a->dst[i] & UHMM_MIGRATE_PFN_MIGRATE) || (inst && inst[i] != INST_NONE))
 			continue;
 		if (inst && uhmm__fwd_pair(as, uhmm_migrate_pfn_to_page(a->dst[i]), s)) {
-			/*
-			 * A forwarded copy's source: freed now (the counters),
-			 * its page moved out by the install, then back on the
-			 * free list.  Still referenced elsewhere, it keeps its
-			 * page: the copy is done now and the install is plain.
-			 */
-			if (uhmm__frame_put_hold(as, s)) {
-				inst[i] = INST_FWD;
-			} else {
-				uhmm__fwd_resolve(as, s);
-				inst[i] = INST_SRC_FREED;
-			}
+			/* freed now, back on the free list once its page has moved */
+			inst[i] = hold_fwd_source(as, s) ? INST_FWD : INST_SRC_FREED;
 		} else {
 			put[nput++] = s;
 		}
