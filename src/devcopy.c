@@ -15,7 +15,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-
 /* Pages handled per round: one allocation, one driver call, one fence. */
 #define COPY_BATCH 512
 /*
@@ -141,23 +140,9 @@ static void install_from_slot(struct uhmm__as *as, const char *slot, const uint6
 	for (uint64_t k = 0, e; k < n; k = e) {
 		for (e = k + 1; e < n && pages[e] == pages[e - 1] + 1; e++)
 			;
-		uint64_t dst = uhmm__frame_addr(as, pages[k]), len = (e - k) << PG_SHIFT;
-		int rc = uhmm__uffd_copy(as, dst, slot + (k << PG_SHIFT), len);
-		if (rc == -EEXIST) {
-			/*
-			 * A frame of the run maps a page uhmm did not put there
-			 * (as uhmm__move_out_exists finds): the frames are this
-			 * copy's alone, so empty them and copy again.
-			 */
-			for (uint64_t j = k; j < e; j++)
-				uhmm__frame_zap(as, pages[j]);
-			rc = uhmm__uffd_copy(as, dst, slot + (k << PG_SHIFT), len);
-		}
-		/* populated even on failure: a copy stopped part way did some */
-		for (uint64_t j = k; j < e; j++) {
+		int rc = uhmm__frame_copy_in(as, pages[k], e - k, slot + (k << PG_SHIFT));
+		for (uint64_t j = k; j < e; j++)
 			errs[j] = rc;
-			uhmm__frame_set_populated(as, pages[j], true);
-		}
 	}
 }
 
@@ -185,7 +170,7 @@ static void owned_copy(struct uhmm__as *as, struct uhmm_devmem *mem, bool to_ram
 	bool one = slot != NULL;
 	if (one)
 		st = &as->page_bounce;
-	else if (!(huge && !driver))
+	else if (!huge || driver)
 		slot = uhmm__staging_take(as, mem, to_ram, &st);
 	uint64_t k;
 	for (k = 0; k < n; k++) {

@@ -453,6 +453,48 @@ void uhmm__frame_set_populated(struct uhmm__as *as, uint64_t f, bool v)
 	frame_mark_populated(&as->frames[f], v);
 }
 
+/* pool->lock held: drop a reference to f; the last one splits its huge page. */
+static bool unref_locked(struct uhmm__as *as, uint64_t f)
+{
+	struct frame *fr = &as->frames[f];
+	uhmm__assert(fr->ref > 0);
+	bool last = fr->ref != 0 && __atomic_sub_fetch(&fr->ref, 1, __ATOMIC_ACQ_REL) == 0;
+	if (last)
+		split_locked(as, f);
+	return last;
+}
+
+/* pool->lock held, f's last reference gone and its page zapped: onto the free list. */
+static void release_locked(struct uhmm__as *as, struct uhmm_devmem *mem, uint64_t f)
+{
+	struct frame *fr = &as->frames[f];
+	__atomic_store_n(&fr->addr, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&fr->xowner, NULL, __ATOMIC_RELAXED);
+	fr->zone_data = NULL;
+	free_push(as, mem, (uint32_t)f);
+}
+
+/*
+ * Frames f .. f + n - 1 take n pages of data from src (UFFDIO_COPY: new
+ * pages, not zeroed first).  A frame that maps a page uhmm did not put
+ * there (as uhmm__move_out_exists finds) is emptied and the copy tried
+ * again: the frames are the caller's alone.  They count as populated even
+ * on failure (a copy stopped part way did some).  0 or -errno.
+ */
+int uhmm__frame_copy_in(struct uhmm__as *as, uint64_t f, uint64_t n, const void *src)
+{
+	uint64_t dst = uhmm__frame_addr(as, f), len = n << PG_SHIFT;
+	int rc = uhmm__uffd_copy(as, dst, src, len);
+	if (rc == -EEXIST) {
+		for (uint64_t j = f; j < f + n; j++)
+			uhmm__frame_zap(as, j);
+		rc = uhmm__uffd_copy(as, dst, src, len);
+	}
+	for (uint64_t j = f; j < f + n; j++)
+		frame_mark_populated(&as->frames[j], 1);
+	return rc;
+}
+
 /*
  * Drop a reference to frame f, as uhmm__frame_put() does, but when it was
  * the last one keep the frame off the free list with its host page as it
@@ -469,10 +511,8 @@ bool uhmm__frame_put_hold(struct uhmm__as *as, uint64_t f)
 	if (!mem)
 		return false;
 	uhmm__lock(&mem->lock);
-	uhmm__assert(fr->ref > 0);
-	bool last = fr->ref != 0 && __atomic_sub_fetch(&fr->ref, 1, __ATOMIC_ACQ_REL) == 0;
+	bool last = unref_locked(as, f);
 	if (last) {
-		split_locked(as, f);
 		mem->freed++;
 		mem->held++;
 	}
@@ -495,10 +535,7 @@ void uhmm__frame_unhold(struct uhmm__as *as, uint64_t f)
 	}
 	uhmm__lock(&mem->lock);
 	uhmm__assert(mem->held > 0 && frame_ref(fr) == 0);
-	__atomic_store_n(&fr->addr, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&fr->xowner, NULL, __ATOMIC_RELAXED);
-	fr->zone_data = NULL;
-	free_push(as, mem, (uint32_t)f);
+	release_locked(as, mem, f);
 	mem->held--;
 	uhmm__unlock(&mem->lock);
 }
@@ -530,12 +567,8 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 			uhmm__lock(&mem->lock);
 			held = mem;
 		}
-		uhmm__assert(f->ref > 0);
-		bool last = f->ref != 0 && __atomic_sub_fetch(&f->ref, 1, __ATOMIC_ACQ_REL) == 0;
-		if (!last)
-			continue;
-		split_locked(as, idx[i]);
-		idx[k++] = idx[i];
+		if (unref_locked(as, idx[i]))
+			idx[k++] = idx[i];
 	}
 	if (held)
 		uhmm__unlock(&held->lock);
@@ -578,10 +611,7 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *idx, uint64_t n)
 			uhmm__lock(&mem->lock);
 			held = mem;
 		}
-		__atomic_store_n(&f->addr, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&f->xowner, NULL, __ATOMIC_RELAXED);
-		f->zone_data = NULL;
-		free_push(as, mem, (uint32_t)idx[i]);
+		release_locked(as, mem, idx[i]);
 		mem->freed++;
 	}
 	if (held)

@@ -75,15 +75,8 @@ bool uhmm__fwd_link_page(struct uhmm__as *as, uint64_t s, char *page)
 /* The bounce page's data into frame s (new pages, not zeroed first). */
 static void page_into_frame(struct uhmm__as *as, uint64_t s, const char *page)
 {
-	uint64_t sa = uhmm__frame_addr(as, s);
-	int rc = uhmm__uffd_copy(as, sa, page, PG_SIZE);
-	if (rc == -EEXIST) {
-		uhmm__frame_zap(as, s);  /* a page uhmm did not put there: see install_from_slot */
-		rc = uhmm__uffd_copy(as, sa, page, PG_SIZE);
-	}
-	if (rc)
-		memcpy((void *)(uintptr_t)sa, page, PG_SIZE);
-	frame_mark_populated(&as->frames[s], 1);
+	if (uhmm__frame_copy_in(as, s, 1, page))
+		memcpy((void *)(uintptr_t)uhmm__frame_addr(as, s), page, PG_SIZE);
 }
 
 bool uhmm__fwd_link(struct uhmm__as *as, uint64_t s, uint64_t d)

@@ -531,6 +531,7 @@ void uhmm__frame_put_many(struct uhmm__as *as, uint64_t *f, uint64_t n);
 bool uhmm__frame_put_hold(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_unhold(struct uhmm__as *as, uint64_t f);
 void uhmm__frame_zap(struct uhmm__as *as, uint64_t f);
+int uhmm__frame_copy_in(struct uhmm__as *as, uint64_t f, uint64_t n, const void *src);
 void uhmm__frame_set_owner(struct uhmm__as *as, uint64_t f, uint64_t addr, const void *xowner);
 void uhmm__pool_release_chunks(struct uhmm__as *as, struct uhmm_devmem *mem);
 void uhmm__frame_set_run(struct uhmm__as *as, uint64_t f, uint64_t n, uint64_t addr, bool pop);

@@ -84,8 +84,8 @@ static void bounce_unmap(struct uhmm__staging *st)
 int uhmm__staging_init(struct uhmm__as *as)
 {
 	int rc = bounce_map(&as->bounce, HUGE_SIZE_BYTES, BOUNCE_SLOTS);
-	if (rc == 0 && bounce_map(&as->page_bounce, PG_SIZE, PAGE_BOUNCE_SLOTS))
-		as->page_bounce.base = NULL;  /* optional: one-page copies use a slot */
+	if (rc == 0)  /* optional: without it one-page copies use a slot */
+		(void)bounce_map(&as->page_bounce, PG_SIZE, PAGE_BOUNCE_SLOTS);
 	return rc;
 }
 

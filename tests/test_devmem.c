@@ -1008,6 +1008,14 @@ static int setup_range(uint64_t start, uint64_t end, uint64_t *src, uint64_t *ds
  * holds the data, the device page still does, and a driver that gives up
  * (drops its new page, clears dst) leaves the page on the device, intact.
  */
+/* Page pfn's host memory holds want at int 5. */
+static void expect_word5(uint64_t pfn, int want)
+{
+	const int *v = uhmm_pfn_to_virt(pfn);
+	ASSERT_NOT_NULL(v);
+	ASSERT_EQ(v[5], want);
+}
+
 static void to_ram_one(char *buf, int base, uint64_t i, int how)
 {
 	uint64_t src = 0, dst = 0;
@@ -1027,23 +1035,14 @@ static void to_ram_one(char *buf, int base, uint64_t i, int how)
 	uint64_t sys = uhmm_migrate_pfn_to_page(dst);
 	ASSERT_NE(sys, 0);
 	ASSERT_EQ(uhmm_page_devmem(sys), NULL);
-	const int *sv, *dv;
 	switch (how) {
 	case 1:  /* the new page, then the device page */
-		sv = uhmm_pfn_to_virt(sys);
-		ASSERT_NOT_NULL(sv);
-		ASSERT_EQ(sv[5], want5);
-		dv = uhmm_pfn_to_virt(dev);
-		ASSERT_NOT_NULL(dv);
-		ASSERT_EQ(dv[5], want5);
+		expect_word5(sys, want5);
+		expect_word5(dev, want5);
 		break;
 	case 2:  /* the device page first */
-		dv = uhmm_pfn_to_virt(dev);
-		ASSERT_NOT_NULL(dv);
-		ASSERT_EQ(dv[5], want5);
-		sv = uhmm_pfn_to_virt(sys);
-		ASSERT_NOT_NULL(sv);
-		ASSERT_EQ(sv[5], want5);
+		expect_word5(dev, want5);
+		expect_word5(sys, want5);
 		break;
 	case 3:  /* the driver gives up: its page goes, the page stays */
 		ASSERT_EQ(uhmm_devmem_page_put(sys), 0);
@@ -1053,9 +1052,7 @@ static void to_ram_one(char *buf, int base, uint64_t i, int how)
 	uhmm_migrate_vma_pages(&args);
 	uhmm_migrate_vma_finalize(&args);
 	if (how == 3) {
-		dv = uhmm_pfn_to_virt(dev);
-		ASSERT_NOT_NULL(dv);
-		ASSERT_EQ(dv[5], want5);
+		expect_word5(dev, want5);
 		ASSERT_EQ(uhmm_page_addr(dev), args.start);
 	}
 }
