@@ -12,6 +12,10 @@
  *   farmem_seq_gbps      sequential fault-in of 256 MiB      / read bandwidth (AM reads or
  *                        (read-ahead)                          RMA gets, the faster)
  *
+ * farmem_migrate_gbps_thp and farmem_seq_gbps_thp are the same two on a
+ * buffer with MADV_HUGEPAGE (whole THPs out and back; the default buffer
+ * is 4 KiB pages where THP is "madvise").
+ *
  * The transport is UCX_TLS (default sm,tcp: shared memory for active
  * messages, TCP for the connection and RMA; UCX 1.13's sm alone cannot make
  * a client/server connection).  The same three figures on UCX_TLS=tcp are
@@ -62,7 +66,9 @@ int main(int argc, char **argv)
 #define FB_RT_SAMPLES	5000UL
 
 static const char *g_tls = "sm,tcp";	/* UCX_TLS of the current group */
-static const char *g_sfx = "";		/* metric suffix: "" or "_tcp" */
+static const char *g_sfx = "";		/* metric suffix: "", "_tcp" or "_thp" */
+static bool g_thp;			/* the group's buffer is MADV_HUGEPAGE */
+#define FB_HUGE (2UL << 20)
 static char g_tok[256];
 static struct tu_server g_srv;
 
@@ -135,10 +141,16 @@ static char *fb_start_tagged(const char *size)
 
 	if (fb_start(size))
 		return NULL;
-	buf = bench_map(FB_BYTES);
+	buf = bench_map(FB_BYTES + (g_thp ? FB_HUGE : 0));
 	if (!buf) {
 		fb_stop();
 		return NULL;
+	}
+	if (g_thp) {
+		/* 2 MiB aligned, THP-backed where the kernel gives THPs */
+		buf = (char *)(((uintptr_t)buf + FB_HUGE - 1) & ~(uintptr_t)(FB_HUGE - 1));
+		if (madvise(buf, FB_BYTES, MADV_HUGEPAGE))
+			bench_note("MADV_HUGEPAGE: %s", strerror(errno));
 	}
 	bench_fill_tags(buf, FB_BYTES);
 	return buf;
@@ -413,6 +425,8 @@ static double fb_fault_p50(struct uhmm_farmem *fm, char *buf, size_t npages, siz
 	}
 	struct uhmm_farmem_stats st;
 	uhmm_farmem_stats(fm, &st);
+	printf("  migrate_to_ram inside the driver: p50 %.2f us, p99 %.2f us\n",
+	       st.fault_p50_ns / 1e3, st.fault_p99_ns / 1e3);
 	if (st.fault_pages > st.faults + st.faults / 20)
 		bench_note("random faults brought %llu pages for %llu faults (read-ahead)",
 			   (unsigned long long)st.fault_pages, (unsigned long long)st.faults);
@@ -511,6 +525,24 @@ static void fb_over_tcp(void (*group)(void))
 	group();
 }
 
+/* A group again on a THP-backed buffer, its metrics named ..._thp. */
+static void fb_over_thp(void (*group)(void))
+{
+	g_thp = true;
+	g_sfx = "_thp";
+	group();
+}
+
+static void group_migrate_thp(void)
+{
+	fb_over_thp(group_migrate);
+}
+
+static void group_seq_thp(void)
+{
+	fb_over_thp(group_seq);
+}
+
 static void group_migrate_tcp(void)
 {
 	fb_over_tcp(group_migrate);
@@ -533,6 +565,8 @@ int main(int argc, char **argv)
 		{ "farmem_fault_p50", "us" }, { "farmem_fault_inline_p50", "us" },
 	};
 	static const struct bench_metric m_seq[] = { { "farmem_seq_gbps", "GB/s" } };
+	static const struct bench_metric m_mig_h[] = { { "farmem_migrate_gbps_thp", "GB/s" } };
+	static const struct bench_metric m_seq_h[] = { { "farmem_seq_gbps_thp", "GB/s" } };
 	static const struct bench_metric m_mig_t[] = { { "farmem_migrate_gbps_tcp", "GB/s" } };
 	static const struct bench_metric m_fault_t[] = { { "farmem_fault_p50_tcp", "us" } };
 	static const struct bench_metric m_seq_t[] = { { "farmem_seq_gbps_tcp", "GB/s" } };
@@ -548,6 +582,10 @@ int main(int argc, char **argv)
 		    m_fault, BENCH_ARRAY_SIZE(m_fault), 45);
 	bench_group("far memory: sequential fault-in vs read bandwidth", group_seq, m_seq,
 		    BENCH_ARRAY_SIZE(m_seq), 60);
+	bench_group("far memory, THP-backed buffer: place 256 MiB vs ucp_put", group_migrate_thp,
+		    m_mig_h, BENCH_ARRAY_SIZE(m_mig_h), 60);
+	bench_group("far memory, THP-backed buffer: sequential fault-in vs read bandwidth",
+		    group_seq_thp, m_seq_h, BENCH_ARRAY_SIZE(m_seq_h), 60);
 	if (!tcp || strcmp(tcp, "0")) {
 		bench_group("far memory over TCP: place 256 MiB vs ucp_put", group_migrate_tcp,
 			    m_mig_t, BENCH_ARRAY_SIZE(m_mig_t), 60);

@@ -22,6 +22,7 @@ metrics=(fault_to_ram_p50 fault_to_ram_p99 exclusive_revoke_p50 exclusive_revoke
 	owned_fault_to_ram_p50 owned_migrate_to_dev_gbps owned_migrate_to_sys_gbps
 	concurrent_fault_speedup thp_migrate_gbps
 	farmem_migrate_gbps farmem_fault_p50 farmem_seq_gbps farmem_fault_inline_p50
+	farmem_migrate_gbps_thp farmem_seq_gbps_thp
 	farmem_migrate_gbps_tcp farmem_fault_p50_tcp farmem_seq_gbps_tcp)
 
 for p in bench_floor bench_uhmm; do

@@ -462,6 +462,18 @@ static void fm_page_free(struct uhmm_devmem *mem, uint64_t page)
 }
 
 /*
+ * Whether the page at addr is part of an unsplit huge device page that
+ * holds its whole 2 MiB block in order (a THP that was placed
+ * whole: place migrates THPs as compound entries).
+ */
+static bool huge_block(uint64_t addr, uint64_t page)
+{
+	uint64_t blk = addr & ~(SLAB_PAGES * PAGE - 1), k = (addr - blk) / PAGE;
+	return page >= k && uhmm_page_order(page - k) == UHMM_HUGE_ORDER &&
+	       uhmm_page_addr(page - k) == blk;
+}
+
+/*
  * Pages a fault at addr takes back: 1, doubling up to PREFETCH_MAX (a whole
  * 2 MiB block) while the faults stream forward, never past the 2 MiB block.
  * A fault counts as streaming when it lands inside the window after the
@@ -496,7 +508,8 @@ static int back_to_ram(struct uhmm_farmem *fm, uint64_t start, uint64_t n, uint6
 	uint64_t src[PREFETCH_MAX], dst[PREFETCH_MAX];
 	struct uhmm_migrate m = {
 		.start = start, .end = start + n * PAGE, .src = src, .dst = dst,
-		.pgmap_owner = fm, .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.pgmap_owner = fm, .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |
+					    (n == SLAB_PAGES ? UHMM_MIGRATE_SELECT_COMPOUND : 0),
 		.fault_page = fault_page,
 	};
 	int rc = uhmm_migrate_vma_setup(&m);
@@ -550,8 +563,14 @@ static int fm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *v
 {
 	struct uhmm_farmem *fm = uhmm_devmem_driver_data(mem);
 	uint64_t t0 = now_ns(), moved = 0;
-	uint64_t w = fault_window(fm, vmf->addr);
-	int rc = back_to_ram(fm, vmf->addr, w, vmf->page, &moved);
+	uint64_t w = fault_window(fm, vmf->addr), at = vmf->addr;
+	if (w > 1 && huge_block(vmf->addr, vmf->page)) {
+		/* a stream reaching a whole huge page: its 2 MiB as one THP */
+		at &= ~(SLAB_PAGES * PAGE - 1);
+		w = SLAB_PAGES;
+		atomic_store_explicit(&fm->next_fault, at + w * PAGE, memory_order_relaxed);
+	}
+	int rc = back_to_ram(fm, at, w, vmf->page, &moved);
 	if (rc == -EIO && w > 1)  /* a lost page in the window: the fault page alone */
 		rc = back_to_ram(fm, vmf->addr, 1, vmf->page, &moved);
 	uint64_t dt = now_ns() - t0;
@@ -798,7 +817,7 @@ static void *place_part(void *arg)
 		e = e > j->end ? j->end : e;
 		struct uhmm_migrate m = {
 			.start = a, .end = e, .src = src, .dst = dst, .pgmap_owner = fm,
-			.flags = UHMM_MIGRATE_SELECT_SYSTEM,
+			.flags = UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_SELECT_COMPOUND,
 		};
 		int rc = uhmm_migrate_vma_setup(&m);
 		if (rc) {
@@ -859,11 +878,12 @@ static int bring_back(struct uhmm_farmem *fm, void *addr, size_t len)
 		return -ENOMEM;
 	int err = 0;
 	for (uint64_t a = start; a < end;) {
-		uint64_t e = a + CHUNK_PAGES * PAGE;
+		/* 2 MiB aligned chunks: a huge device page comes back whole, a THP */
+		uint64_t e = (a & ~(CHUNK_PAGES * PAGE - 1)) + CHUNK_PAGES * PAGE;
 		e = e > end ? end : e;
 		struct uhmm_migrate m = {
 			.start = a, .end = e, .src = src, .dst = dst, .pgmap_owner = fm,
-			.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+			.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE | UHMM_MIGRATE_SELECT_COMPOUND,
 		};
 		rc = uhmm_migrate_vma_setup(&m);
 		if (rc) {

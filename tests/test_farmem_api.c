@@ -163,6 +163,101 @@ TEST_TIMEOUT(farmem_seq_tcp, 120) { roundtrip("tcp", false); }
 TEST_TIMEOUT(farmem_random_sm, 120) { roundtrip("sm", true); }
 TEST_TIMEOUT(farmem_random_tcp, 120) { roundtrip("tcp", true); }
 
+/* ---- THP-backed memory: out and back as whole 2 MiB pages ---------------- */
+
+/* AnonHugePages (kB) of the mappings inside [p, p + len), from smaps. */
+static long anon_huge_kb(const void *p, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	long kb = 0;
+	bool in = false;
+
+	ASSERT_NOT_NULL(f);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b, v;
+
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = a >= (uintptr_t)p && b <= (uintptr_t)p + len;
+		else if (in && sscanf(line, "AnonHugePages: %lu kB", &v) == 1)
+			kb += (long)v;
+	}
+	fclose(f);
+	return kb;
+}
+
+/*
+ * A THP-backed range: place moves each THP whole (one compound entry, one
+ * huge device page), a sequential read brings a whole huge page back as a
+ * THP with one fault once the stream is going, a random access takes one
+ * page (splitting that huge page), fetch brings the rest back as THPs.
+ */
+static void thp(const char *variant)
+{
+	setup(variant);
+	struct tu_server s;
+	ASSERT_EQ(tu_server_start(&s, "200M", g_tok, NULL), 0);
+	struct uhmm_farmem *fm = open_fm(s.addr, 1);
+	const size_t hb = 2 * MiB, len = 64 * MiB, npages = len / PS, nblocks = len / hb;
+	uint8_t *map0 = map(len + hb);
+	uint8_t *p = (uint8_t *)(((uintptr_t)map0 + hb - 1) & ~(hb - 1));
+	ASSERT_EQ(madvise(p, len, MADV_HUGEPAGE), 0);
+	tu_fill(p, len, 7);
+	long huge = anon_huge_kb(map0, len + hb);
+	if (huge < (long)(len / 1024) / 2)
+		SKIP("no THPs for an aligned MADV_HUGEPAGE range (AnonHugePages %ld kB)", huge);
+
+	/* out: every page leaves, no THP is left behind */
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	struct uhmm_farmem_stats st, st0;
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, npages);
+	ASSERT_EQ(st.pages_out, npages);
+	ASSERT_EQ(anon_huge_kb(map0, len + hb), 0);
+	ASSERT_EQ(server_used(&s), (long)npages);
+
+	/* a sequential read: whole huge pages come back once the stream goes */
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(tu_check_page(p, i * PS, 7), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, 0);
+	ASSERT_EQ(st.pages_in, npages);
+	ASSERT_EQ(st.fault_errors, 0);
+	/* the first block grows the window 4 KiB pages at a time, then one fault per block */
+	ASSERT_LE(st.faults, 10 + nblocks);
+	/* THPs again: most blocks (a block gets 4 KiB pages where no huge
+	 * system page was free, or the kernel gave none) */
+	long want = (long)(len / 1024) * 3 / 4;
+	ASSERT_GE(anon_huge_kb(map0, len + hb), want);
+
+	/* out again; one random access takes one page, not its 2 MiB */
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st0), 0);
+	ASSERT_EQ(st0.pages_remote, npages);
+	size_t at = 5 * hb + 100 * PS;
+	ASSERT_EQ(tu_check_page(p, at, 7), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.faults - st0.faults, 1);
+	ASSERT_EQ(st.fault_pages - st0.fault_pages, 1);
+	ASSERT_EQ(st.pages_remote, npages - 1);
+
+	/* fetch: the rest back, every untouched block a THP again */
+	ASSERT_EQ(uhmm_farmem_fetch(fm, p, len), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, 0);
+	ASSERT_EQ(st.pages_in - st0.pages_in, npages);
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(tu_check_page(p, i * PS, 7), 0);
+	ASSERT_GE(anon_huge_kb(map0, len + hb), want);
+	ASSERT_EQ(uhmm_farmem_close(fm), 0);
+	ASSERT_EQ(server_used(&s), 0);
+	ASSERT_EQ(tu_server_stop(&s, SIGTERM), 0);
+	munmap(map0, len + hb);
+}
+
+TEST_TIMEOUT(farmem_thp_sm, 60) { thp("sm"); }
+TEST_TIMEOUT(farmem_thp_tcp, 60) { thp("tcp"); }
+
 /* ---- two application threads faulting at once ------------------------- */
 
 struct tharg {
