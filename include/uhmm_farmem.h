@@ -86,7 +86,9 @@ UHMM_FARMEM_API int uhmm_farmem_open(const char *servers, const struct uhmm_farm
  * overflow, NULL), -EFAULT (nothing mapped / hole in the mapping),
  * -ENOSPC (pool or servers full: pages that did not move stay in RAM),
  * -EIO (no server could take a part: it stays in RAM).  Pages already in
- * far memory are left where they are.
+ * far memory are left where they are.  A THP (MADV_HUGEPAGE memory) moves
+ * whole, and comes back whole to fetch() and to a stream of CPU faults
+ * (one THP per 2 MiB); a random access takes its one 4 KiB page back.
  */
 UHMM_FARMEM_API int uhmm_farmem_place(struct uhmm_farmem *fm, void *addr, size_t len);
 /* Bring [addr, addr + len) back to RAM now.  -EIO: some page has no live
