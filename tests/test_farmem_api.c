@@ -241,7 +241,7 @@ static void thp(const char *variant)
 	ASSERT_EQ(st.fault_pages - st0.fault_pages, 1);
 	ASSERT_EQ(st.pages_remote, npages - 1);
 
-	/* fetch: the rest back, every untouched block a THP again */
+	/* fetch: the rest back, the untouched blocks THPs again (most, as above) */
 	ASSERT_EQ(uhmm_farmem_fetch(fm, p, len), 0);
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.pages_remote, 0);
