@@ -9,6 +9,7 @@
 #include "internal.h"
 #include "compat.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/ioctl.h>
@@ -114,6 +115,21 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 		return -EINVAL;
 	/* Lock order: pool->lock before arena_lock, never both here. */
 	uhmm__lock(&mem->lock);
+	/*
+	 * A held frame (uhmm__frame_put_hold) is free already but its page is
+	 * still on its way to the CPU: the faulting thread may be awake before
+	 * finalize unholds it.  Holds last one ioctl: wait for them (1 s at
+	 * most), so that a pool emptied by faults can be destroyed at once.
+	 */
+	for (int i = 0; mem->held && !mem->dead && mem->allocated == mem->freed && i < 100000;
+	     i++) {
+		uhmm__unlock(&mem->lock);
+		if (i < 100)
+			sched_yield();
+		else
+			usleep(10);
+		uhmm__lock(&mem->lock);
+	}
 	if (mem->allocated != mem->freed || mem->held || mem->dead) {
 		int rc = mem->dead ? -EINVAL : -EBUSY;
 		uhmm__unlock(&mem->lock);

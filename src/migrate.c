@@ -221,10 +221,15 @@ static int finish_page(struct uhmm__as *as, uint64_t addr, uint64_t s, uint64_t 
 		 * goes back to the free list.
 		 */
 		bool held = put_src && hold_fwd_source(as, s);
-		int rc = install(as, addr, d, false);
+		/*
+		 * The move wakes the thread itself (one ioctl, not two); s
+		 * may still be held for a moment after (uhmm_devmem_destroy
+		 * waits for that).  A failed install wakes it all the same.
+		 */
+		int rc = install(as, addr, d, wake);
 		if (held)
 			uhmm__frame_unhold(as, s);
-		if (wake)
+		if (rc && wake)
 			uhmm__uffd_wake(as, addr, PG_SIZE);
 		return rc;
 	}

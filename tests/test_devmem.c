@@ -1098,6 +1098,61 @@ TEST(forwarded_copy_to_ram)
 	drv_destroy();
 }
 
+/* migrate_to_ram through uhmm_migrate_copy: a one-page fault is a forwarded copy. */
+static int drv_migrate_to_ram_copy(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
+{
+	uint64_t src = 0, dst = 0;
+	struct uhmm_migrate args = {
+		.start = vmf->addr, .end = vmf->addr + PS, .src = &src, .dst = &dst,
+		.pgmap_owner = drv_owner, .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.fault_page = vmf->page,
+	};
+
+	atomic_fetch_add(&drv.faults, 1);
+	int ret = uhmm_migrate_vma_setup(&args);
+	if (ret)
+		return ret;
+	long got = args.cpages ? uhmm_migrate_copy(mem, &src, &dst, 1) : 0;
+	uhmm_migrate_vma_pages(&args);
+	uhmm_migrate_vma_finalize(&args);
+	if (got < 0)
+		atomic_fetch_add(&drv.fault_errors, 1);
+	return got < 0 ? (int)got : 0;
+}
+
+static const struct uhmm_devmem_ops drv_copy_ops = {
+	.page_free = drv_page_free,
+	.migrate_to_ram = drv_migrate_to_ram_copy,
+};
+
+/*
+ * A pool whose last page came back by a CPU fault can be destroyed as
+ * soon as the faulting thread goes on: the forwarded source finalize still
+ * holds for the length of its move is waited for, not -EBUSY.  200 rounds
+ * on fresh pools, data and counters checked each time.
+ */
+TEST_TIMEOUT(destroy_after_fault, 60)
+{
+	char *buf = th_mmap_isolated(PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+	uint64_t dst = 0;
+
+	ASSERT_MAPPED(buf);
+	runtime_or_skip();
+	for (int r = 0; r < 200; r++) {
+		memset(&drv, 0, sizeof(drv));
+		ASSERT_EQ(uhmm_devmem_create(UHMM_DEVMEM_PRIVATE, drv_owner, &drv_copy_ops, &drv, 8,
+					     &drv.mem), 0);
+		fill_ints(buf, PS, r, 1);
+		dst = 0;
+		ASSERT_EQ(drv_migrate_to_dev(buf, 1, &dst), 1);
+		ASSERT_EQ(drv_stats().in_use, 1);
+		EXPECT_INTS(buf, PS, r, 1);  /* the CPU fault brings it back */
+		ASSERT_EQ(atomic_load(&drv.faults), 1);
+		drv_destroy();  /* in_use 0, frees exact, destroy 0 at once */
+	}
+	munmap(buf, PS);
+}
+
 TEST(migrate_bad_args)
 {
 	const uint64_t n = 4;
