@@ -121,13 +121,11 @@ int uhmm_devmem_destroy(struct uhmm_devmem *mem)
 	 * finalize unholds it.  Holds last one ioctl: wait for them (1 s at
 	 * most), so that a pool emptied by faults can be destroyed at once.
 	 */
-	for (int i = 0; mem->held && !mem->dead && mem->allocated == mem->freed && i < 100000;
-	     i++) {
+	for (uint64_t t0 = uhmm__now_ns();
+	     mem->held && !mem->dead && mem->allocated == mem->freed &&
+	     uhmm__now_ns() - t0 < 1000000000ull;) {
 		uhmm__unlock(&mem->lock);
-		if (i < 100)
-			sched_yield();
-		else
-			usleep(10);
+		sched_yield();
 		uhmm__lock(&mem->lock);
 	}
 	if (mem->allocated != mem->freed || mem->held || mem->dead) {
