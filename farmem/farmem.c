@@ -22,8 +22,9 @@
  *
  * Read-ahead: a fault takes back 1 page, doubling to a whole 2 MiB block
  * while faults stream forward (fault_window); a stream that reaches a huge
- * device page (a THP placed whole) takes it back as one THP (huge_block).  prefetch() queues ranges to
- * one prefetch thread; repair() re-replicates slabs after a server failure.
+ * device page (a THP placed whole) takes it back as one THP (huge_block).
+ * prefetch() queues ranges to one prefetch thread; repair() re-replicates
+ * slabs after a server failure.
  *
  * Locks: fm->x's transport lock (fmx_lock) protects the slab table, the
  * server table, slabs_repaired and the transfers; pf_lock (a leaf) the
