@@ -502,10 +502,14 @@ static uint64_t fault_window(struct uhmm_farmem *fm, uint64_t addr)
 	return w;
 }
 
-/* One migration to RAM of [start, start + n pages); returns whether the
- * page at start came back (fault) and the pages moved. */
-static int back_to_ram(struct uhmm_farmem *fm, uint64_t start, uint64_t n, uint64_t fault_page,
-		       uint64_t *moved)
+/*
+ * One migration to RAM of [start, start + n pages) for a fault; returns
+ * whether the fault page came back and adds the pages moved to
+ * fault_pages. The count goes in before finalize: finalize maps the
+ * fault page, and the faulting thread may run on (and read the stats) the
+ * moment it is mapped, before this thread returns.
+ */
+static int back_to_ram(struct uhmm_farmem *fm, uint64_t start, uint64_t n, uint64_t fault_page)
 {
 	uint64_t src[PREFETCH_MAX], dst[PREFETCH_MAX];
 	struct uhmm_migrate m = {
@@ -520,8 +524,9 @@ static int back_to_ram(struct uhmm_farmem *fm, uint64_t start, uint64_t n, uint6
 	long got = m.cpages ? uhmm_migrate_copy(fm->pool, src, dst, m.npages) : 0;
 	bool first_ok = !(src[0] & UHMM_MIGRATE_PFN_MIGRATE) || dst[0];
 	uhmm_migrate_vma_pages(&m);
+	if (got > 0)
+		atomic_fetch_add(&fm->fault_pages, (uint64_t)got);
 	uhmm_migrate_vma_finalize(&m);
-	*moved = got > 0 ? (uint64_t)got : 0;
 	if (!first_ok)
 		return got < 0 ? (int)got : -EIO;
 	return 0;
@@ -564,7 +569,11 @@ static void log_lost(struct uhmm_farmem *fm, uint64_t addr, uint64_t page)
 static int fm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *vmf)
 {
 	struct uhmm_farmem *fm = uhmm_devmem_driver_data(mem);
-	uint64_t t0 = now_ns(), moved = 0;
+	uint64_t t0 = now_ns();
+	/* counted first, with the pages before finalize (see back_to_ram):
+	 * a thread that got its page sees its fault in the stats; only its
+	 * latency, taken after finalize, may land in the histogram later */
+	atomic_fetch_add(&fm->faults, 1);
 	uint64_t w = fault_window(fm, vmf->addr), at = vmf->addr;
 	if (w > 1 && huge_block(vmf->addr, vmf->page)) {
 		/* a stream reaching a whole huge page: its 2 MiB as one THP */
@@ -572,12 +581,10 @@ static int fm_migrate_to_ram(struct uhmm_devmem *mem, const struct uhmm_fault *v
 		w = SLAB_PAGES;
 		atomic_store_explicit(&fm->next_fault, at + w * PAGE, memory_order_relaxed);
 	}
-	int rc = back_to_ram(fm, at, w, vmf->page, &moved);
+	int rc = back_to_ram(fm, at, w, vmf->page);
 	if (rc == -EIO && w > 1)  /* a lost page in the window: the fault page alone */
-		rc = back_to_ram(fm, vmf->addr, 1, vmf->page, &moved);
+		rc = back_to_ram(fm, vmf->addr, 1, vmf->page);
 	uint64_t dt = now_ns() - t0;
-	atomic_fetch_add(&fm->faults, 1);
-	atomic_fetch_add(&fm->fault_pages, moved);
 	atomic_fetch_add_explicit(&fm->hist[bucket_of(dt)], 1, memory_order_relaxed);
 	uint64_t mx = atomic_load(&fm->fault_max);
 	while (dt > mx && !atomic_compare_exchange_weak(&fm->fault_max, &mx, dt))

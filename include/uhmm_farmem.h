@@ -121,10 +121,12 @@ struct uhmm_farmem_stats {
 	uint64_t pages_remote;    /* process pages in far memory now */
 	uint64_t pages_out, pages_in;   /* migrated to / back from far memory, total */
 	uint64_t bytes_out, bytes_in;   /* over the network, replicas counted */
-	uint64_t faults;          /* CPU faults served */
+	uint64_t faults;          /* CPU faults served (counted before the faulting
+				     thread runs on, with fault_pages) */
 	uint64_t fault_pages;     /* pages brought back by them (read-ahead included) */
 	uint64_t fault_errors;    /* faults answered with SIGBUS */
-	uint64_t fault_p50_ns, fault_p99_ns, fault_max_ns;  /* migrate_to_ram latency */
+	uint64_t fault_p50_ns, fault_p99_ns, fault_max_ns;  /* migrate_to_ram latency (a
+				     fault's lands just after its thread ran on) */
 	struct uhmm_farmem_server_stats server[UHMM_FARMEM_MAX_SERVERS];
 	/* Degraded mode, in pages in far memory now: */
 	uint64_t pages_degraded;  /* with fewer live replicas than asked (not lost) */
