@@ -35,9 +35,10 @@ int main(int argc, char **argv)
 	static const char *const m[] = {
 		"farmem_migrate_gbps", "farmem_fault_p50", "farmem_seq_gbps",
 		"farmem_migrate_gbps_tcp", "farmem_fault_p50_tcp", "farmem_seq_gbps_tcp",
-		"farmem_fault_inline_p50",
+		"farmem_fault_inline_p50", "farmem_migrate_gbps_thp", "farmem_seq_gbps_thp",
 	};
-	static const char *const u[] = { "GB/s", "us", "GB/s", "GB/s", "us", "GB/s", "us" };
+	static const char *const u[] = { "GB/s", "us", "GB/s", "GB/s", "us", "GB/s", "us", "GB/s",
+					 "GB/s" };
 
 	if (bench_open(argc, argv, "bench_farmem"))
 		return 1;
