@@ -14,7 +14,10 @@
  *
  * farmem_migrate_gbps_thp and farmem_seq_gbps_thp are the same two on a
  * buffer with MADV_HUGEPAGE (whole THPs out and back; the default buffer
- * is 4 KiB pages where THP is "madvise").
+ * is 4 KiB pages where THP is "madvise").  Next to each bandwidth floor a
+ * line gives the kernel's own page work for that size of page, measured in
+ * the same run (pages freed for a placement, created for a fault-in), and
+ * the best ratio it leaves on one CPU and overlapped on a second one.
  *
  * The transport is UCX_TLS (default sm,tcp: shared memory for active
  * messages, TCP for the connection and RMA; UCX 1.13's sm alone cannot make
@@ -262,6 +265,139 @@ static double fb_read_rt_p50(struct fb_conn *c, char *page)
 	return bench_pct_sorted(s, n, 50);
 }
 
+/* ---- the kernel's own page work (what bounds 4 KiB transfers) ------------ */
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23	/* Linux 5.14; older headers lack it */
+#endif
+
+#define FB_SCRATCH (FB_BYTES + FB_HUGE)
+
+/*
+ * 256 MiB of a fresh mapping of FB_SCRATCH bytes at *map, 2 MiB aligned,
+ * THP-backed iff g_thp; NULL on failure.
+ */
+static char *fb_scratch_map(char **map)
+{
+	*map = bench_map(FB_SCRATCH);
+	if (!*map)
+		return NULL;
+	char *b = (char *)(((uintptr_t)*map + FB_HUGE - 1) & ~(uintptr_t)(FB_HUGE - 1));
+	madvise(b, FB_BYTES, g_thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	return b;
+}
+
+/*
+ * GB/s at which the kernel creates the pages of 256 MiB, the way a fault-in
+ * does: 4 KiB pages by UFFDIO_COPY from a warm 2 MiB buffer (allocated and
+ * charged one by one, filled with the data), THPs (g_thp) by
+ * MADV_POPULATE_WRITE (a zeroed huge page, which the read then fills).
+ * Median of FB_REPS fresh ranges, 2 MiB per call; NAN if it cannot run.
+ */
+static double fb_create_gbps(void)
+{
+	double v[FB_REPS];
+	size_t n = 0;
+	char *src = bench_map(FB_RUN);
+	int fd = -1;
+
+	if (!src)
+		return NAN;
+	memset(src, 0x5a, FB_RUN);
+	if (!g_thp) {
+		struct uffdio_api api = { .api = UFFD_API };
+
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+		if (fd < 0 || ioctl(fd, UFFDIO_API, &api)) {
+			bench_note("page creation floor: userfaultfd: %s", strerror(errno));
+			goto out;
+		}
+	}
+	for (int r = 0; r < FB_REPS; r++) {
+		char *map, *b = fb_scratch_map(&map);
+		bool ok = b != NULL;
+
+		if (ok && fd >= 0) {
+			struct uffdio_register rg = {
+				.range = { .start = (uint64_t)(uintptr_t)b, .len = FB_BYTES },
+				.mode = UFFDIO_REGISTER_MODE_MISSING,
+			};
+			ok = ioctl(fd, UFFDIO_REGISTER, &rg) == 0;
+		}
+		uint64_t t0 = bench_now_ns();
+		for (size_t o = 0; ok && o < FB_BYTES; o += FB_RUN) {
+			if (fd >= 0) {
+				struct uffdio_copy c = {
+					.dst = (uint64_t)(uintptr_t)(b + o),
+					.src = (uint64_t)(uintptr_t)src, .len = FB_RUN,
+				};
+				ok = ioctl(fd, UFFDIO_COPY, &c) == 0 && c.copy == (int64_t)FB_RUN;
+			} else {
+				ok = madvise(b + o, FB_RUN, MADV_POPULATE_WRITE) == 0;
+			}
+		}
+		uint64_t t1 = bench_now_ns();
+		if (ok)
+			v[n++] = bench_gbps(FB_BYTES, t1 - t0);
+		else
+			bench_note("page creation floor: %s", strerror(errno));
+		if (b)
+			munmap(map, FB_SCRATCH);
+		if (!ok)
+			break;
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	munmap(src, FB_RUN);
+	return bench_median(v, n);
+}
+
+/*
+ * GB/s at which the kernel frees the pages of a populated 256 MiB range
+ * (MADV_DONTNEED, 2 MiB per call): what a placement does with the pages
+ * it took out of the CPU view once they are on the server.  Median of
+ * FB_REPS; NAN if it cannot run.
+ */
+static double fb_release_gbps(void)
+{
+	double v[FB_REPS];
+	size_t n = 0;
+
+	for (int r = 0; r < FB_REPS; r++) {
+		char *map, *b = fb_scratch_map(&map);
+
+		if (!b || madvise(b, FB_BYTES, MADV_POPULATE_WRITE)) {
+			bench_note("page release floor: %s", strerror(errno));
+			if (b)
+				munmap(map, FB_SCRATCH);
+			break;
+		}
+		uint64_t t0 = bench_now_ns();
+		for (size_t o = 0; o < FB_BYTES; o += FB_RUN)
+			madvise(b + o, FB_RUN, MADV_DONTNEED);
+		v[n++] = bench_gbps(FB_BYTES, bench_now_ns() - t0);
+		munmap(map, FB_SCRATCH);
+	}
+	return bench_median(v, n);
+}
+
+/*
+ * One line: the kernel's page work for this group (what, GB/s) against the
+ * transport's floor.  A transfer that must do both on one CPU gets at most
+ * 1 / (1 / floor + 1 / kernel); with the kernel's part overlapped on
+ * another CPU, min(floor, kernel).  Printed as ratios to the floor, so that
+ * the metric's own ratio reads against them.
+ */
+static void fb_print_bound(const char *what, double kernel, double floor_v)
+{
+	double serial = 1.0 / (1.0 / floor_v + 1.0 / kernel);
+
+	printf("  kernel %s %.2f GB/s (%s pages): bound of the ratio %.2f on one CPU, "
+	       "%.2f overlapped\n", what, kernel, g_thp ? "2 MiB" : "4 KiB", serial / floor_v,
+	       (kernel < floor_v ? kernel : floor_v) / floor_v);
+}
+
 /* ---- userfaultfd round trip (floor) -------------------------------------- */
 
 struct fb_uffd {
@@ -382,6 +518,7 @@ static void group_migrate(void)
 	else
 		put = NAN;
 	fb_disconnect(&c);
+	fb_print_bound("page release (MADV_DONTNEED)", fb_release_gbps(), put);
 	struct uhmm_farmem *fm = fb_open(0, np);
 	if (!fm)
 		goto out;
@@ -494,6 +631,8 @@ static void group_seq(void)
 	printf("  floor: read 256 MiB by active messages %.2f GB/s, by RMA get %.2f GB/s\n",
 	       am, rma);
 	fl = isfinite(am) && (!isfinite(rma) || am >= rma) ? am : rma;
+	fb_print_bound(g_thp ? "page creation (MADV_POPULATE_WRITE)" : "page creation (UFFDIO_COPY)",
+		       fb_create_gbps(), fl);
 	bench_fill_tags(buf, FB_BYTES);
 	struct uhmm_farmem *fm = fb_open(0, np);
 	if (!fm)
