@@ -5,8 +5,8 @@
  * sequential and random, with RssAnon dropping by what moved; two threads
  * faulting at once; replicas=2 surviving a kill -9 with nothing lost;
  * replicas=1 losing its server (SIGBUS + one log line, in a child); the
- * errors of open/place/fetch; two clients on one server; close freeing the
- * server's memory.  Every case checks the data and the counters
+ * errors of open/place/fetch; fork (the pages come back first); two
+ * clients on one server; close freeing the server's memory.  Every case checks the data and the counters
  * (uhmm_farmem_stats, uhmm_stats_get, the server's SIGUSR1 line) and runs on
  * UCX_TLS=sm,tcp ("sm") and UCX_TLS=tcp ("tcp").  UHMM_TEST_QUICK=1 uses
  * 32 MiB instead of 256 MiB.
@@ -591,6 +591,60 @@ static void prefetch(const char *variant)
 }
 TEST_TIMEOUT(farmem_prefetch_sm, 60) { prefetch("sm"); }
 TEST_TIMEOUT(farmem_prefetch_tcp, 60) { prefetch("tcp"); }
+
+/* ---- fork: every far page comes back first, the child has the data ----- */
+
+static void forked(const char *variant)
+{
+	setup(variant);
+	struct tu_server s;
+	ASSERT_EQ(tu_server_start(&s, "64M", g_tok, NULL), 0);
+	struct uhmm_farmem *fm = open_fm(s.addr, 1);
+	size_t len = 8 * MiB, npages = len / PS;
+	uint8_t *p = map(len);
+	tu_fill(p, len, 41);
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	struct uhmm_farmem_stats st;
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, npages);
+	ASSERT_EQ(server_used(&s), (long)npages);
+	/* uhmm's atfork handler brings every device page back before the
+	 * fork (design.md section 6): the child reads its own copies, with no
+	 * uhmm and no server behind them */
+	pid_t pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		size_t bad = 0;
+		for (size_t i = 0; i < npages; i++)
+			bad += tu_check_page(p, i * PS, 41) != 0;
+		_exit(bad ? 1 : 0);
+	}
+	int ws = 0;
+	ASSERT_EQ(waitpid(pid, &ws, 0), pid);
+	ASSERT_TRUE(WIFEXITED(ws));
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, 0);
+	ASSERT_EQ(st.pages_in, npages);
+	ASSERT_EQ(st.fault_errors, 0);
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(tu_check_page(p, i * PS, 41), 0);
+	/* the parent's pool goes on working: out and back by faults again */
+	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, npages);
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(tu_check_page(p, i * PS, 41), 0);
+	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
+	ASSERT_EQ(st.pages_remote, 0);
+	ASSERT_EQ(st.pages_in, 2 * npages);
+	ASSERT_EQ(uhmm_farmem_close(fm), 0);
+	ASSERT_EQ(server_used(&s), 0);
+	ASSERT_EQ(tu_server_stop(&s, SIGTERM), 0);
+	munmap(p, len);
+}
+TEST_TIMEOUT(farmem_fork_sm, 60) { forked("sm"); }
+TEST_TIMEOUT(farmem_fork_tcp, 60) { forked("tcp"); }
 
 /* ---- two clients on one server ----------------------------------------- */
 
