@@ -6,10 +6,10 @@
  * faulting at once; replicas=2 surviving a kill -9 with nothing lost;
  * replicas=1 losing its server (SIGBUS + one log line, in a child); the
  * errors of open/place/fetch; fork (the pages come back first); two
- * clients on one server; close freeing the server's memory.  Every case checks the data and the counters
- * (uhmm_farmem_stats, uhmm_stats_get, the server's SIGUSR1 line) and runs on
- * UCX_TLS=sm,tcp ("sm") and UCX_TLS=tcp ("tcp").  UHMM_TEST_QUICK=1 uses
- * 32 MiB instead of 256 MiB.
+ * clients on one server; close freeing the server's memory.  Every case
+ * checks the data and the counters (uhmm_farmem_stats, uhmm_stats_get, the
+ * server's SIGUSR1 line) and runs on UCX_TLS=sm,tcp ("sm") and UCX_TLS=tcp
+ * ("tcp").  UHMM_TEST_QUICK=1 uses 32 MiB instead of 256 MiB.
  */
 #include "harness.h"
 #include "testutil.h"
