@@ -550,16 +550,28 @@ TEST_TIMEOUT(farmem_errors_tcp, 60) { errors("tcp"); }
 
 /* ---- prefetch: asynchronous, the pages come back without faults ---------- */
 
+/*
+ * A server of 64 MiB started in *s, a client of it in *fm, and len bytes
+ * of new memory, every page tagged with seed, placed there.
+ */
+static uint8_t *start_placed(struct tu_server *s, struct uhmm_farmem **fm, size_t len,
+			     uint64_t seed)
+{
+	ASSERT_EQ(tu_server_start(s, "64M", g_tok, NULL), 0);
+	*fm = open_fm(s->addr, 1);
+	uint8_t *p = map(len);
+	tu_fill(p, len, seed);
+	ASSERT_EQ(uhmm_farmem_place(*fm, p, len), 0);
+	return p;
+}
+
 static void prefetch(const char *variant)
 {
 	setup(variant);
 	struct tu_server s;
-	ASSERT_EQ(tu_server_start(&s, "64M", g_tok, NULL), 0);
-	struct uhmm_farmem *fm = open_fm(s.addr, 1);
+	struct uhmm_farmem *fm;
 	size_t len = 8 * MiB, npages = len / PS;
-	uint8_t *p = map(len);
-	tu_fill(p, len, 31);
-	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	uint8_t *p = start_placed(&s, &fm, len, 31);
 	ASSERT_EQ(uhmm_farmem_prefetch(fm, p + 1, PS), -EINVAL);
 	/* two ranges queued; returns before they are back (usually) */
 	ASSERT_EQ(uhmm_farmem_prefetch(fm, p, len / 2), 0);
@@ -598,12 +610,9 @@ static void forked(const char *variant)
 {
 	setup(variant);
 	struct tu_server s;
-	ASSERT_EQ(tu_server_start(&s, "64M", g_tok, NULL), 0);
-	struct uhmm_farmem *fm = open_fm(s.addr, 1);
+	struct uhmm_farmem *fm;
 	size_t len = 8 * MiB, npages = len / PS;
-	uint8_t *p = map(len);
-	tu_fill(p, len, 41);
-	ASSERT_EQ(uhmm_farmem_place(fm, p, len), 0);
+	uint8_t *p = start_placed(&s, &fm, len, 41);
 	struct uhmm_farmem_stats st;
 	ASSERT_EQ(uhmm_farmem_stats(fm, &st), 0);
 	ASSERT_EQ(st.pages_remote, npages);
